@@ -1,0 +1,170 @@
+"""Training curves from `metrics.csv` files.
+
+Every training script writes one row per epoch to `<run>/metrics.csv`
+(header row; columns such as epoch, lr, loss, loss_nce, loss_mse, acc1,
+acc5). This module reads them and draws one panel per column, one line per
+run.
+
+    python -m selfsup.analysis.curves RUN_DIR [RUN_DIR ...] --out curves.png
+"""
+import argparse
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from selfsup.errors import UserError, cli_main
+
+METRICS_FILE = "metrics.csv"
+_TITLES = {"loss": "loss", "lr": "learning rate", "acc1": "top-1 (%)", "acc5": "top-5 (%)"}
+
+
+def metrics_path(run):
+    """The metrics CSV of a run: the path itself if it is a file, else
+    `<run>/metrics.csv`."""
+    run = Path(run)
+    path = run if run.is_file() else run / METRICS_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: no metrics file (expected a run folder holding {METRICS_FILE}, "
+                        "or the CSV itself)")
+    return path
+
+
+def read_metrics(run):
+    """Columns of a run's metrics CSV as float arrays (empty or non-numeric
+    cells become NaN). Raises UserError for a file without header or rows."""
+    path = metrics_path(run)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or not any(h.strip() for h in rows[0]):
+        raise UserError(f"{path}: empty file, expected a header row such as 'epoch,lr,loss'")
+    header = [h.strip() for h in rows[0]]
+    body = [r for r in rows[1:] if any(c.strip() for c in r)]
+    if not body:
+        raise UserError(f"{path}: header only, no epochs recorded yet")
+    cols = {}
+    for j, name in enumerate(header):
+        if not name:
+            continue
+        cols[name] = np.array([_float(r[j]) if j < len(r) else math.nan for r in body])
+    return cols
+
+
+def _float(text):
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def default_columns(runs):
+    """Columns worth a panel, in a fixed order: loss, other loss_* columns,
+    lr, acc1, acc5, then the rest; 'epoch' and all-NaN columns excluded."""
+    seen = []
+    for cols in runs:
+        for name, values in cols.items():
+            if name != "epoch" and name not in seen and not np.all(np.isnan(values)):
+                seen.append(name)
+
+    def rank(name):
+        if name == "loss":
+            return (0, name)
+        if name.startswith("loss"):
+            return (1, name)
+        order = {"lr": 2, "acc1": 3, "acc5": 4}
+        return (order.get(name, 5), name)
+    return sorted(seen, key=rank)
+
+
+def plot_curves(runs, out_path, labels=None, columns=None, dpi=120):
+    """Draw one panel per column with one line per run; save a PNG.
+
+    runs: list of column dicts (from read_metrics). labels: legend names.
+    columns: which columns to draw (default: default_columns)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    if not runs:
+        raise UserError("no runs given")
+    labels = labels or [f"run {i}" for i in range(len(runs))]
+    columns = columns or default_columns(runs)
+    if not columns:
+        raise UserError("the metrics files hold no numeric columns to draw")
+    for name in columns:
+        if not any(name in cols for cols in runs):
+            raise UserError(f"column {name!r} is in none of the metrics files")
+
+    ncol = min(3, len(columns))
+    nrow = math.ceil(len(columns) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.3 * nrow), squeeze=False)
+    for k, name in enumerate(columns):
+        ax = axes[k // ncol][k % ncol]
+        for i, (cols, label) in enumerate(zip(runs, labels)):
+            if name not in cols:
+                continue
+            y = cols[name]
+            x = cols["epoch"] if "epoch" in cols else np.arange(len(y))
+            ok = ~np.isnan(y) & ~np.isnan(x)
+            ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, markersize=3,
+                    color=f"C{i % 10}", label=label)
+        ax.set_title(_TITLES.get(name, name))
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if name == "lr" or name.startswith("loss"):
+            values = np.concatenate([c[name] for c in runs if name in c])
+            values = values[~np.isnan(values)]
+            if values.size and values.min() > 0 and values.max() / values.min() > 100:
+                ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if len(runs) > 1:
+            ax.legend(fontsize="small")
+    for k in range(len(columns), nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=dpi)
+    plt.close(fig)
+    return out_path
+
+
+def run_label(run):
+    """Legend name of a run: its folder name (the parent's for ckpt/ folders
+    or a CSV path)."""
+    path = Path(run).resolve()
+    if path.is_file():
+        path = path.parent
+    if path.name in ("ckpt", "checkpoints") and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Draw training curves (loss, lr, top-1, ...) "
+                                "of one or more runs from their metrics.csv files.")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folder holding metrics.csv, or the CSV file itself")
+    p.add_argument("--out", default="curves.png", help="output PNG (default: curves.png)")
+    p.add_argument("--labels", nargs="+", default=None,
+                   help="legend names, one per run (default: folder names)")
+    p.add_argument("--columns", nargs="+", default=None,
+                   help="columns to draw (default: loss*, lr, acc1, acc5 and any other numeric column)")
+    return p
+
+
+@cli_main
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.runs):
+        raise UserError(f"--labels has {len(args.labels)} names for {len(args.runs)} runs")
+    runs = [read_metrics(r) for r in args.runs]
+    labels = args.labels or [run_label(r) for r in args.runs]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves(runs, out, labels=labels, columns=args.columns)
+    print(f"=> wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

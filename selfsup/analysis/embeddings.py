@@ -1,0 +1,88 @@
+"""Embedding files: `<dir>/<name>_embed.npy` (N x D float32) and
+`<dir>/<name>_labels.npy` (N int64), plus an optional `<dir>/classes.txt`
+(one class name a line, index = label). `extract` runs a backbone over a
+data loader; the rest is plain numpy.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from selfsup.errors import UserError
+
+EMBED_SUFFIX = "_embed.npy"
+LABELS_SUFFIX = "_labels.npy"
+CLASSES_FILE = "classes.txt"
+
+
+def embed_paths(folder, name):
+    folder = Path(folder)
+    return folder / f"{name}{EMBED_SUFFIX}", folder / f"{name}{LABELS_SUFFIX}"
+
+
+def save(folder, name, embed, labels, class_names=None):
+    """Write the embedding and label files (and classes.txt when names are
+    given); returns the two paths."""
+    embed = np.asarray(embed, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(embed) != len(labels):
+        raise UserError(f"{name}: {len(embed)} embeddings but {len(labels)} labels")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    e_path, l_path = embed_paths(folder, name)
+    np.save(e_path, embed)
+    np.save(l_path, labels)
+    if class_names is not None:
+        (folder / CLASSES_FILE).write_text("".join(f"{c}\n" for c in class_names))
+    return e_path, l_path
+
+
+def load(folder, name):
+    """Read `<name>_embed.npy` and `<name>_labels.npy`; UserError when a file is
+    missing, the embeddings are not 2-D, or the lengths disagree."""
+    e_path, l_path = embed_paths(folder, name)
+    for p in (e_path, l_path):
+        if not p.is_file():
+            raise UserError(f"{p}: no such file (expected by embedding name {name!r} in {folder})")
+    embed = np.load(e_path)
+    labels = np.load(l_path).reshape(-1)
+    if embed.ndim != 2:
+        raise UserError(f"{e_path}: expected a 2-D array (samples x features), got shape {embed.shape}")
+    if len(embed) != len(labels):
+        raise UserError(f"{e_path} has {len(embed)} rows but {l_path} has {len(labels)} labels; "
+                        "they must come from the same export")
+    return embed, labels
+
+
+def names_in(folder):
+    """Names of the complete embedding/label pairs in a folder, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: embedding folder does not exist (export embeddings first, "
+                        "see DisCo/export_embed.py)")
+    names = sorted(p.name[:-len(EMBED_SUFFIX)] for p in folder.glob(f"*{EMBED_SUFFIX}"))
+    return [n for n in names if embed_paths(folder, n)[1].is_file()]
+
+
+def class_names(folder):
+    """Class names from `<folder>/classes.txt`, or None."""
+    p = Path(folder) / CLASSES_FILE
+    if not p.is_file():
+        return None
+    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
+def extract(model, loader, device="cpu"):
+    """Run `model` (eval mode, no grad) over `loader` of (images, labels);
+    returns (embeddings N x D float32, labels N int64) as numpy arrays."""
+    import torch
+
+    model.eval().to(device)
+    feats, labs = [], []
+    with torch.no_grad():
+        for images, labels in loader:
+            out = model(images.to(device, non_blocking=True))
+            feats.append(out.reshape(out.shape[0], -1).float().cpu())
+            labs.append(labels.reshape(-1).cpu())
+    if not feats:
+        raise UserError("the data loader yielded no images")
+    return torch.cat(feats).numpy(), torch.cat(labs).numpy().astype(np.int64)

@@ -1,0 +1,135 @@
+"""Mutual information of a representation by binning.
+
+The estimate of Shwartz-Ziv & Tishby ("Opening the black box of deep neural
+networks via information", 2017), as used by the original DisCo BI analysis:
+normalise each representation vector (softmax by default), cut the value
+range into equal-width bins, and treat each row of bin indices as one
+discrete symbol T. With empirical frequencies over the N samples:
+
+    H(T)     = -sum_t p(t) log2 p(t)
+    H(T|Y)   = sum_y p(y) H(T | Y=y)
+    I(X;T)   = H(T)            (T is a deterministic function of the input X,
+                                and every sample is taken as a distinct input)
+    I(T;Y)   = H(T) - H(T|Y)
+
+All values are in bits. I(X;T) <= log2 N and I(T;Y) <= H(Y).
+"""
+import numpy as np
+
+from selfsup.errors import UserError
+
+NORMALISATIONS = ("softmax", "l2", "none")
+RANGES = ("data", "unit")
+
+
+def softmax(x, axis=1):
+    """Numerically stable softmax along `axis`."""
+    x = np.asarray(x, dtype=np.float64)
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def normalise(t, how="softmax"):
+    """Row-wise normalisation applied before binning: 'softmax', 'l2' or 'none'."""
+    t = np.asarray(t, dtype=np.float64)
+    if how == "softmax":
+        return softmax(t, axis=1)
+    if how == "l2":
+        norm = np.linalg.norm(t, axis=1, keepdims=True)
+        return t / np.maximum(norm, 1e-12)
+    if how == "none":
+        return t
+    raise UserError(f"normalisation {how!r} unknown; expected one of {', '.join(NORMALISATIONS)}")
+
+
+def bin_edges(values, n_bins, value_range="data"):
+    """Equal-width edges, n_bins + 1 of them, shared by all dimensions.
+
+    value_range='data' spans the observed min..max of `values`;
+    'unit' spans [0, 1] (natural for softmax outputs, but wide softmax
+    vectors then fall almost entirely into the first bin).
+    """
+    if n_bins < 1:
+        raise UserError(f"number of bins must be >= 1, got {n_bins}")
+    if value_range == "unit":
+        low, high = 0.0, 1.0
+    elif value_range == "data":
+        low, high = float(np.min(values)), float(np.max(values))
+    else:
+        raise UserError(f"bin range {value_range!r} unknown; expected one of {', '.join(RANGES)}")
+    if high <= low:  # constant input: one bin holds everything
+        high = low + 1.0
+    return np.linspace(low, high, n_bins + 1)
+
+
+def discretise(t, edges):
+    """Bin index (0 .. len(edges) - 2) of every value; values outside the edges
+    go to the first or last bin."""
+    n_bins = len(edges) - 1
+    idx = np.searchsorted(edges, t, side="right") - 1
+    return np.clip(idx, 0, n_bins - 1)
+
+
+def symbols(codes):
+    """One integer id per row of a 2-D array of bin indices (equal rows, equal ids)."""
+    codes = np.asarray(codes)
+    if codes.ndim == 1:
+        codes = codes[:, None]
+    _, ids = np.unique(codes, axis=0, return_inverse=True)
+    return ids.reshape(-1)
+
+
+def entropy(ids):
+    """Entropy in bits of the empirical distribution of integer ids."""
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size == 0:
+        return 0.0
+    _, counts = np.unique(ids, return_counts=True)
+    p = counts / counts.sum()
+    return float(max(0.0, -(p * np.log2(p)).sum()))
+
+
+def conditional_entropy(ids, given):
+    """H(ids | given) in bits: sum over values g of p(g) H(ids | given=g)."""
+    ids = np.asarray(ids).reshape(-1)
+    given = np.asarray(given).reshape(-1)
+    total = 0.0
+    for g in np.unique(given):
+        mask = given == g
+        total += mask.mean() * entropy(ids[mask])
+    return float(total)
+
+
+def check_lengths(t, y, what="representation"):
+    """Raise UserError unless t has one row per label."""
+    if len(t) != len(y):
+        raise UserError(f"{what} has {len(t)} rows but labels have {len(y)}; they must match")
+    if len(t) == 0:
+        raise UserError(f"{what} is empty")
+
+
+def mi_by_binning(t, y, n_bins=30, norm="softmax", value_range="data"):
+    """Binning estimate of I(X;T) and I(T;Y) of representation `t` (N x D)
+    with labels `y` (N). Returns a dict with I_XT, I_TY, H_T, H_Y (bits),
+    n_distinct (number of distinct binned rows) and n (samples)."""
+    t = np.asarray(t)
+    y = np.asarray(y).reshape(-1)
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.ndim != 2:
+        raise UserError(f"representation must be 2-D (samples x features), got shape {t.shape}")
+    check_lengths(t, y)
+    z = normalise(t, norm)
+    codes = discretise(z, bin_edges(z, n_bins, value_range))
+    ids = symbols(codes)
+    h_t = entropy(ids)
+    h_t_given_y = conditional_entropy(ids, y)
+    return {
+        "I_XT": h_t,
+        "I_TY": max(0.0, h_t - h_t_given_y),
+        "H_T": h_t,
+        "H_Y": entropy(y),
+        "n_distinct": int(ids.max()) + 1,
+        "n": int(len(y)),
+    }

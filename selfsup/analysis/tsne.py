@@ -1,0 +1,102 @@
+"""t-SNE scatter plots of embeddings, one panel per model.
+
+Uses scikit-learn's TSNE and matplotlib with the Agg backend (headless).
+Everything is seeded: the same inputs and seed give the same picture.
+"""
+import numpy as np
+
+from selfsup.errors import UserError
+
+
+def select_classes(labels, classes=None, num_classes=10, per_class=50, seed=0):
+    """Indices (sorted) of up to `per_class` samples of each chosen class.
+
+    classes: label values to keep; None takes the `num_classes` smallest
+    label values present. Samples within a class are drawn at random with
+    `seed`, so every model with the same labels gets the same images.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    present = np.unique(labels)
+    if classes is None:
+        chosen = present[:num_classes]
+    else:
+        chosen = np.asarray(list(classes))
+        missing = [int(c) for c in chosen if c not in present]
+        if missing:
+            raise UserError(f"classes {missing} do not occur in the labels "
+                            f"(present: {present.min()}..{present.max()}, {len(present)} classes)")
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in chosen:
+        idx = np.flatnonzero(labels == c)
+        if len(idx) > per_class:
+            idx = rng.choice(idx, size=per_class, replace=False)
+        keep.append(idx)
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=int)
+
+
+def tsne_2d(x, seed=0, perplexity=30.0):
+    """2-D t-SNE of the rows of x (scikit-learn, PCA init, fixed seed).
+
+    The perplexity is lowered to fit small inputs (scikit-learn needs
+    perplexity < number of samples)."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise UserError(f"embeddings must be 2-D (samples x features), got shape {x.shape}")
+    n = len(x)
+    if n < 3:
+        raise UserError(f"t-SNE needs at least 3 samples, got {n}")
+    perplexity = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
+    model = TSNE(n_components=2, perplexity=perplexity, init="pca",
+                 learning_rate="auto", random_state=seed)
+    return model.fit_transform(x)
+
+
+def draw_panels(panels, out_path, class_names=None, point_size=12, dpi=120):
+    """Draw one scatter panel per model, side by side, and save a PNG.
+
+    panels: list of (title, xy (N x 2), labels (N)). Colours are tied to
+    label values, so a class has the same colour in every panel.
+    class_names: optional mapping label -> name for the legend.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not panels:
+        raise UserError("nothing to draw: no embeddings were given")
+    all_labels = np.unique(np.concatenate([np.asarray(p[2]).reshape(-1) for p in panels]))
+    cmap = plt.get_cmap("tab10" if len(all_labels) <= 10 else "tab20")
+    colour = {lab: cmap(i % cmap.N) for i, lab in enumerate(all_labels)}
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    for ax, (title, xy, labels) in zip(axes[0], panels):
+        xy = np.asarray(xy)
+        labels = np.asarray(labels).reshape(-1)
+        for lab in all_labels:
+            m = labels == lab
+            if m.any():
+                ax.scatter(xy[m, 0], xy[m, 1], s=point_size, color=colour[lab], linewidths=0)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour[lab]) for lab in all_labels]
+    names = [_name(lab, class_names) for lab in all_labels]
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 10),
+               fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out_path, dpi=dpi)
+    plt.close(fig)
+    return out_path
+
+
+def _name(label, class_names):
+    if class_names is not None:
+        try:
+            return str(class_names[int(label)])
+        except (IndexError, KeyError, ValueError):
+            pass
+    return str(label)
