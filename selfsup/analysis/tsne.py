@@ -71,7 +71,10 @@ def draw_panels(panels, out_path, class_names=None, point_size=12, dpi=120):
     cmap = plt.get_cmap("tab10" if len(all_labels) <= 10 else "tab20")
     colour = {lab: cmap(i % cmap.N) for i, lab in enumerate(all_labels)}
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    legend_cols = 1 if len(all_labels) <= 20 else 2
+    legend_w = 1.7 * legend_cols
+    width = 4.2 * len(panels) + legend_w
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.4), squeeze=False)
     for ax, (title, xy, labels) in zip(axes[0], panels):
         xy = np.asarray(xy)
         labels = np.asarray(labels).reshape(-1)
@@ -85,9 +88,9 @@ def draw_panels(panels, out_path, class_names=None, point_size=12, dpi=120):
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], marker="o", linestyle="", color=colour[lab]) for lab in all_labels]
     names = [_name(lab, class_names) for lab in all_labels]
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 10),
-               fontsize="small", frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1 - legend_w / width, 0.5),
+               ncol=legend_cols, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - legend_w / width, 1))
     fig.savefig(out_path, dpi=dpi)
     plt.close(fig)
     return out_path
