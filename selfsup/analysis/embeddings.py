@@ -36,6 +36,17 @@ def save(folder, name, embed, labels, class_names=None):
     return e_path, l_path
 
 
+def load_npy(path):
+    """np.load of a plain .npy array; UserError for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a numpy .npy array ({' '.join(str(exc).split())[:120]})") from None
+
+
 def load(folder, name):
     """Read `<name>_embed.npy` and `<name>_labels.npy`; UserError when a file is
     missing, the embeddings are not 2-D, or the lengths disagree."""
@@ -43,8 +54,8 @@ def load(folder, name):
     for p in (e_path, l_path):
         if not p.is_file():
             raise UserError(f"{p}: no such file (expected by embedding name {name!r} in {folder})")
-    embed = np.load(e_path)
-    labels = np.load(l_path).reshape(-1)
+    embed = load_npy(e_path)
+    labels = load_npy(l_path).reshape(-1)
     if embed.ndim != 2:
         raise UserError(f"{e_path}: expected a 2-D array (samples x features), got shape {embed.shape}")
     if len(embed) != len(labels):

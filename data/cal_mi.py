@@ -1,0 +1,62 @@
+"""BI analysis: binning estimates of I(X;T) and I(T;Y) for several models.
+
+    python data/cal_mi.py            # every pair in results/embeddings/
+
+reads `<name>_embed.npy` / `<name>_labels.npy` (from DisCo/export_embed.py),
+estimates the mutual information for each model and each bin count of
+--sweep, and writes results/bi/bi.csv (all rows), results/bi/bi.md (the
+--bins rows) and results/bi/bi.png. See docs/analysis.md for the formulas.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from selfsup.analysis import bi, embeddings  # noqa: E402
+from selfsup.analysis.mutual_info import NORMALISATIONS, RANGES  # noqa: E402
+from selfsup.errors import UserError, cli_main  # noqa: E402
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Binning estimate of I(X;T) and I(T;Y) of exported embeddings")
+    p.add_argument("--embed-dir", default=str(REPO / "results" / "embeddings"),
+                   help="folder of <name>_embed.npy / <name>_labels.npy pairs (default: results/embeddings)")
+    p.add_argument("--names", nargs="+", default=None,
+                   help="embedding names to analyse (default: every pair in --embed-dir, sorted)")
+    p.add_argument("--bins", type=int, default=30, help="bin count of the markdown table and the marked points (30)")
+    p.add_argument("--sweep", nargs="+", type=int, default=[2, 4, 8, 16, 30, 64],
+                   help="bin counts for the CSV and the curves (2 4 8 16 30 64; --bins is added)")
+    p.add_argument("--norm", choices=NORMALISATIONS, default="softmax",
+                   help="row normalisation before binning (softmax, as the original)")
+    p.add_argument("--range", dest="value_range", choices=RANGES, default="data",
+                   help="bin edges over the observed min..max ('data', default) or over [0, 1] ('unit')")
+    p.add_argument("--out-dir", default=str(REPO / "results" / "bi"),
+                   help="where bi.csv, bi.md and bi.png go (default: results/bi)")
+    return p
+
+
+@cli_main
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    names = args.names or embeddings.names_in(args.embed_dir)
+    if not names:
+        raise UserError(f"{args.embed_dir}: no <name>_embed.npy with a matching <name>_labels.npy "
+                        "(export embeddings first: DisCo/export_embed.py)")
+    bins_list = sorted(set(args.sweep) | {args.bins})
+    models = [(n, *embeddings.load(args.embed_dir, n)) for n in names]
+    rows = bi.analyse(models, bins_list, norm=args.norm, value_range=args.value_range)
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = bi.markdown_table(rows, bins=args.bins)
+    bi.write_csv(rows, out / "bi.csv")
+    (out / "bi.md").write_text(table)
+    bi.plot(rows, out / "bi.png", bins=args.bins)
+    print(table, end="")
+    print(f"=> wrote {out / 'bi.csv'}, {out / 'bi.md'}, {out / 'bi.png'}")
+
+
+if __name__ == "__main__":
+    main()
