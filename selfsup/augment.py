@@ -1,0 +1,75 @@
+"""Image augmentations of MoCo v1/v2 and the evaluation transforms.
+
+Sizes are parameters so the same recipes run at 224 px on ImageNet and at
+32-64 px on the built-in dataset."""
+import random
+
+from PIL import ImageFilter
+import torchvision.transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize():
+    return T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+class PILGaussianBlur:
+    """Gaussian blur with a radius drawn uniformly from `sigma` (PIL's blur,
+    as MoCo-v2 uses; torchvision's tensor blur differs slightly in kernel size)."""
+
+    def __init__(self, sigma=(0.1, 2.0)):
+        self.sigma = sigma
+
+    def __call__(self, img):
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+
+def moco_v2_transform(size=224):
+    """MoCo-v2 (`--aug-plus`): crop 0.2-1, jitter 0.4/0.4/0.4/0.1 p=0.8,
+    grayscale p=0.2, blur sigma 0.1-2 p=0.5, flip."""
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([PILGaussianBlur((0.1, 2.0))], p=0.5),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        normalize(),
+    ])
+
+
+def moco_v1_transform(size=224):
+    """MoCo v1: crop 0.2-1, grayscale p=0.2, jitter 0.4 (always), flip."""
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+        T.RandomGrayscale(p=0.2),
+        T.ColorJitter(0.4, 0.4, 0.4, 0.4),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        normalize(),
+    ])
+
+
+def pretrain_transform(aug_plus, size=224):
+    return moco_v2_transform(size) if aug_plus else moco_v1_transform(size)
+
+
+class TwoCropsTransform:
+    """Two independent augmentations of one image: a query and a key view."""
+
+    def __init__(self, base_transform):
+        self.base_transform = base_transform
+
+    def __call__(self, x):
+        return [self.base_transform(x), self.base_transform(x)]
+
+
+def linear_train_transform(size=224):
+    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), normalize()])
+
+
+def eval_transform(size=224):
+    """Resize to size*256/224 then centre-crop `size` (256 -> 224 at full scale)."""
+    return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.ToTensor(), normalize()])

@@ -1,0 +1,111 @@
+"""Flags shared by the MoCo-family scripts, with the original's names and
+defaults (see docs/flags.md for ours that the original did not have)."""
+import argparse
+import os
+
+from .errors import UserError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILTIN_DATA = os.path.join(REPO_ROOT, "data", "builtin")
+
+
+def default_data():
+    """Data folder when the positional argument is left out (one of the
+    Reproduction.md commands does): $DISCO_DATA, else the built-in dataset."""
+    return os.environ.get("DISCO_DATA", BUILTIN_DATA)
+
+
+def common_parser(description, lr, epochs, schedule, wd, workers=32, batch_size=256):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("data", metavar="DIR", nargs="?", default=None,
+                   help="folder with train/ and val/ (default: $DISCO_DATA or data/builtin)")
+    p.add_argument("-a", "--arch", metavar="ARCH", default="resnet50", help="backbone (see selfsup.backbones)")
+    p.add_argument("-j", "--workers", default=workers, type=int, metavar="N",
+                   help="data loading workers (capped at the CPU count)")
+    p.add_argument("--epochs", default=epochs, type=int, metavar="N")
+    p.add_argument("--start-epoch", default=0, type=int, metavar="N")
+    p.add_argument("-b", "--batch-size", default=batch_size, type=int, metavar="N",
+                   help="total batch size over the processes of a node")
+    p.add_argument("--lr", "--learning-rate", default=lr, type=float, metavar="LR", dest="lr")
+    p.add_argument("--schedule", default=list(schedule), nargs="*", type=int,
+                   help="epochs at which the lr is multiplied by --gamma")
+    p.add_argument("--momentum", default=0.9, type=float, metavar="M")
+    p.add_argument("--wd", "--weight-decay", default=wd, type=float, metavar="W", dest="weight_decay")
+    p.add_argument("-p", "--print-freq", default=10, type=int, metavar="N")
+    p.add_argument("--resume", default="", type=str, metavar="PATH",
+                   help="checkpoint file to resume from (a folder: its newest checkpoint)")
+    p.add_argument("--world-size", default=-1, type=int, help="number of nodes")
+    p.add_argument("--rank", default=-1, type=int, help="node rank")
+    p.add_argument("--dist-url", default="tcp://localhost:10001", type=str)
+    p.add_argument("--dist-backend", default="nccl", type=str, help="nccl on GPUs; gloo is used on CPU")
+    p.add_argument("--seed", default=None, type=int)
+    p.add_argument("--gpu", default=None, type=int, help="GPU id for a single-process run")
+    p.add_argument("--multiprocessing-distributed", action="store_true",
+                   help="one process per GPU of the node (per --cpu-procs on a machine without GPUs)")
+    # Ours.
+    p.add_argument("--cpu-procs", default=1, type=int,
+                   help="processes per node with --multiprocessing-distributed when no GPU is visible (gloo)")
+    p.add_argument("--image-size", default=224, type=int, help="crop size (32-64 for the built-in data)")
+    p.add_argument("--small-images", action="store_true", default=None,
+                   help="3x3 stride-1 stem without max-pool, for 32-64 px images")
+    p.add_argument("--ckpt-dir", default="./ckpt", help="where checkpoints and metrics.csv go")
+    return p
+
+
+def add_moco_args(p, moco_t=0.07):
+    p.add_argument("--moco-dim", default=128, type=int)
+    p.add_argument("--moco-k", default=65536, type=int, help="queue size")
+    p.add_argument("--moco-m", default=0.999, type=float, help="key encoder momentum")
+    p.add_argument("--moco-t", default=moco_t, type=float, help="softmax temperature")
+    p.add_argument("--mlp", action="store_true", help="MLP projection head")
+    p.add_argument("--aug-plus", action="store_true", help="MoCo-v2 augmentation")
+    p.add_argument("--cos", action="store_true", help="cosine lr schedule")
+    p.add_argument("--hidden", default=-1, type=int,
+                   help="MLP hidden width: -1 backbone width, 0 none, N width N")
+    p.add_argument("--resume-ckpt", action="store_true", help="resume from the newest checkpoint in --ckpt-dir")
+    p.add_argument("--bn-splits", default=8, type=int,
+                   help="BatchNorm groups when one process holds the whole batch (shuffle-BN stand-in)")
+    p.add_argument("--gamma", default=0.1, type=float, help="lr factor at each --schedule milestone")
+    return p
+
+
+def finish_common(args):
+    """Checks and defaults that every script applies after parsing."""
+    if args.data is None:
+        args.data = default_data()
+    if args.batch_size < 1:
+        raise UserError(f"-b/--batch-size {args.batch_size}: expected a positive number")
+    if args.epochs < 1 or args.start_epoch >= args.epochs:
+        raise UserError(f"--epochs {args.epochs} with --start-epoch {args.start_epoch}: nothing to train")
+    args.workers = max(0, min(args.workers, os.cpu_count() or 1))
+    return args
+
+
+def finish_moco(args):
+    finish_common(args)
+    if args.hidden != -1 and not args.mlp:
+        raise UserError(f"--hidden {args.hidden} sets the MLP's hidden width: it needs --mlp")
+    if args.resume and args.resume_ckpt:
+        raise UserError("--resume PATH and --resume-ckpt both given: choose one")
+    if args.moco_k < args.batch_size:
+        raise UserError(f"--moco-k {args.moco_k} is smaller than -b/--batch-size {args.batch_size}: "
+                        "the queue must hold at least one batch of keys")
+    return args
+
+
+def lincls_parser(description, lr=30.0, epochs=100, schedule=(60, 80), gamma=0.1, wd=0.0):
+    """Linear-evaluation flags: the common ones plus --pretrained/-e/--gamma."""
+    p = common_parser(description, lr=lr, epochs=epochs, schedule=schedule, wd=wd)
+    p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --resume/--pretrained on val only")
+    p.add_argument("--pretrained", default="", type=str, metavar="PATH", help="pretraining checkpoint")
+    p.add_argument("--gamma", default=gamma, type=float, help="lr factor at each --schedule milestone")
+    p.add_argument("--cos", action="store_true", help="cosine lr schedule instead of --schedule")
+    p.set_defaults(ckpt_dir="./ckpt_lincls")
+    return p
+
+
+def finish_lincls(args):
+    finish_common(args)
+    if args.evaluate and not (args.resume or args.pretrained):
+        raise UserError("-e/--evaluate needs a model: give --resume (a linear-eval checkpoint) or --pretrained")
+    return args

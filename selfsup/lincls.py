@@ -1,0 +1,194 @@
+"""Linear evaluation: a frozen pretrained backbone and a trained linear classifier.
+
+Used by moco/main_lincls.py, DisCo/main_lincls.py, yt_main_lincls.py,
+main_lincls_semi.py and cifar_main_lincls.py, which differ only in their
+default schedule and in where the images come from (`build_datasets`).
+"""
+import os
+import time
+
+import torch
+import torch.nn as nn
+
+from . import augment, checkpoint as ck, data as D, distributed as du
+from .backbones import create_backbone, get_head, set_head
+from .errors import UserError
+from .optim import epoch_lr, set_lr
+from .pretrain import prefixed_state, seed_everything, unwrap
+from .progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
+
+
+def imagefolder_datasets(args):
+    """(train, val) ImageFolder datasets from args.data/train and args.data/val."""
+    train = D.image_folder(D.split_folder(args.data, "train"), augment.linear_train_transform(args.image_size))
+    val = D.image_folder(D.split_folder(args.data, "val"), augment.eval_transform(args.image_size))
+    if train.classes != val.classes:
+        raise UserError(f"'{args.data}/train' and '{args.data}/val' have different class folders")
+    return train, val
+
+
+def build_classifier(arch, num_classes, small_images):
+    """Backbone with a fresh linear classifier: weight N(0, 0.01), bias 0."""
+    model, feat_dim = create_backbone(arch, small_images)
+    head = nn.Linear(feat_dim, num_classes)
+    nn.init.normal_(head.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(head.bias)
+    return set_head(model, head)
+
+
+def load_pretrained(model, path, arch):
+    """Backbone weights of a pretraining checkpoint into `model`; only the
+    classifier may be left missing."""
+    ckpt = ck.load_file(path, "--pretrained checkpoint")
+    state = ck.backbone_state(ck.state_dict_of(ckpt, path), model.head_name)
+    head = model.head_name
+    expected = {k for k in model.state_dict() if not k.startswith(f"{head}.")}
+    problem = ck.describe_mismatch({k: v for k, v in model.state_dict().items() if k in expected}, state)
+    if problem:
+        saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
+        hint = f" (it was trained as '{saved}')" if saved and saved != arch else ""
+        raise UserError(f"--pretrained '{path}' does not match -a {arch}{hint}: {problem}")
+    result = model.load_state_dict(state, strict=False)
+    assert set(result.missing_keys) == {f"{head}.weight", f"{head}.bias"}, result.missing_keys
+    return {k: v.clone() for k, v in state.items()}
+
+
+def freeze_backbone(model):
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith(f"{model.head_name}.")
+
+
+def sanity_check(model, pretrained_state, path):
+    """The frozen weights must equal the pretrained ones after training."""
+    current = model.state_dict()
+    for k, v in pretrained_state.items():
+        if "num_batches_tracked" in k:
+            continue
+        if not torch.equal(current[k].cpu(), v.cpu()):
+            raise RuntimeError(f"frozen weight {k} changed during linear evaluation of '{path}'")
+    print("=> sanity check passed: the backbone is unchanged", flush=True)
+
+
+def run_lincls(args, build_datasets=imagefolder_datasets):
+    if args.seed is not None:
+        seed_everything(args.seed + args.rank)
+    main = du.is_main_process()
+    train_set, val_set = build_datasets(args)
+    num_classes = len(train_set.classes)
+    small = args.small_images
+    if small is None:
+        small = ck.small_images_of(ck.load_file(args.pretrained, "--pretrained checkpoint")) if args.pretrained else False
+    model = build_classifier(args.arch, num_classes, small)
+    pretrained_state = None
+    if args.pretrained:
+        if main:
+            print(f"=> loading pretrained backbone from '{args.pretrained}'", flush=True)
+        pretrained_state = load_pretrained(model, args.pretrained, args.arch)
+    freeze_backbone(model)
+    model = model.to(args.device)
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if args.device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(params) == 2, "only the classifier's weight and bias are trained"
+    optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    criterion = nn.CrossEntropyLoss()
+
+    best_acc1 = 0.0
+    if args.resume:
+        ckpt = ck.load_file(args.resume, "--resume checkpoint")
+        ck.load_into(unwrap(model), ck.strip_prefix(ck.state_dict_of(ckpt, args.resume), "module."),
+                     args.resume, args.arch)
+        if "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        args.start_epoch, best_acc1 = int(ckpt.get("epoch", 0)), float(ckpt.get("best_acc1", 0.0))
+        if main:
+            print(f"=> resumed '{args.resume}' (epoch {args.start_epoch})", flush=True)
+
+    train_loader = D.make_loader(train_set, args.batch_size, args.workers, shuffle=True, drop_last=False,
+                                 distributed=args.distributed, seed=args.seed)
+    val_loader = D.make_loader(val_set, args.batch_size, args.workers, shuffle=False, drop_last=False,
+                               distributed=False)
+    if args.evaluate:
+        acc1, acc5, _ = validate(val_loader, model, criterion, args)
+        return {"acc1": acc1, "acc5": acc5}
+
+    metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
+    acc1 = acc5 = 0.0
+    for epoch in range(args.start_epoch, args.epochs):
+        if args.distributed:
+            train_loader.sampler.set_epoch(epoch)
+        lr = epoch_lr(args.lr, epoch, args.epochs, getattr(args, "cos", False), args.schedule, args.gamma)
+        set_lr(optimizer, lr)
+        train_loss, train_acc1 = train_one_epoch(train_loader, model, criterion, optimizer, epoch, args)
+        acc1, acc5, val_loss = validate(val_loader, model, criterion, args)
+        is_best = acc1 > best_acc1
+        best_acc1 = max(acc1, best_acc1)
+        if main:
+            state = {"epoch": epoch + 1, "arch": args.arch, "state_dict": prefixed_state(model),
+                     "best_acc1": best_acc1, "optimizer": optimizer.state_dict(), "small_images": bool(small),
+                     "image_size": args.image_size}
+            last = os.path.join(args.ckpt_dir, "checkpoint.pth.tar")
+            ck.save_checkpoint(state, last)
+            if is_best:
+                ck.save_checkpoint(state, os.path.join(args.ckpt_dir, "model_best.pth.tar"))
+            metrics.write(epoch, lr=lr, loss=train_loss, train_acc1=train_acc1, val_loss=val_loss,
+                          acc1=acc1, acc5=acc5, best_acc1=best_acc1)
+            if epoch == args.start_epoch and pretrained_state is not None:
+                sanity_check(unwrap(model), pretrained_state, args.pretrained)
+    if main:
+        metrics.close()
+        print(f"=> best Acc@1 {best_acc1:.3f}", flush=True)
+    return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc1}
+
+
+def train_one_epoch(loader, model, criterion, optimizer, epoch, args):
+    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
+    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1, top5], prefix=f"Epoch: [{epoch}]")
+    # eval(): BatchNorm keeps the pretrained statistics while the classifier trains.
+    model.eval()
+    end = time.time()
+    for i, (images, target) in enumerate(loader):
+        data_time.update(time.time() - end)
+        images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
+        output = model(images)
+        loss = criterion(output, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        acc1, acc5 = accuracy(output, target, topk=(1, 5))
+        losses.update(loss.item(), images.shape[0])
+        top1.update(acc1.item(), images.shape[0])
+        top5.update(acc5.item(), images.shape[0])
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
+            progress.display(i)
+    return losses.avg, top1.avg
+
+
+@torch.no_grad()
+def validate(loader, model, criterion, args):
+    """Top-1/top-5 on the whole validation set (every rank evaluates all of it)."""
+    batch_time = AverageMeter("Time", ":6.3f")
+    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    progress = ProgressMeter(len(loader), [batch_time, losses, top1, top5], prefix="Test: ")
+    net = unwrap(model)
+    net.eval()
+    end = time.time()
+    for i, (images, target) in enumerate(loader):
+        images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
+        output = net(images)
+        loss = criterion(output, target)
+        acc1, acc5 = accuracy(output, target, topk=(1, 5))
+        losses.update(loss.item(), images.shape[0])
+        top1.update(acc1.item(), images.shape[0])
+        top5.update(acc5.item(), images.shape[0])
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
+            progress.display(i)
+    if du.is_main_process():
+        print(f" * Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}", flush=True)
+    return top1.avg, top5.avg, losses.avg

@@ -1,0 +1,164 @@
+"""The pretraining loop shared by MoCo-v2, DisCo and MoCo+RKD.
+
+A method is a module whose ``forward(im_q, im_k)`` returns a dict with
+``loss`` (what is optimised), ``logits``/``labels`` (for the contrastive
+accuracy) and optionally more ``loss_*`` terms to log. Everything else
+(processes, data, optimiser, schedule, checkpoints, resume, logs) is here.
+"""
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import augment, checkpoint as ck, data as D, distributed as du
+from .backbones import create_backbone, set_head
+from .errors import UserError
+from .heads import projection_head
+from .moco import MoCo
+from .optim import epoch_lr, set_lr
+from .progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
+
+
+def build_query_encoder(args):
+    """Backbone with the projection head of --mlp/--hidden in its head slot."""
+    backbone, feat_dim = create_backbone(args.arch, bool(args.small_images))
+    return set_head(backbone, projection_head(feat_dim, args.moco_dim, args.mlp, args.hidden))
+
+
+def build_moco(args):
+    return MoCo(build_query_encoder(args), args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.bn_splits)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model):
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def prefixed_state(model):
+    """state_dict with the ``module.`` prefix, as DDP-trained originals have."""
+    return {f"module.{k}": v for k, v in unwrap(model).state_dict().items()}
+
+
+def resume_path(args):
+    if getattr(args, "resume_ckpt", False):
+        path = ck.latest_checkpoint(args.ckpt_dir)
+        if path is None and du.is_main_process():
+            print(f"=> --resume-ckpt: no checkpoint in '{args.ckpt_dir}', starting from scratch", flush=True)
+        return path
+    if args.resume and os.path.isdir(args.resume):
+        path = ck.latest_checkpoint(args.resume)
+        if path is None:
+            raise UserError(f"--resume '{args.resume}' is a folder without checkpoint_NNNN.pth.tar files")
+        return path
+    return args.resume or None
+
+
+def resume(model, optimizer, path, args):
+    """Load model, queue and optimizer state; returns the epoch to start at."""
+    ckpt = ck.load_file(path, "--resume checkpoint")
+    if ckpt.get("arch") not in (None, args.arch):
+        raise UserError(f"--resume '{path}' holds arch '{ckpt.get('arch')}', not -a {args.arch}")
+    state = ck.strip_prefix(ck.state_dict_of(ckpt, path), "module.")
+    ck.load_into(unwrap(model), state, path, args.arch)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if du.is_main_process():
+        print(f"=> loaded checkpoint '{path}' (epoch {ckpt['epoch']})", flush=True)
+    return int(ckpt["epoch"])
+
+
+def run_pretraining(args, build_model):
+    """Worker body (one per process): train `build_model(args)` on args.data/train."""
+    if args.seed is not None:
+        seed_everything(args.seed + args.rank)
+    if args.small_images is None:
+        args.small_images = False
+    main = du.is_main_process()
+    if main:
+        print(f"=> creating model '{args.arch}' on {args.device}"
+              f"{f' ({args.world_size} processes)' if args.distributed else ''}", flush=True)
+    model = build_model(args).to(args.device)
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if args.device.type == "cuda" else None,
+            find_unused_parameters=getattr(model, "find_unused_parameters", False))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+    path = resume_path(args)
+    if path:
+        args.start_epoch = resume(model, optimizer, path, args)
+
+    train_dir = D.split_folder(args.data, "train")
+    dataset = D.image_folder(train_dir, augment.TwoCropsTransform(
+        augment.pretrain_transform(args.aug_plus, args.image_size)))
+    loader = D.make_loader(dataset, args.batch_size, args.workers, shuffle=True, drop_last=True,
+                           distributed=args.distributed, seed=args.seed)
+    metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
+
+    previous = None
+    for epoch in range(args.start_epoch, args.epochs):
+        if args.distributed:
+            loader.sampler.set_epoch(epoch)
+        if args.seed is not None:  # per-epoch seeds make a resumed run repeat the same batches
+            seed_everything(args.seed + 1000 * epoch + args.rank)
+        lr = epoch_lr(args.lr, epoch, args.epochs, args.cos, args.schedule, args.gamma)
+        set_lr(optimizer, lr)
+        stats = train_one_epoch(loader, model, optimizer, epoch, args)
+        if main:
+            name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch))
+            ck.save_checkpoint({"epoch": epoch + 1, "arch": args.arch, "state_dict": prefixed_state(model),
+                                "optimizer": optimizer.state_dict(), "small_images": bool(args.small_images),
+                                "image_size": args.image_size}, name)
+            if previous and previous != name and os.path.exists(previous):
+                os.remove(previous)  # as the original: only the newest checkpoint stays
+            previous = name
+            metrics.write(epoch, lr=lr, **stats)
+    if main:
+        metrics.close()
+        print(f"=> done: {os.path.join(args.ckpt_dir, ck.checkpoint_name(args.epochs - 1))}", flush=True)
+
+
+def train_one_epoch(loader, model, optimizer, epoch, args):
+    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
+    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    extra = {}
+    progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1, top5], prefix=f"Epoch: [{epoch}]")
+    model.train()
+    start = end = time.time()
+    for i, (images, _) in enumerate(loader):
+        data_time.update(time.time() - end)
+        im_q = images[0].to(args.device, non_blocking=True)
+        im_k = images[1].to(args.device, non_blocking=True)
+        out = model(im_q, im_k)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at epoch {epoch} batch {i}: lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        n = im_q.shape[0]
+        acc1, acc5 = accuracy(out["logits"], out["labels"], topk=(1, 5))
+        losses.update(loss.item(), n)
+        top1.update(acc1.item(), n)
+        top5.update(acc5.item(), n)
+        for key, value in out.items():
+            if key.startswith("loss_"):
+                extra.setdefault(key, AverageMeter(key, ":.4e")).update(float(value), n)
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
+            progress.meters = [batch_time, data_time, losses, *extra.values(), top1, top5]
+            progress.display(i)
+    seconds = time.time() - start
+    pairs = len(loader) * loader.batch_size * du.world_size()
+    return {"loss": losses.avg, **{k: m.avg for k, m in extra.items()}, "acc1": top1.avg, "acc5": top5.avg,
+            "epoch_time": seconds, "pairs_per_s": pairs / seconds if seconds > 0 else 0.0}
