@@ -116,7 +116,9 @@ def worker(args):
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer.train()
+    # the evaluation hook at the end of training keeps its results here
+    return getattr(trainer, "_last_eval_results", None)
 
 
 def main(args):

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Convert a MoCo / DisCo (or linear-eval) ResNet checkpoint into a detectron2 pickle.
+
+  python3 convert-pretrain-to-detectron2.py CKPT ./output.pkl
+
+Keeps the student (encoder_q) backbone, drops the projection head / classifier,
+renames to detectron2's ResNet and prints what was kept. ResNet-18/34: res5 is not
+transferred (R-C4 builds it of bottleneck blocks in the ROI head).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from selfsup.errors import cli_main  # noqa: E402
+
+
+@cli_main
+def run():
+    from selfsup.detection.convert import convert_file
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", help="checkpoint written by main_moco.py / DisCo main.py")
+    parser.add_argument("output", help="detectron2 pickle to write (e.g. ./output.pkl)")
+    args = parser.parse_args()
+    conv = convert_file(args.input, args.output)
+    print(conv.report())
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""Fine-tune a converted MoCo / DisCo ResNet in detectron2 (R-C4) and evaluate on VOC / COCO.
+
+  python3 train_net.py --config-file configs/pascal_voc_R_50_C4_24k_moco.yaml --num-gpus 8 \
+      --resume MODEL.RESNETS.DEPTH 34 MODEL.RESNETS.RES2_OUT_CHANNELS 64
+
+Datasets come from $DETECTRON2_DATASETS (VOC2007/, VOC2012/, coco/); the configs read
+the converted weights from ./output.pkl (override with MODEL.WEIGHTS PATH).
+--num-gpus 0 runs on the CPU; so does --num-gpus 1 on a machine without CUDA.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from selfsup.errors import cli_main  # noqa: E402
+
+
+@cli_main
+def run():
+    from selfsup.detection.train import get_parser, main
+    args = get_parser().parse_args()
+    print("Command Line Args:", args, flush=True)
+    main(args)
+
+
+if __name__ == "__main__":
+    run()
