@@ -22,6 +22,24 @@ REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One OpenMP/BLAS thread: t-SNE on tiny arrays is several times faster so,
+    and far faster on a busy machine, where threads only wait on each other."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture
+def torch_one_thread():
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _is_png(path, min_bytes=2000):
     data = Path(path).read_bytes()
     return data[:8] == PNG_MAGIC and len(data) >= min_bytes
@@ -39,8 +57,17 @@ def _clustered(labels, dim=16, spread=0.3, seed=0):
     return (centres[labels] + rng.normal(size=(len(labels), dim)) * spread).astype(np.float32)
 
 
+def _script(path):
+    """Import a script file as a module, to call its main() in-process (fast)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(Path(path).stem + "_under_test", REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _run(script, *args, cwd=REPO):
-    env = dict(os.environ, MPLBACKEND="Agg")
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
@@ -238,8 +265,8 @@ def _write_metrics(path, rows, header):
 
 
 def test_read_metrics_handles_missing_cells(tmp_path):
-    _write_metrics(tmp_path / "run" / "metrics.csv", [(0, 0.1, 5.0, ""), (1, 0.05, 4.0, 12.5)],
-                   "epoch,lr,loss,acc1")
+    _write_metrics(tmp_path / "run" / "metrics.csv", [(0, 0.1, 5.0, "", 3.0), (1, 0.05, 4.0, 12.5, 2.9)],
+                   "epoch,lr,loss,acc1,epoch_time")
     cols = curves.read_metrics(tmp_path / "run")
     assert cols["loss"].tolist() == [5.0, 4.0]
     assert math.isnan(cols["acc1"][0]) and cols["acc1"][1] == 12.5
@@ -266,3 +293,63 @@ def test_curves_command_writes_png(tmp_path):
     with pytest.raises(SystemExit) as exc:
         curves.main([str(tmp_path / "lin"), "--columns", "nope", "--out", str(out)])
     assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------- export from a checkpoint
+
+def _tiny_image_folder(root, n_classes=3, per_class=4, size=36):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in range(n_classes):
+        folder = root / "val" / f"class{c}"
+        folder.mkdir(parents=True)
+        base = rng.integers(0, 255, size=3)
+        for i in range(per_class):
+            img = np.clip(base + rng.normal(0, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
+def _pretraining_checkpoint(path, arch="resnet18"):
+    """A freshly initialised MoCo-v2 model saved as the pretraining script saves it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from selfsup import checkpoint as ck
+    from selfsup.pretrain import build_moco, prefixed_state
+
+    torch.manual_seed(0)
+    args = SimpleNamespace(arch=arch, small_images=True, moco_dim=16, mlp=True, hidden=-1,
+                           moco_k=8, moco_m=0.99, moco_t=0.2, bn_splits=1)
+    ck.save_checkpoint({"epoch": 1, "arch": arch, "state_dict": prefixed_state(build_moco(args)),
+                        "small_images": True, "image_size": 32}, str(path))
+    return path
+
+
+def test_export_then_draw_from_a_pretraining_checkpoint(tmp_path, torch_one_thread):
+    data = _tiny_image_folder(tmp_path / "data")
+    ckpt = _pretraining_checkpoint(tmp_path / "checkpoint_0000.pth.tar")
+    emb = tmp_path / "emb"
+    export = _script("DisCo/export_embed.py")
+    for name in ("teacher", "student"):
+        export.main(["-a", "resnet18", "--pretrained", str(ckpt), "--name", name,
+                     "--out", str(emb), "-j", "0", str(data)])
+    e, y = embeddings.load(emb, "teacher")
+    assert e.shape == (12, 512) and np.bincount(y).tolist() == [4, 4, 4]
+    assert np.isfinite(e).all() and e.std() > 0
+    assert embeddings.class_names(emb) == ["class0", "class1", "class2"]
+    _script("DisCo/draw.py").main(["--embed-dir", str(emb), "--out", str(tmp_path / "tsne.png")])
+    assert _is_png(tmp_path / "tsne.png", min_bytes=10000)
+
+
+def test_export_refuses_a_checkpoint_of_another_arch(tmp_path, capsys, torch_one_thread):
+    data = _tiny_image_folder(tmp_path / "data", n_classes=2, per_class=1)
+    ckpt = _pretraining_checkpoint(tmp_path / "ck.pth.tar")
+    with pytest.raises(SystemExit) as exc:
+        _script("DisCo/export_embed.py").main(["-a", "resnet34", "--pretrained", str(ckpt),
+                                               "--out", str(tmp_path / "e"), "-j", "0", str(data)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("error:") and "resnet18" in err and "resnet34" in err
+    assert not (tmp_path / "e").exists()

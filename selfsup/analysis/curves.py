@@ -59,18 +59,21 @@ def _float(text):
 
 
 def default_columns(runs):
-    """Columns worth a panel, in a fixed order: loss, other loss_* columns,
-    lr, acc1, acc5, then the rest; 'epoch' and all-NaN columns excluded."""
+    """Columns worth a panel, in a fixed order: loss, other *loss* columns,
+    lr, acc1, acc5, then the rest; 'epoch', timing columns (epoch_time,
+    pairs_per_s, ...) and all-NaN columns excluded."""
     seen = []
     for cols in runs:
         for name, values in cols.items():
-            if name != "epoch" and name not in seen and not np.all(np.isnan(values)):
+            if name == "epoch" or "time" in name or name.endswith("_per_s"):
+                continue
+            if name not in seen and not np.all(np.isnan(values)):
                 seen.append(name)
 
     def rank(name):
         if name == "loss":
             return (0, name)
-        if name.startswith("loss"):
+        if "loss" in name:
             return (1, name)
         order = {"lr": 2, "acc1": 3, "acc5": 4}
         return (order.get(name, 5), name)
@@ -113,7 +116,13 @@ def plot_curves(runs, out_path, labels=None, columns=None, dpi=120):
         ax.set_title(_TITLES.get(name, name))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if name == "lr" or name.startswith("loss"):
+        xs = np.concatenate([c["epoch"] if "epoch" in c else np.arange(len(c[name]))
+                             for c in runs if name in c])
+        xs = xs[~np.isnan(xs)]
+        if xs.size and xs.min() == xs.max():  # a single epoch: centre it, one tick
+            ax.set_xlim(xs[0] - 1, xs[0] + 1)
+            ax.set_xticks([xs[0]])
+        if name == "lr" or "loss" in name:
             values = np.concatenate([c[name] for c in runs if name in c])
             values = values[~np.isnan(values)]
             if values.size and values.min() > 0 and values.max() / values.min() > 100:
