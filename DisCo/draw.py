@@ -31,6 +31,8 @@ def build_parser():
     p.add_argument("--per-class", type=int, default=50, help="images drawn per class (50)")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (30; lowered for tiny inputs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image choice and of t-SNE (0)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for t-SNE (1: fastest for a few thousand points on a busy machine; 0: no cap)")
     p.add_argument("--out", default=str(REPO / "results" / "tsne.png"), help="output PNG (default: results/tsne.png)")
     p.add_argument("--per-model", action="store_true",
                    help="also write one PNG per model, <out stem>_<name>.png (the original's layout)")
@@ -54,7 +56,8 @@ def main(argv=None):
         embed, labels = embeddings.load(args.embed_dir, name)
         keep = tsne.select_classes(labels, args.classes, args.num_classes, args.per_class, args.seed)
         print(f"=> t-SNE of {name}: {len(keep)} images, {embed.shape[1]}-d", flush=True)
-        xy = tsne.tsne_2d(embed[keep], seed=args.seed, perplexity=args.perplexity)
+        xy = tsne.tsne_2d(embed[keep], seed=args.seed, perplexity=args.perplexity,
+                          threads=args.threads or None)
         panels.append((title, xy, labels[keep]))
 
     out = Path(args.out)

@@ -35,12 +35,15 @@ def select_classes(labels, classes=None, num_classes=10, per_class=50, seed=0):
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=int)
 
 
-def tsne_2d(x, seed=0, perplexity=30.0):
+def tsne_2d(x, seed=0, perplexity=30.0, threads=1):
     """2-D t-SNE of the rows of x (scikit-learn, PCA init, fixed seed).
 
     The perplexity is lowered to fit small inputs (scikit-learn needs
-    perplexity < number of samples)."""
+    perplexity < number of samples). `threads` caps the OpenMP/BLAS threads
+    (None: no cap); one thread is the fastest for a few thousand points on a
+    busy machine, where threads wait on each other."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
@@ -51,7 +54,8 @@ def tsne_2d(x, seed=0, perplexity=30.0):
     perplexity = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
     model = TSNE(n_components=2, perplexity=perplexity, init="pca",
                  learning_rate="auto", random_state=seed)
-    return model.fit_transform(x)
+    with threadpool_limits(limits=threads):
+        return model.fit_transform(x)
 
 
 def draw_panels(panels, out_path, class_names=None, point_size=12, dpi=120):
