@@ -32,7 +32,8 @@ def build_parser():
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (30; lowered for tiny inputs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image choice and of t-SNE (0)")
     p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for t-SNE (1: fastest for a few thousand points on a busy machine; 0: no cap)")
+                   help="CPU threads for t-SNE (1, bit-reproducible and fastest for a few thousand points "
+                        "on a busy machine; 0: no cap)")
     p.add_argument("--out", default=str(REPO / "results" / "tsne.png"), help="output PNG (default: results/tsne.png)")
     p.add_argument("--per-model", action="store_true",
                    help="also write one PNG per model, <out stem>_<name>.png (the original's layout)")
