@@ -18,9 +18,11 @@ from selfsup.errors import cli_main  # noqa: E402
 
 @cli_main
 def run():
-    from selfsup.detection.train import get_parser, main
+    from selfsup.detection.cli import check_gpus, get_parser
     args = get_parser().parse_args()
+    check_gpus(args)  # before the (slow) detectron2 import
     print("Command Line Args:", args, flush=True)
+    from selfsup.detection.train import main
     main(args)
 
 

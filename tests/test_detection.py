@@ -31,7 +31,7 @@ TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
         "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "32", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
         "MODEL.RPN.POST_NMS_TOPK_TEST", "16", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
-        "TEST.DETECTIONS_PER_IMAGE", "20", "TEST.PRECISE_BN.NUM_ITER", "1",
+        "TEST.DETECTIONS_PER_IMAGE", "20", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.PRECISE_BN.NUM_ITER", "1",
         "DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "100000"]
 
 
@@ -252,3 +252,90 @@ def test_tiny_voc_trains_and_evaluates_on_cpu(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "model_final.pth").is_file()
     cfg_dump = (tmp_path / "run" / "config.yaml").read_text()
     assert "NORM: BN" in cfg_dump and "DEVICE: cpu" in cfg_dump
+
+
+def _tab3_workdir(tmp_path, make_tree):
+    """A copy of detection/ (scripts + configs) and a dataset tree, like the Tab3 setup."""
+    work = tmp_path / "detection"
+    work.mkdir()
+    for name in ("convert-pretrain-to-detectron2.py", "train_net.py"):
+        shutil.copy(DETECTION / name, work / name)
+    shutil.copytree(DETECTION / "configs", work / "configs")
+    make_tree(tmp_path / "shm")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "shm"),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               CUDA_VISIBLE_DEVICES="")
+
+    def run(*argv):
+        return subprocess.run([sys.executable, *argv], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=600)
+    return work, run
+
+
+def _ok(r):
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return r.stdout + r.stderr
+
+
+def test_tab3_voc_commands_verbatim(tmp_path):
+    work, run = _tab3_workdir(tmp_path, make_voc_tree)
+    moco_checkpoint("resnet34", tmp_path / "checkpoint_0199.pth.tar")
+    out = _ok(run("convert-pretrain-to-detectron2.py", str(tmp_path / "checkpoint_0199.pth.tar"),
+                  "./output.pkl"))
+    assert "resnet34" in out and (work / "output.pkl").is_file()
+    cmd = ["train_net.py", "--config-file", "configs/pascal_voc_R_50_C4_24k_moco.yaml",
+           "--num-gpus", "8", "--resume", "MODEL.RESNETS.DEPTH", "34",
+           "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
+    r = run(*cmd)  # verbatim: this machine has no 8 GPUs (CUDA hidden) -> one-line error
+    assert r.returncode == 2 and "--num-gpus 8" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    cmd[cmd.index("8")] = "1"
+    out = _ok(run(*cmd, *TINY))
+    assert "Evaluating voc_2007_test using 2007 metric" in out and "copypaste: AP,AP50,AP75" in out
+    final = work / "output" / "pascal_voc_R_50_C4_24k_moco" / "model_final.pth"
+    assert final.is_file()
+    # --resume with --eval-only picks up the last checkpoint of that run
+    out = _ok(run(*cmd[:6], "--eval-only", *cmd[6:], *TINY))
+    assert "model_final.pth" in out and "copypaste: AP,AP50,AP75" in out
+
+
+def test_tab3_coco_command_verbatim(tmp_path):
+    work, run = _tab3_workdir(tmp_path, make_coco_tree)
+    moco_checkpoint("resnet18", tmp_path / "checkpoint_0199.pth.tar")
+    _ok(run("convert-pretrain-to-detectron2.py", str(tmp_path / "checkpoint_0199.pth.tar"),
+            "./output.pkl"))
+    out = _ok(run("train_net.py", "--config-file", "configs/coco_R_50_C4_2x_moco.yaml",
+                  "--num-gpus", "1", "--resume", "MODEL.RESNETS.DEPTH", "18",
+                  "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", *TINY))
+    assert "copypaste: Task: bbox" in out and "copypaste: Task: segm" in out
+    assert (work / "output" / "coco_R_50_C4_2x_moco" / "model_final.pth").is_file()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--config-file", "configs/nope.yaml"], "--config-file"),
+    (["--config-file", "CFG", "MODEL.NOPE", "1"], "MODEL.NOPE"),
+    (["--config-file", "CFG", "MODEL.RESNETS.DEPTH"], "config overrides"),
+    (["--config-file", "CFG", "MODEL.RESNETS.DEPTH", "18"], "RES2_OUT_CHANNELS 64"),
+    (["--config-file", "CFG"], "MODEL.WEIGHTS ./output.pkl: file not found"),
+    (["--config-file", "CFG", "--num-gpus", "-1"], "--num-gpus -1"),
+])
+def test_train_net_flag_errors(tmp_path, monkeypatch, argv, msg):
+    from selfsup.detection.train import check_gpus, get_parser, main
+    make_voc_tree(tmp_path / "datasets")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    monkeypatch.chdir(tmp_path)
+    cfg = str(DETECTION / "configs" / "pascal_voc_R_50_C4_24k_moco.yaml")
+    args = get_parser().parse_args(["--num-gpus", "0"] + [cfg if a == "CFG" else a for a in argv])
+    with pytest.raises(UserError, match=msg):
+        check_gpus(args)
+        main(args)
+
+
+def test_missing_voc_folder_is_a_clear_error(tmp_path, monkeypatch):
+    from selfsup.detection.train import get_parser, main
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "empty"))
+    args = get_parser().parse_args(
+        ["--config-file", str(DETECTION / "configs" / "pascal_voc_R_50_C4_24k_moco.yaml"),
+         "--num-gpus", "1"])
+    with pytest.raises(UserError, match="empty/VOC2007/ImageSets/Main/trainval.txt not found"):
+        main(args)

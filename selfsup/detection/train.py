@@ -6,10 +6,11 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
 from selfsup.detection import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+from selfsup.detection.cli import check_gpus, get_parser  # noqa: F401
 from selfsup.detection.data import check_datasets, dataset_root, register_builtin_datasets
 from selfsup.errors import UserError
 
@@ -35,25 +36,8 @@ class Trainer(DefaultTrainer):
                         f"{kind!r} (expected a VOC or COCO dataset)")
 
 
-def get_parser():
-    return default_argument_parser()
-
-
 def use_cpu(num_gpus):
     return num_gpus == 0 or not torch.cuda.is_available()
-
-
-def check_gpus(args):
-    """--num-gpus must fit the machine; 0 (or 1 on a machine without CUDA) means CPU."""
-    if args.num_gpus < 0:
-        raise UserError(f"--num-gpus {args.num_gpus}: must be 0 (CPU) or more")
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if args.num_gpus > 1 and args.num_gpus > available:
-        raise UserError(f"--num-gpus {args.num_gpus}: this machine has {available} CUDA GPU(s); "
-                        f"use --num-gpus {max(available, 1)}" +
-                        (" (runs on the CPU)" if available == 0 else ""))
-    if args.num_gpus > 1 and args.num_machines < 1:
-        raise UserError(f"--num-machines {args.num_machines}: must be 1 or more")
 
 
 def build_cfg(args):
