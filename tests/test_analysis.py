@@ -142,6 +142,22 @@ def test_mi_rejects_length_mismatch():
         mi_by_binning(np.zeros((10, 3)), np.zeros(9, dtype=int))
 
 
+def test_non_finite_representations_are_refused():
+    t = np.zeros((4, 3))
+    t[1, 2] = np.nan
+    with pytest.raises(UserError, match="NaN"):
+        mi_by_binning(t, np.arange(4))
+    with pytest.raises(UserError, match="NaN"):
+        tsne.tsne_2d(t)
+
+
+def test_symbols_groups_equal_rows_also_for_negative_and_large_codes():
+    from selfsup.analysis.mutual_info import symbols
+    codes = np.array([[-1, 300], [-1, 300], [255, 0], [-1, 44]])
+    ids = symbols(codes)
+    assert ids[0] == ids[1] and len(set(ids.tolist())) == 3
+
+
 def test_discretise_puts_extremes_in_end_bins():
     edges = bin_edges(np.array([0.0, 1.0]), 4)
     codes = discretise(np.array([-5.0, 0.0, 0.24, 0.26, 1.0, 7.0]), edges)

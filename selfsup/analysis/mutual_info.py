@@ -82,7 +82,8 @@ def symbols(codes):
         codes = codes[:, None]
     # each row as one opaque byte string: np.unique on those is much faster
     # than np.unique(axis=0), which sorts column by column
-    small = codes.astype(np.uint8 if codes.max(initial=0) < 256 else np.int64)
+    fits_byte = codes.size == 0 or (codes.min() >= 0 and codes.max() < 256)
+    small = codes.astype(np.uint8 if fits_byte else np.int64)
     small = np.ascontiguousarray(small)
     rows = small.view(np.dtype((np.void, small.dtype.itemsize * small.shape[1]))).reshape(-1)
     _, ids = np.unique(rows, return_inverse=True)
@@ -118,6 +119,13 @@ def check_lengths(t, y, what="representation"):
         raise UserError(f"{what} is empty")
 
 
+def check_finite(t, what="representation"):
+    """Raise UserError when t holds NaN or infinite values (a diverged model)."""
+    bad = int(np.size(t) - np.count_nonzero(np.isfinite(t)))
+    if bad:
+        raise UserError(f"{what} holds {bad} NaN or infinite values (did the training diverge?)")
+
+
 def mi_by_binning(t, y, n_bins=30, norm="softmax", value_range="data"):
     """Binning estimate of I(X;T) and I(T;Y) of representation `t` (N x D)
     with labels `y` (N). Returns a dict with I_XT, I_TY, H_T, H_Y (bits),
@@ -129,6 +137,7 @@ def mi_by_binning(t, y, n_bins=30, norm="softmax", value_range="data"):
     if t.ndim != 2:
         raise UserError(f"representation must be 2-D (samples x features), got shape {t.shape}")
     check_lengths(t, y)
+    check_finite(t)
     z = normalise(t, norm)
     codes = discretise(z, bin_edges(z, n_bins, value_range))
     ids = symbols(codes)

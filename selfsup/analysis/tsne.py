@@ -48,6 +48,8 @@ def tsne_2d(x, seed=0, perplexity=30.0, threads=1):
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise UserError(f"embeddings must be 2-D (samples x features), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise UserError("embeddings hold NaN or infinite values (did the training diverge?)")
     n = len(x)
     if n < 3:
         raise UserError(f"t-SNE needs at least 3 samples, got {n}")
