@@ -63,7 +63,6 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _keys_shuffled_across_ranks(self, im_k):
-        local_n = im_k.shape[0]
         x_all = du.concat_all_gather(im_k)
         perm = torch.randperm(x_all.shape[0], device=im_k.device)
         torch.distributed.broadcast(perm, src=0)
@@ -71,7 +70,7 @@ class MoCo(nn.Module):
         mine = perm.view(du.world_size(), -1)[du.rank()]
         k = F.normalize(self.encoder_k(x_all[mine]), dim=1)
         k_all = du.concat_all_gather(k)
-        return k_all[unshuffle.view(du.world_size(), -1)[du.rank()]][:local_n]
+        return k_all[unshuffle.view(du.world_size(), -1)[du.rank()]]
 
     # -- query encoder ---------------------------------------------------
     def embed_query(self, im):

@@ -124,6 +124,7 @@ def run_pretraining(args, build_model):
     if main:
         metrics.close()
         print(f"=> done: {os.path.join(args.ckpt_dir, ck.checkpoint_name(args.epochs - 1))}", flush=True)
+    return unwrap(model)
 
 
 def train_one_epoch(loader, model, optimizer, epoch, args):
