@@ -106,6 +106,14 @@ def test_convert_errors(obj, msg):
         convert_state_dict(obj, where="ckpt.pth.tar")
 
 
+def test_convert_output_must_be_a_file_name(tmp_path):
+    moco_checkpoint("resnet18", tmp_path / "ckpt.pth.tar", mlp=False)
+    with pytest.raises(UserError, match="is a folder"):
+        convert_file(str(tmp_path / "ckpt.pth.tar"), str(tmp_path))
+    with pytest.raises(UserError, match="checkpoint file not found"):
+        convert_file(str(tmp_path / "nope.pth.tar"), str(tmp_path / "o.pkl"))
+
+
 def test_convert_script_errors_in_one_line(tmp_path):
     bad = tmp_path / "bad.pth.tar"
     torch.save({"arch": "mobilenetv3_large_100", "state_dict": {"module.encoder_q.x":

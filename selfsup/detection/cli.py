@@ -17,8 +17,9 @@ def get_parser():
                    help="GPUs per machine; 0 = CPU (1 also runs on the CPU without CUDA)")
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)
-    p.add_argument("--dist-url", default="tcp://127.0.0.1:50152",
-                   help="rendezvous for multi-GPU / multi-machine runs")
+    p.add_argument("--dist-url", default="auto",
+                   help="rendezvous for multi-GPU runs (auto: a free local port); "
+                        "tcp://HOST:PORT of machine 0 for multi-machine runs")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                    help="config overrides")
     return p
@@ -43,3 +44,6 @@ def check_gpus(args):
                         (" (runs on the CPU)" if available == 0 else ""))
     if args.num_machines > 1 and available == 0:
         raise UserError(f"--num-machines {args.num_machines}: multi-machine runs need CUDA GPUs")
+    if args.num_machines > 1 and args.dist_url == "auto":
+        raise UserError(f"--num-machines {args.num_machines}: give --dist-url tcp://HOST:PORT "
+                        f"of machine 0 (auto works on one machine only)")

@@ -199,6 +199,8 @@ def load_checkpoint(path):
 def save_pickle(conv, out_path):
     """Write the detectron2 pickle atomically (tmp file in the same folder + os.replace)."""
     out_dir = os.path.dirname(os.path.abspath(out_path))
+    if os.path.isdir(out_path):
+        raise UserError(f"{out_path}: is a folder; give the pickle's file name (e.g. ./output.pkl)")
     if not os.path.isdir(out_dir):
         raise UserError(f"{out_path}: output folder {out_dir} does not exist")
     data = {"model": conv.model, "__author__": "DisCo-pytorch selfsup.detection",
