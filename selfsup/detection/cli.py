@@ -42,6 +42,8 @@ def check_gpus(args):
         raise UserError(f"--num-gpus {args.num_gpus}: this machine has {available} CUDA GPU(s); "
                         f"use --num-gpus {max(available, 1)}" +
                         (" (runs on the CPU)" if available == 0 else ""))
+    if args.num_machines > 1 and args.num_gpus < 1:
+        raise UserError(f"--num-machines {args.num_machines}: needs --num-gpus 1 or more")
     if args.num_machines > 1 and available == 0:
         raise UserError(f"--num-machines {args.num_machines}: multi-machine runs need CUDA GPUs")
     if args.num_machines > 1 and args.dist_url == "auto":
