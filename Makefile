@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  make demo  (the whole pipeline)  and  make test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test env data detectron2 tab1 clean
+
+$(VENV)/.installed: pyproject.toml requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -r requirements.txt -e .
+	touch $@
+
+env: $(VENV)/.installed
+
+detectron2: env
+	PYTHON=$(PY) bash detection/install_detectron2.sh
+
+data: env
+	$(PY) data/prepare_builtin.py
+
+demo: data
+	$(PY) -u -m selfsup.demo
+
+test: env detectron2
+	$(PY) -m pytest -q --durations=15
+
+clean:
+	rm -rf runs results data/builtin
