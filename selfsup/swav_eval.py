@@ -1,0 +1,207 @@
+"""SwAV's linear evaluation (swav-master/eval_linear.py): a frozen backbone
+in eval mode, features pooled globally (optionally BatchNorm'd), one linear
+layer trained with SGD and a cosine or step schedule; top-1/top-5 on val/
+after every epoch; `checkpoint.pth.tar` in --dump_path and automatic restart."""
+import argparse
+import os
+import time
+
+import torch
+import torch.nn as nn
+
+from . import augment, checkpoint as ck, data as D, distributed as du
+from .backbones import create_backbone
+from .errors import UserError
+from .pretrain import seed_everything, unwrap
+from .progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
+from .swav_launch import add_dist_args, bool_flag
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Linear evaluation of a SwAV / SwAV+DisCo backbone")
+    a = p.add_argument
+    a("--data_path", type=str, default="/path/to/imagenet", help="folder holding train/ and val/")
+    a("--arch", default="resnet50", type=str)
+    a("--pretrained", default="", type=str, help="SwAV checkpoint (ours or the official release)")
+    a("--global_pooling", default=True, type=bool_flag, help="global average pooling of the last feature map")
+    a("--use_bn", default=False, type=bool_flag, help="BatchNorm on the features before the linear layer")
+    a("--epochs", default=100, type=int)
+    a("--batch_size", default=32, type=int, help="images per process")
+    a("--lr", default=0.3, type=float)
+    a("--wd", default=1e-6, type=float)
+    a("--nesterov", default=False, type=bool_flag)
+    a("--scheduler_type", default="cosine", choices=["step", "cosine"])
+    a("--decay_epochs", type=int, nargs="+", default=[60, 80], help="step schedule milestones")
+    a("--gamma", type=float, default=0.1, help="step schedule factor")
+    a("--final_lr", type=float, default=0, help="cosine schedule's last lr")
+    a("--workers", default=10, type=int)
+    a("--dump_path", type=str, default="./ckpt_linear",
+      help="checkpoint.pth.tar and metrics.csv (original default: '.')")
+    a("--seed", type=int, default=31)
+    add_dist_args(p)
+    # ours
+    a("--image_size", type=int, default=224, help="ours: crop size (val: resize size*256/224, centre crop)")
+    a("--small_images", type=bool_flag, default=None, help="ours: default taken from the checkpoint")
+    a("--print_freq", type=int, default=50, help="ours")
+    return p
+
+
+def finish_args(args):
+    if not args.global_pooling:
+        raise UserError("--global_pooling false (the original's fixed-size pooling of a 224 px ResNet-50 map) "
+                        "is not supported: use --global_pooling true")
+    if args.batch_size < 1 or args.epochs < 1:
+        raise UserError("--batch_size and --epochs must be positive")
+    args.workers = max(0, min(args.workers, os.cpu_count() or 1))
+    return args
+
+
+class LinearHead(nn.Module):
+    """SwAV's RegLog on pooled features: optional BatchNorm, then Linear
+    (weight N(0, 0.01), bias 0)."""
+
+    def __init__(self, width, num_classes, use_bn=False):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(width) if use_bn else None
+        self.linear = nn.Linear(width, num_classes)
+        nn.init.normal_(self.linear.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x):
+        return self.linear(self.bn(x) if self.bn is not None else x)
+
+
+def load_frozen_backbone(args):
+    small = args.small_images
+    ckpt = ck.load_file(args.pretrained, "--pretrained checkpoint") if args.pretrained else None
+    if small is None:
+        small = False
+        if ckpt is not None:
+            state = ck.state_dict_of(ckpt, args.pretrained)
+            w = state.get("module.conv1.weight", state.get("conv1.weight"))
+            small = ck.small_images_of(ckpt, bool(w is not None and w.dim() == 4 and w.shape[-1] == 3))
+    model, width = create_backbone(args.arch, small)
+    if ckpt is not None:
+        state = ck.backbone_state(ck.state_dict_of(ckpt, args.pretrained), model.head_name)
+        problem = ck.describe_mismatch(model.state_dict(), state)
+        if problem:
+            saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
+            hint = f" (it was trained as '{saved}')" if saved and saved != args.arch else ""
+            raise UserError(f"--pretrained '{args.pretrained}' does not match --arch {args.arch}{hint}: {problem}")
+        model.load_state_dict(state, strict=True)
+    elif du.is_main_process():
+        print("=> no --pretrained: evaluating a randomly initialised backbone", flush=True)
+    for p in model.parameters():
+        p.requires_grad = False
+    return model.eval(), width, small
+
+
+def run_eval_linear(args):
+    seed_everything(args.seed + args.rank)
+    main = du.is_main_process()
+    train_set = D.image_folder(D.split_folder(args.data_path, "train"),
+                               augment.linear_train_transform(args.image_size), what="--data_path train folder")
+    val_set = D.image_folder(D.split_folder(args.data_path, "val"), augment.eval_transform(args.image_size),
+                             what="--data_path val folder")
+    if train_set.classes != val_set.classes:
+        raise UserError(f"'{args.data_path}/train' and '{args.data_path}/val' have different class folders")
+    train_loader = D.make_loader(train_set, args.batch_size, args.workers, shuffle=True, drop_last=False,
+                                 distributed=args.distributed, seed=args.seed)
+    val_loader = D.make_loader(val_set, args.batch_size, args.workers, shuffle=False, drop_last=False,
+                               distributed=False)
+    model, width, small = load_frozen_backbone(args)
+    model = model.to(args.device)
+    head = LinearHead(width, len(train_set.classes), args.use_bn).to(args.device)
+    if args.distributed:
+        head = nn.parallel.DistributedDataParallel(
+            head, device_ids=[args.gpu] if args.device.type == "cuda" else None)
+    if main:
+        print(f"=> {args.arch} (frozen, small_images={small}) + linear {width}->{len(train_set.classes)}; "
+              f"{len(train_set)} train / {len(val_set)} val images", flush=True)
+    optimizer = torch.optim.SGD(head.parameters(), lr=args.lr, nesterov=args.nesterov, momentum=0.9,
+                                weight_decay=args.wd)
+    if args.scheduler_type == "step":
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.final_lr)
+
+    start_epoch, best_acc = 0, 0.0
+    last = os.path.join(args.dump_path, "checkpoint.pth.tar")
+    if os.path.isfile(last):
+        ckpt = ck.load_file(last, "restart checkpoint")
+        ck.load_into(unwrap(head), ck.strip_prefix(ck.state_dict_of(ckpt, last), "module."), last, args.arch,
+                     flag="--arch")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt.get("best_acc", 0.0))
+        if main:
+            print(f"=> restarting from '{last}' at epoch {start_epoch}", flush=True)
+
+    metrics = MetricsWriter(args.dump_path, start_epoch) if main else None
+    criterion = nn.CrossEntropyLoss()
+    acc1 = acc5 = 0.0
+    for epoch in range(start_epoch, args.epochs):
+        if args.distributed:
+            train_loader.sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        loss, train_acc1 = train_one_epoch(model, head, train_loader, optimizer, criterion, epoch, args)
+        scheduler.step()
+        acc1, acc5, val_loss = validate(model, unwrap(head), val_loader, criterion, args)
+        best_acc = max(best_acc, acc1)
+        if main:
+            print(f"Test: Epoch [{epoch}]\tAcc@1 {acc1:.3f}\tAcc@5 {acc5:.3f}\tBest Acc@1 so far {best_acc:.3f}",
+                  flush=True)
+            ck.save_checkpoint({"epoch": epoch + 1, "state_dict": {f"module.{k}": v for k, v in
+                                                                  unwrap(head).state_dict().items()},
+                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "best_acc": best_acc, "arch": args.arch}, last)
+            metrics.write(epoch, lr=lr, loss=loss, train_acc1=train_acc1, val_loss=val_loss, acc1=acc1, acc5=acc5,
+                          best_acc1=best_acc)
+    if main:
+        metrics.close()
+        print(f"=> linear evaluation done: best Acc@1 {best_acc:.3f}", flush=True)
+    return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc}
+
+
+def train_one_epoch(model, head, loader, optimizer, criterion, epoch, args):
+    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
+    losses, top1 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f")
+    progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1], prefix=f"Epoch: [{epoch}]")
+    model.eval()
+    head.train()
+    end = time.time()
+    for i, (images, target) in enumerate(loader):
+        data_time.update(time.time() - end)
+        images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
+        with torch.no_grad():
+            feats = model(images)
+        output = head(feats)
+        loss = criterion(output, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.update(loss.item(), images.shape[0])
+        top1.update(accuracy(output, target)[0].item(), images.shape[0])
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
+            progress.display(i)
+    return losses.avg, top1.avg
+
+
+@torch.no_grad()
+def validate(model, head, loader, criterion, args):
+    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    model.eval()
+    head.eval()
+    for images, target in loader:
+        images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
+        output = head(model(images))
+        acc1, acc5 = accuracy(output, target, topk=(1, 5))
+        n = images.shape[0]
+        losses.update(criterion(output, target).item(), n)
+        top1.update(acc1.item(), n)
+        top5.update(acc5.item(), n)
+    if du.is_main_process():
+        print(f" * Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}", flush=True)
+    return top1.avg, top5.avg, losses.avg
