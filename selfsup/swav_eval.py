@@ -35,8 +35,8 @@ def build_parser():
     a("--gamma", type=float, default=0.1, help="step schedule factor")
     a("--final_lr", type=float, default=0, help="cosine schedule's last lr")
     a("--workers", default=10, type=int)
-    a("--dump_path", type=str, default="./ckpt_linear",
-      help="checkpoint.pth.tar and metrics.csv (original default: '.')")
+    a("--dump_path", type=str, default="./ckpt/linear",
+      help="checkpoint.pth.tar and metrics.csv (original default: '.'; ./ckpt is git-ignored)")
     a("--seed", type=int, default=31)
     add_dist_args(p)
     # ours
