@@ -73,3 +73,8 @@ def linear_train_transform(size=224):
 def eval_transform(size=224):
     """Resize to size*256/224 then centre-crop `size` (256 -> 224 at full scale)."""
     return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.ToTensor(), normalize()])
+
+
+def resize_transform(size=224):
+    """Plain resize to size x size (CIFAR evaluation: 32 px up to 224)."""
+    return T.Compose([T.Resize((size, size)), T.ToTensor(), normalize()])

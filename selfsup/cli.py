@@ -81,9 +81,9 @@ def finish_common(args):
     return args
 
 
-def finish_moco(args):
+def finish_moco(args, default_hidden=-1):
     finish_common(args)
-    if args.hidden != -1 and not args.mlp:
+    if args.hidden != default_hidden and not args.mlp:
         raise UserError(f"--hidden {args.hidden} sets the MLP's hidden width: it needs --mlp")
     if args.resume and args.resume_ckpt:
         raise UserError("--resume PATH and --resume-ckpt both given: choose one")
@@ -108,4 +108,26 @@ def finish_lincls(args):
     finish_common(args)
     if args.evaluate and not (args.resume or args.pretrained):
         raise UserError("-e/--evaluate needs a model: give --resume (a linear-eval checkpoint) or --pretrained")
+    return args
+
+
+def add_teacher_args(p):
+    """DisCo/RKD flags; --hidden defaults to 2048, the width the original
+    hard-coded for every student's MLP."""
+    p.add_argument("--teacher_arch", default="resnet50",
+                   help="resnet50/101/152 (MoCo-v2 checkpoints), SWAVresnet50, resnet50w2 (SwAV), or any zoo arch")
+    p.add_argument("--teacher", default="", type=str, metavar="PATH", help="teacher checkpoint")
+    p.add_argument("--nmb_prototypes", default=0, type=int, help="prototypes of a SwAV teacher (0: none)")
+    p.add_argument("--teacher-bn", default="eval", choices=["eval", "train"],
+                   help="teacher BatchNorm: eval (running statistics, ours) or train (batch statistics, original)")
+    p.add_argument("--mse-reduction", default="sum", choices=["sum", "mean"],
+                   help="reduction of the MSE term (the original sums)")
+    p.set_defaults(hidden=2048)
+    return p
+
+
+def finish_distill(args):
+    finish_moco(args, default_hidden=2048)
+    if not args.teacher:
+        raise UserError("--teacher PATH is required (a MoCo-v2 or SwAV checkpoint of --teacher_arch)")
     return args

@@ -11,20 +11,38 @@ import torch
 import torch.nn as nn
 
 from . import augment, checkpoint as ck, data as D, distributed as du
-from .backbones import create_backbone, get_head, set_head
+from .backbones import create_backbone, set_head
+from .cifar import CIFAR
 from .errors import UserError
 from .optim import epoch_lr, set_lr
 from .pretrain import prefixed_state, seed_everything, unwrap
 from .progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
+from .subset import balanced_subset
 
 
 def imagefolder_datasets(args):
-    """(train, val) ImageFolder datasets from args.data/train and args.data/val."""
+    """(train, val) ImageFolder datasets from args.data/train and args.data/val;
+    with ``args.label`` (percent) the train set is a class-balanced subset."""
     train = D.image_folder(D.split_folder(args.data, "train"), augment.linear_train_transform(args.image_size))
     val = D.image_folder(D.split_folder(args.data, "val"), augment.eval_transform(args.image_size))
     if train.classes != val.classes:
         raise UserError(f"'{args.data}/train' and '{args.data}/val' have different class folders")
+    if getattr(args, "label", None):
+        by_class = {}
+        for path, target in train.samples:
+            by_class.setdefault(target, []).append(path)
+        chosen = balanced_subset(by_class, args.label, seed=args.seed or 0)
+        train.samples = [(p, t) for t in sorted(chosen) for p in chosen[t]]
+        train.targets = [t for _, t in train.samples]
+        train.imgs = train.samples
     return train, val
+
+
+def cifar_datasets(args):
+    """(train, test) CIFAR-10/100 from the python archives in args.data."""
+    train = CIFAR(args.data, args.dataset, train=True, transform=augment.linear_train_transform(args.image_size))
+    test = CIFAR(args.data, args.dataset, train=False, transform=augment.resize_transform(args.image_size))
+    return train, test
 
 
 def build_classifier(arch, num_classes, small_images):

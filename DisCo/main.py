@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""DisCo: MoCo-v2 for a lightweight student plus an MSE term that makes its
+final embedding match a frozen self-supervised teacher's (Tab1, 4, 6)."""
+import functools
+
+from selfsup import cli
+from selfsup.disco import build_disco
+from selfsup.errors import cli_main
+from selfsup.launch import launch
+from selfsup.pretrain import run_pretraining
+
+
+def parse_args(argv=None):
+    p = cli.common_parser("DisCo distillation", lr=0.03, epochs=200, schedule=(120, 160), wd=1e-4)
+    cli.add_moco_args(p)
+    cli.add_teacher_args(p)
+    p.add_argument("--only-mse", action="store_true", help="drop the contrastive loss")
+    return cli.finish_distill(p.parse_args(argv))
+
+
+@cli_main
+def main(argv=None):
+    launch(functools.partial(run_pretraining, build_model=build_disco), parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

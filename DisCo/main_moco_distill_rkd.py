@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""MoCo-v2 + RKD distillation (Tab2); with --use-mse also DisCo's MSE term."""
+import functools
+
+from selfsup import cli
+from selfsup.disco import build_moco_rkd
+from selfsup.errors import cli_main
+from selfsup.launch import launch
+from selfsup.pretrain import run_pretraining
+
+
+def parse_args(argv=None):
+    p = cli.common_parser("MoCo-v2 + RKD distillation", lr=0.03, epochs=200, schedule=(120, 160), wd=1e-4)
+    cli.add_moco_args(p)
+    cli.add_teacher_args(p)
+    p.add_argument("--use-mse", action="store_true", help="add DisCo's MSE term (RKD+DisCo)")
+    p.add_argument("--rkd-dist-weight", default=25.0, type=float, help="weight of the distance loss")
+    p.add_argument("--rkd-angle-weight", default=50.0, type=float, help="weight of the angle loss")
+    return cli.finish_distill(p.parse_args(argv))
+
+
+@cli_main
+def main(argv=None):
+    launch(functools.partial(run_pretraining, build_model=build_moco_rkd), parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""CIFAR-10/100 from the standard python archives, read without download.
+
+Layout (as distributed by the CIFAR authors and expected by torchvision):
+``<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` and
+``<root>/cifar-100-python/{train, test, meta}``; each file a pickled dict with
+``data`` (N x 3072 uint8, channel-major 32x32) and ``labels`` or
+``fine_labels``. A ``.tar.gz`` of either folder next to it is unpacked first.
+"""
+import os
+import pickle
+import tarfile
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .errors import UserError
+
+LAYOUTS = {
+    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", [f"data_batch_{i}" for i in range(1, 6)],
+                ["test_batch"], "batches.meta", "label_names", "labels"),
+    "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", ["train"], ["test"], "meta",
+                 "fine_label_names", "fine_labels"),
+}
+
+
+def _unpickle(path):
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise UserError(f"CIFAR file '{path}' is missing") from None
+    except Exception as exc:
+        raise UserError(f"CIFAR file '{path}' is not a CIFAR python pickle ({exc})") from None
+
+
+def _get(d, key):
+    return d[key.encode()] if key.encode() in d else d[key]
+
+
+def cifar_folder(root, name):
+    if name not in LAYOUTS:
+        raise UserError(f"--dataset {name}: expected one of {', '.join(LAYOUTS)}")
+    folder, archive = LAYOUTS[name][:2]
+    path = os.path.join(root, folder)
+    if not os.path.isdir(path) and os.path.isfile(os.path.join(root, archive)):
+        with tarfile.open(os.path.join(root, archive)) as tar:
+            tar.extractall(root, filter="data")
+    if not os.path.isdir(path):
+        raise UserError(f"no {name} under '{root}': expected the folder '{path}' or the archive "
+                        f"'{os.path.join(root, archive)}' (CIFAR python version; nothing is downloaded)")
+    return path
+
+
+class CIFAR(Dataset):
+    def __init__(self, root, name="cifar10", train=True, transform=None):
+        folder = cifar_folder(root, name)
+        _, _, train_files, test_files, meta_file, names_key, labels_key = LAYOUTS[name]
+        data, labels = [], []
+        for f in train_files if train else test_files:
+            d = _unpickle(os.path.join(folder, f))
+            data.append(np.asarray(_get(d, "data"), dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels += list(_get(d, labels_key))
+        self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # N x 32 x 32 x 3
+        self.targets = labels
+        meta = _unpickle(os.path.join(folder, meta_file))
+        self.classes = [n.decode() if isinstance(n, bytes) else n for n in _get(meta, names_key)]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.data[i])
+        return (self.transform(img) if self.transform else img), self.targets[i]

@@ -1,0 +1,114 @@
+"""DisCo (Gao et al., ECCV 2022): MoCo-v2 plus a consistency term that pulls
+the student's final embedding onto a frozen teacher's; and the RKD
+comparison (Park et al., CVPR 2019) on the same embeddings."""
+import torch
+
+from . import distributed as du
+from .losses import distill_mse, rkd_angle, rkd_distance
+from .moco import MoCo, forward_in_groups
+from .teacher import freeze_bn_statistics
+
+
+class DistilledMoCo(MoCo):
+    """MoCo-v2 whose query encoder also embeds the key view, next to a frozen
+    teacher that embeds both views. Subclasses add `distill_loss`.
+
+    teacher_bn 'eval' (our default) runs the teacher as the fixed function it
+    was trained into; 'train' (the original's behaviour, where the teacher sat
+    inside the training module) uses batch statistics, without updating the
+    teacher's running averages."""
+
+    def __init__(self, encoder_q, teacher, teacher_bn="eval", **moco_kwargs):
+        super().__init__(encoder_q, **moco_kwargs)
+        if teacher_bn not in ("eval", "train"):
+            raise ValueError(f"teacher_bn must be 'eval' or 'train', not {teacher_bn!r}")
+        self.teacher, self.teacher_bn = teacher, teacher_bn
+        for p in self.teacher.parameters():
+            p.requires_grad = False
+        if teacher_bn == "train":
+            freeze_bn_statistics(self.teacher)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.teacher.train(mode and self.teacher_bn == "train")
+        return self
+
+    @torch.no_grad()
+    def embed_teacher(self, im):
+        groups = self.bn_splits if (self.teacher_bn == "train" and du.world_size() == 1) else 1
+        return forward_in_groups(self.teacher, im, groups).float()
+
+    def forward(self, im_q, im_k):
+        q1, q2 = self.embed_query(im_q), self.embed_query(im_k)
+        with torch.no_grad():
+            self._momentum_update_key_encoder()
+            k = self.encode_keys(im_k)
+            t1, t2 = self.embed_teacher(im_q), self.embed_teacher(im_k)
+        loss_nce, logits, labels = self.contrast(q1, k)
+        terms = self.distill_loss(q1, q2, t1, t2)
+        loss = sum(terms.values()) + (0.0 if getattr(self, "only_mse", False) else loss_nce)
+        return {"loss": loss, "loss_nce": loss_nce.detach(), **{k: v.detach() for k, v in terms.items()},
+                "logits": logits, "labels": labels}
+
+
+class DisCo(DistilledMoCo):
+    """loss = InfoNCE(q1, k) + MSE(q1, t1) + MSE(q2, t2); with only_mse the
+    contrastive term is dropped (`--only-mse`)."""
+
+    def __init__(self, encoder_q, teacher, only_mse=False, mse_reduction="sum", **kwargs):
+        super().__init__(encoder_q, teacher, **kwargs)
+        self.only_mse, self.mse_reduction = only_mse, mse_reduction
+
+    def distill_loss(self, q1, q2, t1, t2):
+        return {"loss_mse": distill_mse(q1, t1, self.mse_reduction) + distill_mse(q2, t2, self.mse_reduction)}
+
+
+class MoCoRKD(DistilledMoCo):
+    """loss = InfoNCE + w_d * RKD-distance + w_a * RKD-angle on both views,
+    plus DisCo's MSE with use_mse (the RKD+DisCo row of Table 2)."""
+
+    def __init__(self, encoder_q, teacher, dist_weight=25.0, angle_weight=50.0, use_mse=False,
+                 mse_reduction="sum", **kwargs):
+        super().__init__(encoder_q, teacher, **kwargs)
+        self.dist_weight, self.angle_weight = dist_weight, angle_weight
+        self.use_mse, self.mse_reduction = use_mse, mse_reduction
+
+    def distill_loss(self, q1, q2, t1, t2):
+        terms = {
+            "loss_rkd_dist": self.dist_weight * (rkd_distance(q1, t1) + rkd_distance(q2, t2)),
+            "loss_rkd_angle": self.angle_weight * (rkd_angle(q1, t1) + rkd_angle(q2, t2)),
+        }
+        if self.use_mse:
+            terms["loss_mse"] = distill_mse(q1, t1, self.mse_reduction) + distill_mse(q2, t2, self.mse_reduction)
+        return terms
+
+
+def _teacher_for(args):
+    from .errors import UserError
+    from .teacher import load_teacher
+    teacher = load_teacher(args.teacher_arch, args.teacher, nmb_prototypes=args.nmb_prototypes)
+    with torch.no_grad():  # one tiny batch: the embedding widths must agree before training starts
+        size = args.image_size
+        width = teacher.eval()(torch.zeros(2, 3, size, size)).shape[1]
+    if width != args.moco_dim:
+        raise UserError(f"teacher '{args.teacher}' embeds into {width} dimensions, the student into "
+                        f"--moco-dim {args.moco_dim}: they must be equal")
+    return teacher
+
+
+def _moco_kwargs(args):
+    return dict(dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t, bn_splits=args.bn_splits,
+                teacher_bn=args.teacher_bn)
+
+
+def build_disco(args):
+    from .pretrain import build_query_encoder
+    return DisCo(build_query_encoder(args), _teacher_for(args), only_mse=args.only_mse,
+                 mse_reduction=args.mse_reduction, **_moco_kwargs(args))
+
+
+def build_moco_rkd(args):
+    from .pretrain import build_query_encoder
+    return MoCoRKD(build_query_encoder(args), _teacher_for(args), dist_weight=args.rkd_dist_weight,
+                   angle_weight=args.rkd_angle_weight, use_mse=args.use_mse, mse_reduction=args.mse_reduction,
+                   **_moco_kwargs(args))

@@ -1,0 +1,91 @@
+"""Frozen self-supervised teachers for DisCo and RKD.
+
+A teacher maps images to L2-normalised embeddings after its own projection
+head. Two families:
+- MoCo-v2 checkpoints (ours, the official release, DisCo students): the
+  query encoder ``module.encoder_q.*``; the head's shape is read from the
+  checkpoint, so any ``--mlp``/``--hidden`` setting loads;
+- SwAV checkpoints (``--teacher_arch SWAVresnet50`` or ``resnet50w2``):
+  the official release layout or our own SwAV runs, via selfsup.swav.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoint as ck
+from .backbones import create_backbone, set_head
+from .errors import UserError
+from .heads import projection_head
+
+SWAV_TEACHERS = {"SWAVresnet50", "resnet50w2"}
+
+
+class EmbeddingTeacher(nn.Module):
+    """encoder(x) L2-normalised, never trained."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x):
+        return F.normalize(self.encoder(x), dim=1)
+
+
+def _head_from_state(state, head_name, feat_dim, path):
+    """The projection head a MoCo checkpoint was trained with."""
+    if f"{head_name}.weight" in state:
+        return projection_head(feat_dim, state[f"{head_name}.weight"].shape[0], mlp=False)
+    if f"{head_name}.0.weight" in state and f"{head_name}.2.weight" in state:
+        hidden, out = state[f"{head_name}.0.weight"].shape[0], state[f"{head_name}.2.weight"].shape[0]
+        return projection_head(feat_dim, out, mlp=True, hidden=hidden)
+    raise UserError(f"teacher '{path}' has no projection head under '{head_name}.' "
+                    "(expected a MoCo pretraining checkpoint with module.encoder_q.*)")
+
+
+def load_moco_teacher(arch, path, small_images=None):
+    ckpt = ck.load_file(path, "--teacher checkpoint")
+    state = ck.state_dict_of(ckpt, path)
+    for prefix in ("module.encoder_q.", "encoder_q.", "module.encoder.", "encoder."):
+        sub = ck.strip_prefix(state, prefix)
+        if sub:
+            state = sub
+            break
+    else:
+        raise UserError(f"teacher '{path}' has no 'module.encoder_q.*' keys (expected a MoCo-v2 checkpoint; "
+                        "for SwAV weights use --teacher_arch SWAVresnet50 or resnet50w2)")
+    if small_images is None:
+        small_images = ck.small_images_of(ckpt)
+    backbone, feat_dim = create_backbone(arch, small_images)
+    head_name = backbone.head_name
+    head_weight = state.get(f"{head_name}.weight", state.get(f"{head_name}.0.weight"))
+    if head_weight is not None and head_weight.shape[1] != feat_dim:
+        saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
+        raise UserError(f"teacher '{path}' does not match --teacher_arch {arch}"
+                        f"{f' (it was trained as {saved!r})' if saved else ''}: head input "
+                        f"{head_weight.shape[1]} vs feature width {feat_dim}")
+    encoder = set_head(backbone, _head_from_state(state, head_name, feat_dim, path))
+    ck.load_into(encoder, state, path, arch, flag="--teacher_arch")
+    return EmbeddingTeacher(encoder)
+
+
+def load_teacher(arch, path, small_images=None, nmb_prototypes=0):
+    """A frozen teacher of `arch` with the weights of `path`."""
+    if not path:
+        raise UserError("--teacher PATH is required (a MoCo-v2 or SwAV checkpoint of --teacher_arch)")
+    if arch in SWAV_TEACHERS:
+        from .swav import load_swav_teacher
+        teacher = load_swav_teacher(arch, path, nmb_prototypes=nmb_prototypes, small_images=small_images)
+    else:
+        teacher = load_moco_teacher(arch, path, small_images)
+    for p in teacher.parameters():
+        p.requires_grad = False
+    return teacher.eval()
+
+
+def freeze_bn_statistics(module):
+    """BN layers keep using batch statistics in train mode but stop updating
+    their running averages (momentum 0), so the teacher's state never changes."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
+    return module
+
