@@ -22,11 +22,13 @@ from .cli import BUILTIN_DATA, REPO_ROOT
 # Sized to finish in about 10 minutes of a 2-core CPU at 32 px.
 CONFIG = {
     "teacher": {"arch": "resnet34", "epochs": 10},
-    "student": {"arch": "resnet18", "epochs": 8},
+    "students": ["resnet18"],
+    "student_epochs": 8,
     "image_size": 32,
     "batch_size": 64,
     "pretrain_flags": "--lr 0.06 --mlp --moco-t 0.2 --moco-m 0.99 --moco-k 1024 --aug-plus --cos --bn-splits 2",
-    "lincls_flags": "--lr 1.0 --cos --epochs 10",
+    "lincls_flags": "--lr 1.0 --cos",
+    "lincls_epochs": 10,
 }
 
 
@@ -56,6 +58,52 @@ def last_row(metrics_csv):
         return list(csv.DictReader(f))[-1]
 
 
+def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True):
+    """Teacher, then per student arch a MoCo-v2 baseline and a DisCo run, then
+    linear evaluation of every model. Returns the table rows as dicts."""
+    c, py = config, sys.executable
+    ep = lambda n: max(1, round(n * scale))  # noqa: E731
+    os.makedirs(runs, exist_ok=True)
+    os.makedirs(results, exist_ok=True)
+    common = f"-b {c['batch_size']} --image-size {c['image_size']} -j 1 -p 20 --seed 0"
+    t_arch = c["teacher"]["arch"]
+    rows = [dict(name="teacher", method="MoCo-v2", arch=t_arch, epochs=ep(c["teacher"]["epochs"]))]
+    for arch in c["students"]:
+        e = ep(c["student_epochs"])
+        suffix = "" if len(c["students"]) == 1 else f"_{arch}"
+        rows.append(dict(name=f"student_moco{suffix}", method="MoCo-v2", arch=arch, epochs=e))
+        rows.append(dict(name=f"student_disco{suffix}", method=f"DisCo <- {t_arch}", arch=arch, epochs=e))
+    for r in rows:
+        r["folder"] = os.path.join(runs, r["name"])
+        r["ckpt"] = os.path.join(r["folder"], "ckpt", f"checkpoint_{r['epochs'] - 1:04d}.pth.tar")
+        os.makedirs(r["folder"], exist_ok=True)
+    teacher_ckpt = rows[0]["ckpt"]
+    for r in rows:
+        flags = f"-a {r['arch']} {common} {c['pretrain_flags']} --epochs {r['epochs']} --ckpt-dir {r['folder']}/ckpt"
+        if r["method"].startswith("DisCo"):
+            cmd = f"{py} -u main.py {flags} --teacher_arch {t_arch} --teacher {teacher_ckpt} {data}"
+            cwd = os.path.join(REPO_ROOT, "DisCo")
+        else:
+            cmd = f"{py} -u main_moco.py {flags} {data}"
+            cwd = os.path.join(REPO_ROOT, "moco")
+        r["seconds"] = sh(cmd, cwd, os.path.join(r["folder"], "pretrain.log"))
+    for r in rows:
+        cmd = (f"{py} -u main_lincls.py -a {r['arch']} {common} {c['lincls_flags']} "
+               f"--epochs {ep(c['lincls_epochs'])} --pretrained {r['ckpt']} "
+               f"--ckpt-dir {r['folder']}/lincls {data}")
+        r["seconds"] += sh(cmd, os.path.join(REPO_ROOT, "moco"), os.path.join(r["folder"], "lincls.log"))
+        m = last_row(os.path.join(r["folder"], "lincls", "metrics.csv"))
+        r["acc1"], r["acc5"] = float(m["acc1"]), float(m["acc5"])
+    table = ["| model | method | arch | pretrain epochs | top-1 | top-5 | minutes |", "|---|---|---|---|---|---|---|"]
+    table += [f"| {r['name']} | {r['method']} | {r['arch']} | {r['epochs']} | {r['acc1']:.1f} | {r['acc5']:.1f} "
+              f"| {r['seconds'] / 60:.1f} |" for r in rows]
+    with open(os.path.join(results, "table.md"), "w") as f:
+        f.write("\n".join(table) + "\n")
+    if pictures_too:
+        pictures(py, rows, runs, results, data)
+    return rows, "\n".join(table)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=BUILTIN_DATA)
@@ -65,60 +113,19 @@ def main():
     p.add_argument("--results", default=os.path.join(REPO_ROOT, "results", "demo"))
     p.add_argument("--no-pictures", action="store_true")
     args = p.parse_args()
-    c = CONFIG
-    py = sys.executable
-    ep = lambda n: max(1, round(n * args.scale))  # noqa: E731
-    size, bs = c["image_size"], c["batch_size"]
-    runs, results = args.out, args.results
-    os.makedirs(runs, exist_ok=True)
-    os.makedirs(results, exist_ok=True)
     start = time.time()
-    common = f"-b {bs} --image-size {size} -j 1 -p 20 --seed 0"
-
-    t_arch, s_arch = c["teacher"]["arch"], c["student"]["arch"]
-    t_ep, s_ep = ep(c["teacher"]["epochs"]), ep(c["student"]["epochs"])
-    rows = [("teacher", "MoCo-v2", t_arch, t_ep), ("student_moco", "MoCo-v2", s_arch, s_ep),
-            ("student_disco", f"DisCo <- {t_arch}", s_arch, s_ep)]
-    ckpt = {name: os.path.join(runs, name, "ckpt", f"checkpoint_{e - 1:04d}.pth.tar") for name, _, _, e in rows}
-    timings = {}
-    for name, method, arch, epochs in rows:
-        folder = os.path.join(runs, name)
-        os.makedirs(folder, exist_ok=True)
-        flags = f"-a {arch} {common} {c['pretrain_flags']} --epochs {epochs} --ckpt-dir {folder}/ckpt"
-        if name == "student_disco":
-            cmd = f"{py} -u main.py {flags} --teacher_arch {t_arch} --teacher {ckpt['teacher']} {args.data}"
-            cwd = os.path.join(REPO_ROOT, "DisCo")
-        else:
-            cmd = f"{py} -u main_moco.py {flags} {args.data}"
-            cwd = os.path.join(REPO_ROOT, "moco")
-        timings[name] = sh(cmd, cwd, os.path.join(folder, "pretrain.log"))
-    for name, method, arch, epochs in rows:
-        folder = os.path.join(runs, name)
-        cmd = (f"{py} -u main_lincls.py -a {arch} {common} {c['lincls_flags']} --pretrained {ckpt[name]} "
-               f"--ckpt-dir {folder}/lincls {args.data}")
-        timings[name] += sh(cmd, os.path.join(REPO_ROOT, "moco"), os.path.join(folder, "lincls.log"))
-
-    table = ["| model | method | arch | pretrain epochs | top-1 | top-5 | minutes |", "|---|---|---|---|---|---|---|"]
-    for name, method, arch, epochs in rows:
-        m = last_row(os.path.join(runs, name, "lincls", "metrics.csv"))
-        table.append(f"| {name} | {method} | {arch} | {epochs} | {float(m['acc1']):.1f} | {float(m['acc5']):.1f} "
-                     f"| {timings[name] / 60:.1f} |")
-    text = "\n".join(table)
-    with open(os.path.join(results, "table.md"), "w") as f:
-        f.write(text + "\n")
-    if not args.no_pictures:
-        pictures(py, rows, ckpt, runs, results, args.data)
-    print("\nLinear evaluation on the built-in dataset (val, 1000 images):\n" + text)
-    print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min; table, curves and t-SNE in {results}")
+    _, table = run_pipeline(CONFIG, args.data, args.out, args.results, args.scale, not args.no_pictures)
+    print("\nLinear evaluation on the built-in dataset (val, 1000 images):\n" + table)
+    print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min; table, curves and t-SNE in {args.results}")
 
 
-def pictures(py, rows, ckpt, runs, results, data):
-    """Training curves and t-SNE of the three models (the analysis tools)."""
-    names = [name for name, *_ in rows]
+def pictures(py, rows, runs, results, data):
+    """Training curves and t-SNE of the models (the analysis tools)."""
+    names = [r["name"] for r in rows]
     emb = os.path.join(results, "embeddings")
-    for name, _, arch, _ in rows:
-        sh(f"{py} DisCo/export_embed.py -a {arch} --pretrained {ckpt[name]} --name {name} --out {emb} {data}",
-           REPO_ROOT, os.path.join(runs, name, "export.log"))
+    for r in rows:
+        sh(f"{py} DisCo/export_embed.py -a {r['arch']} --pretrained {r['ckpt']} --name {r['name']} --out {emb} {data}",
+           REPO_ROOT, os.path.join(r["folder"], "export.log"))
     sh(f"{py} -u draw.py --embed-dir {emb} --names {' '.join(names)} --out {os.path.join(results, 'tsne.png')}",
        os.path.join(REPO_ROOT, "DisCo"), os.path.join(runs, "draw.log"))
     ck_dirs = " ".join(os.path.join(runs, n, "ckpt") for n in names)

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Small-scale analogue of the paper's Table 1 on the built-in dataset.
+
+A MoCo-v2 ResNet-50 teacher; for each lightweight student a MoCo-v2
+baseline and a DisCo student distilled from that teacher; linear evaluation
+of all. Writes results/tab1/table.md and results/tab1/tab1.png (bars).
+It is a benchmark, not a test: about an hour on a 2-core CPU at scale 1.
+
+    python benchmarks/tab1_small.py [--scale 0.5] [--students resnet18 mobilenetv3]
+"""
+import argparse
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from selfsup.cli import BUILTIN_DATA, REPO_ROOT  # noqa: E402
+from selfsup.demo import CONFIG, run_pipeline  # noqa: E402
+
+
+def bar_plot(rows, path):
+    teacher = rows[0]
+    students = [r for r in rows[1:] if r["method"] == "MoCo-v2"]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(students), 3.6))
+    xs = range(len(students))
+    base = [r["acc1"] for r in students]
+    disco = [next(d["acc1"] for d in rows if d["arch"] == r["arch"] and d["method"] != "MoCo-v2") for r in students]
+    ax.bar([x - 0.2 for x in xs], base, 0.4, label="MoCo-v2 student", color="#9aa5b1")
+    ax.bar([x + 0.2 for x in xs], disco, 0.4, label="DisCo student", color="#2b7bb9")
+    ax.axhline(teacher["acc1"], color="#c0392b", ls="--", label=f"teacher {teacher['arch']}")
+    for x, b, d in zip(xs, base, disco):
+        ax.text(x - 0.2, b + 0.5, f"{b:.1f}", ha="center", fontsize=8)
+        ax.text(x + 0.2, d + 0.5, f"{d:.1f}", ha="center", fontsize=8)
+    ax.set_xticks(list(xs), [r["arch"] for r in students])
+    ax.set_ylabel("linear top-1 (%)")
+    ax.set_title("Built-in data: Table 1 analogue")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=BUILTIN_DATA)
+    p.add_argument("--teacher", default="resnet50")
+    p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument("--students", nargs="+", default=["resnet18", "mobilenetv3", "efficientb0"])
+    p.add_argument("--student-epochs", type=int, default=15)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "tab1"))
+    p.add_argument("--results", default=os.path.join(REPO_ROOT, "results", "tab1"))
+    args = p.parse_args()
+    config = dict(CONFIG, teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
+                  students=args.students, student_epochs=args.student_epochs)
+    rows, table = run_pipeline(config, args.data, args.out, args.results, args.scale, pictures_too=False)
+    bar_plot(rows, os.path.join(args.results, "tab1.png"))
+    print(table)
+    print(f"=> {args.results}/table.md, {args.results}/tab1.png")
+
+
+if __name__ == "__main__":
+    main()
