@@ -1,22 +1,9 @@
 #!/usr/bin/env python3
 """Linear evaluation of a DisCo student (lr halved at 5, 10, ..., 45, 60, 80)."""
-from selfsup import cli
-from selfsup.errors import cli_main
-from selfsup.launch import launch
-from selfsup.lincls import run_lincls
+from selfsup.lincls import lincls_script
 
 SCHEDULE = (5, 10, 15, 20, 25, 30, 35, 40, 45, 60, 80)
-
-
-def parse_args(argv=None):
-    p = cli.lincls_parser("Linear evaluation (DisCo schedule)", lr=30.0, schedule=SCHEDULE, gamma=0.5)
-    return cli.finish_lincls(p.parse_args(argv))
-
-
-@cli_main
-def main(argv=None):
-    launch(run_lincls, parse_args(argv))
-
+parse_args, main = lincls_script("Linear evaluation (DisCo schedule)", lr=30.0, schedule=SCHEDULE, gamma=0.5)
 
 if __name__ == "__main__":
     main()

@@ -3,26 +3,23 @@
 10% labelled subset. Either point DIR at a subset made by
 data/imagenet_1_fraction.py, or give --label 1|10 to draw a seeded
 class-balanced subset of DIR/train on the fly."""
-from selfsup import cli
-from selfsup.errors import UserError, cli_main
-from selfsup.launch import launch
-from selfsup.lincls import run_lincls
+from selfsup.errors import UserError
+from selfsup.lincls import lincls_script
 
 
-def parse_args(argv=None):
-    p = cli.lincls_parser("Semi-supervised linear evaluation", lr=30.0, schedule=(60, 80), gamma=0.1)
+def add_label(p):
     p.add_argument("--label", default=None, type=float,
                    help="percent of each class's train images to use (default: all of DIR/train)")
-    args = cli.finish_lincls(p.parse_args(argv))
+
+
+def check_label(args):
     if args.label is not None and not 0 < args.label <= 100:
         raise UserError(f"--label {args.label}: expected a percentage in (0, 100]")
     return args
 
 
-@cli_main
-def main(argv=None):
-    launch(run_lincls, parse_args(argv))
-
+parse_args, main = lincls_script("Semi-supervised linear evaluation", lr=30.0, schedule=(60, 80), gamma=0.1,
+                                 extra_args=add_label, check=check_label)
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ from .backbones import create_backbone, set_head
 from .cifar import CIFAR
 from .errors import UserError
 from .optim import epoch_lr, set_lr
+from .precision import Precision
 from .pretrain import prefixed_state, seed_everything, unwrap
 from .progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
 from .subset import balanced_subset
@@ -103,7 +104,8 @@ def run_lincls(args, build_datasets=imagefolder_datasets):
             print(f"=> loading pretrained backbone from '{args.pretrained}'", flush=True)
         pretrained_state = load_pretrained(model, args.pretrained, args.arch)
     freeze_backbone(model)
-    model = model.to(args.device)
+    prec = Precision.from_args(args)
+    model = prec.model(model.to(args.device))
     if args.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[args.gpu] if args.device.type == "cuda" else None)
@@ -128,7 +130,7 @@ def run_lincls(args, build_datasets=imagefolder_datasets):
     val_loader = D.make_loader(val_set, args.batch_size, args.workers, shuffle=False, drop_last=False,
                                distributed=False)
     if args.evaluate:
-        acc1, acc5, _ = validate(val_loader, model, criterion, args)
+        acc1, acc5, _ = validate(val_loader, model, criterion, args, prec)
         return {"acc1": acc1, "acc5": acc5}
 
     metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
@@ -138,8 +140,8 @@ def run_lincls(args, build_datasets=imagefolder_datasets):
             train_loader.sampler.set_epoch(epoch)
         lr = epoch_lr(args.lr, epoch, args.epochs, getattr(args, "cos", False), args.schedule, args.gamma)
         set_lr(optimizer, lr)
-        train_loss, train_acc1 = train_one_epoch(train_loader, model, criterion, optimizer, epoch, args)
-        acc1, acc5, val_loss = validate(val_loader, model, criterion, args)
+        train_loss, train_acc1 = train_one_epoch(train_loader, model, criterion, optimizer, epoch, args, prec)
+        acc1, acc5, val_loss = validate(val_loader, model, criterion, args, prec)
         is_best = acc1 > best_acc1
         best_acc1 = max(acc1, best_acc1)
         if main:
@@ -160,21 +162,22 @@ def run_lincls(args, build_datasets=imagefolder_datasets):
     return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc1}
 
 
-def train_one_epoch(loader, model, criterion, optimizer, epoch, args):
+def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None):
     batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
     losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
     progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1, top5], prefix=f"Epoch: [{epoch}]")
     # eval(): BatchNorm keeps the pretrained statistics while the classifier trains.
+    prec = prec or Precision()
     model.eval()
     end = time.time()
     for i, (images, target) in enumerate(loader):
         data_time.update(time.time() - end)
         images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
-        output = model(images)
+        with prec.autocast():
+            output = model(prec.inputs(images)).float()
         loss = criterion(output, target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        prec.backward_step(loss, optimizer)
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
         losses.update(loss.item(), images.shape[0])
         top1.update(acc1.item(), images.shape[0])
@@ -187,17 +190,19 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args):
 
 
 @torch.no_grad()
-def validate(loader, model, criterion, args):
+def validate(loader, model, criterion, args, prec=None):
     """Top-1/top-5 on the whole validation set (every rank evaluates all of it)."""
     batch_time = AverageMeter("Time", ":6.3f")
     losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
     progress = ProgressMeter(len(loader), [batch_time, losses, top1, top5], prefix="Test: ")
     net = unwrap(model)
     net.eval()
+    prec = prec or Precision()
     end = time.time()
     for i, (images, target) in enumerate(loader):
         images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
-        output = net(images)
+        with prec.autocast():
+            output = net(prec.inputs(images)).float()
         loss = criterion(output, target)
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
         losses.update(loss.item(), images.shape[0])
@@ -210,3 +215,27 @@ def validate(loader, model, criterion, args):
     if du.is_main_process():
         print(f" * Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}", flush=True)
     return top1.avg, top5.avg, losses.avg
+
+
+def lincls_script(description, lr=30.0, schedule=(60, 80), gamma=0.1, build_datasets=imagefolder_datasets,
+                  extra_args=None, check=None):
+    """(parse_args, main) of a linear-evaluation script: the scripts differ
+    only in their defaults, extra flags and where the images come from."""
+    import functools
+
+    from . import cli
+    from .errors import cli_main
+    from .launch import launch
+
+    def parse_args(argv=None):
+        p = cli.lincls_parser(description, lr=lr, schedule=schedule, gamma=gamma)
+        if extra_args:
+            extra_args(p)
+        args = cli.finish_lincls(p.parse_args(argv))
+        return check(args) if check else args
+
+    @cli_main
+    def main(argv=None):
+        launch(functools.partial(run_lincls, build_datasets=build_datasets), parse_args(argv))
+
+    return parse_args, main
