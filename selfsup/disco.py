@@ -25,6 +25,8 @@ class DistilledMoCo(MoCo):
         self.teacher, self.teacher_bn = teacher, teacher_bn
         for p in self.teacher.parameters():
             p.requires_grad = False
+        if hasattr(teacher, "keep_eval"):  # SwAV teachers pin eval mode unless told otherwise
+            teacher.keep_eval = teacher_bn == "eval"
         if teacher_bn == "train":
             freeze_bn_statistics(self.teacher)
 
