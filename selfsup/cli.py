@@ -52,6 +52,23 @@ def common_parser(description, lr, epochs, schedule, wd, workers=32, batch_size=
     return p
 
 
+def add_speed_args(p, gpu_aug=True):
+    """--precision, --channels-last and (pretraining) --gpu-aug; see docs/speed.md.
+    The defaults are the original's path: fp32, contiguous, PIL workers."""
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default, the paper's numbers); bf16 autocast (fp16 + grad scaler on GPUs "
+                        "without bf16); fp16 autocast with a grad scaler. Losses and the queue stay fp32")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and inputs")
+    if gpu_aug:
+        p.add_argument("--gpu-aug", action="store_true",
+                       help="workers only read files; JPEG decode (nvjpeg) and the MoCo augmentation run "
+                            "batched on the training device")
+        p.add_argument("--gpu-aug-decode", default="gpu", choices=["gpu", "workers"],
+                       help="with --gpu-aug: decode JPEGs on the GPU (gpu), or decode and crop in the workers "
+                            "and do the rest on the GPU (workers)")
+    return p
+
+
 def add_moco_args(p, moco_t=0.07):
     p.add_argument("--moco-dim", default=128, type=int)
     p.add_argument("--moco-k", default=65536, type=int, help="queue size")
@@ -66,7 +83,7 @@ def add_moco_args(p, moco_t=0.07):
     p.add_argument("--bn-splits", default=8, type=int,
                    help="BatchNorm groups when one process holds the whole batch (shuffle-BN stand-in)")
     p.add_argument("--gamma", default=0.1, type=float, help="lr factor at each --schedule milestone")
-    return p
+    return add_speed_args(p)
 
 
 def finish_common(args):
@@ -101,7 +118,7 @@ def lincls_parser(description, lr=30.0, epochs=100, schedule=(60, 80), gamma=0.1
     p.add_argument("--gamma", default=gamma, type=float, help="lr factor at each --schedule milestone")
     p.add_argument("--cos", action="store_true", help="cosine lr schedule instead of --schedule")
     p.set_defaults(ckpt_dir="./ckpt_lincls")
-    return p
+    return add_speed_args(p, gpu_aug=False)
 
 
 def finish_lincls(args):

@@ -45,7 +45,7 @@ def split_folder(data, split):
     return os.path.join(data, split)
 
 
-def make_loader(dataset, batch_size, workers, shuffle, drop_last, distributed, seed=None):
+def make_loader(dataset, batch_size, workers, shuffle, drop_last, distributed, seed=None, collate_fn=None):
     """DataLoader with a DistributedSampler when several processes run."""
     sampler = None
     if distributed:
@@ -56,4 +56,4 @@ def make_loader(dataset, batch_size, workers, shuffle, drop_last, distributed, s
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=(shuffle and sampler is None), sampler=sampler,
         num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-        persistent_workers=workers > 0)
+        persistent_workers=workers > 0, collate_fn=collate_fn)

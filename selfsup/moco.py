@@ -58,7 +58,7 @@ class MoCo(nn.Module):
             return self._keys_shuffled_across_ranks(im_k)
         perm = torch.randperm(im_k.shape[0], device=im_k.device)
         k = forward_in_groups(self.encoder_k, im_k[perm], self.bn_splits)
-        k = F.normalize(k, dim=1)
+        k = F.normalize(k.float(), dim=1)  # fp32 keys under autocast too: they go into the queue
         return k[torch.argsort(perm)]
 
     @torch.no_grad()
@@ -68,14 +68,14 @@ class MoCo(nn.Module):
         torch.distributed.broadcast(perm, src=0)
         unshuffle = torch.argsort(perm)
         mine = perm.view(du.world_size(), -1)[du.rank()]
-        k = F.normalize(self.encoder_k(x_all[mine]), dim=1)
+        k = F.normalize(self.encoder_k(x_all[mine]).float(), dim=1)
         k_all = du.concat_all_gather(k)
         return k_all[unshuffle.view(du.world_size(), -1)[du.rank()]]
 
     # -- query encoder ---------------------------------------------------
     def embed_query(self, im):
         groups = self.bn_splits if du.world_size() == 1 else 1
-        return F.normalize(forward_in_groups(self.encoder_q, im, groups), dim=1)
+        return F.normalize(forward_in_groups(self.encoder_q, im, groups).float(), dim=1)
 
     def contrast(self, q, k):
         """InfoNCE of queries against their keys and the queue; enqueues k."""

@@ -19,6 +19,7 @@ from .errors import UserError
 from .heads import projection_head
 from .moco import MoCo
 from .optim import epoch_lr, set_lr
+from .precision import Precision
 from .progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
 
 
@@ -61,7 +62,24 @@ def resume_path(args):
     return args.resume or None
 
 
-def resume(model, optimizer, path, args):
+def pretrain_loader(args):
+    """Two-view loader of args.data/train: PIL + torchvision in the workers
+    (the original's path), or with --gpu-aug files read by the workers and
+    decoded and augmented in batches on args.device (selfsup.jpeg_data)."""
+    train_dir = D.split_folder(args.data, "train")
+    if getattr(args, "gpu_aug", False):
+        from .gpu_augment import moco_spec
+        from .jpeg_data import two_view_loader
+        return two_view_loader(train_dir, moco_spec(args.aug_plus, args.image_size), args.batch_size,
+                               args.workers, args.device, distributed=args.distributed, seed=args.seed,
+                               decode=getattr(args, "gpu_aug_decode", "gpu"))
+    dataset = D.image_folder(train_dir, augment.TwoCropsTransform(
+        augment.pretrain_transform(args.aug_plus, args.image_size)))
+    return D.make_loader(dataset, args.batch_size, args.workers, shuffle=True, drop_last=True,
+                         distributed=args.distributed, seed=args.seed)
+
+
+def resume(model, optimizer, path, args, prec=None):
     """Load model, queue and optimizer state; returns the epoch to start at."""
     ckpt = ck.load_file(path, "--resume checkpoint")
     if ckpt.get("arch") not in (None, args.arch):
@@ -69,6 +87,8 @@ def resume(model, optimizer, path, args):
     state = ck.strip_prefix(ck.state_dict_of(ckpt, path), "module.")
     ck.load_into(unwrap(model), state, path, args.arch)
     optimizer.load_state_dict(ckpt["optimizer"])
+    if prec is not None:
+        prec.load_state_dict(ckpt.get("scaler"))
     if du.is_main_process():
         print(f"=> loaded checkpoint '{path}' (epoch {ckpt['epoch']})", flush=True)
     return int(ckpt["epoch"])
@@ -84,7 +104,11 @@ def run_pretraining(args, build_model):
     if main:
         print(f"=> creating model '{args.arch}' on {args.device}"
               f"{f' ({args.world_size} processes)' if args.distributed else ''}", flush=True)
-    model = build_model(args).to(args.device)
+    prec = Precision.from_args(args)
+    model = prec.model(build_model(args).to(args.device))
+    if main and (prec.dtype is not None or prec.channels_last or getattr(args, "gpu_aug", False)):
+        print(f"=> precision {prec.name}{', GPU data pipeline' if getattr(args, 'gpu_aug', False) else ''}",
+              flush=True)
     if args.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[args.gpu] if args.device.type == "cuda" else None,
@@ -94,13 +118,9 @@ def run_pretraining(args, build_model):
 
     path = resume_path(args)
     if path:
-        args.start_epoch = resume(model, optimizer, path, args)
+        args.start_epoch = resume(model, optimizer, path, args, prec)
 
-    train_dir = D.split_folder(args.data, "train")
-    dataset = D.image_folder(train_dir, augment.TwoCropsTransform(
-        augment.pretrain_transform(args.aug_plus, args.image_size)))
-    loader = D.make_loader(dataset, args.batch_size, args.workers, shuffle=True, drop_last=True,
-                           distributed=args.distributed, seed=args.seed)
+    loader = pretrain_loader(args)
     metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
 
     previous = None
@@ -111,12 +131,13 @@ def run_pretraining(args, build_model):
             seed_everything(args.seed + 1000 * epoch + args.rank)
         lr = epoch_lr(args.lr, epoch, args.epochs, args.cos, args.schedule, args.gamma)
         set_lr(optimizer, lr)
-        stats = train_one_epoch(loader, model, optimizer, epoch, args)
+        stats = train_one_epoch(loader, model, optimizer, epoch, args, prec)
         if main:
             name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch))
             ck.save_checkpoint({"epoch": epoch + 1, "arch": args.arch, "state_dict": prefixed_state(model),
                                 "optimizer": optimizer.state_dict(), "small_images": bool(args.small_images),
-                                "image_size": args.image_size}, name)
+                                "image_size": args.image_size,
+                                **({"scaler": prec.state_dict()} if prec.scaler.is_enabled() else {})}, name)
             if previous and previous != name and os.path.exists(previous):
                 os.remove(previous)  # as the original: only the newest checkpoint stays
             previous = name
@@ -127,24 +148,25 @@ def run_pretraining(args, build_model):
     return unwrap(model)
 
 
-def train_one_epoch(loader, model, optimizer, epoch, args):
+def train_one_epoch(loader, model, optimizer, epoch, args, prec=None):
     batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
     losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
     extra = {}
     progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1, top5], prefix=f"Epoch: [{epoch}]")
+    prec = prec or Precision()
     model.train()
     start = end = time.time()
     for i, (images, _) in enumerate(loader):
         data_time.update(time.time() - end)
-        im_q = images[0].to(args.device, non_blocking=True)
-        im_k = images[1].to(args.device, non_blocking=True)
-        out = model(im_q, im_k)
+        im_q = prec.inputs(images[0].to(args.device, non_blocking=True))
+        im_k = prec.inputs(images[1].to(args.device, non_blocking=True))
+        with prec.autocast():  # the forward only; the losses inside cast to fp32
+            out = model(im_q, im_k)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise UserError(f"loss became {loss.item()} at epoch {epoch} batch {i}: lower --lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        prec.backward_step(loss, optimizer)
 
         n = im_q.shape[0]
         acc1, acc5 = accuracy(out["logits"], out["labels"], topk=(1, 5))

@@ -27,7 +27,7 @@ class EmbeddingTeacher(nn.Module):
         self.encoder = encoder
 
     def forward(self, x):
-        return F.normalize(self.encoder(x), dim=1)
+        return F.normalize(self.encoder(x).float(), dim=1)
 
 
 def _head_from_state(state, head_name, feat_dim, path):
