@@ -93,4 +93,6 @@ def autocast_dtype(args):
         if args.device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if args.amp_dtype == "bfloat16" and args.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[args.amp_dtype]

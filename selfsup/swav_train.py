@@ -67,6 +67,9 @@ def build_parser(description, distill=False):
       help="ours: autocast dtype of --use_fp16 true (auto: bf16 where the GPU has it, fp16 otherwise, fp32 on CPU)")
     a("--print_freq", type=int, default=50, help="ours: iterations between progress lines")
     a("--channels_last", type=bool_flag, default=True, help="ours: channels-last memory format on GPUs")
+    a("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+      help="ours, the MoCo scripts' flag: fp32 = --use_fp16 false; bf16/fp16 = --use_fp16 true with "
+           "--amp_dtype bfloat16/float16 (bf16 falls back to fp16 on GPUs without it)")
     if distill:
         a("--pretrained", default="", type=str, help="teacher checkpoint (official SwAV layout or ours)")
         a("--teacher", default="", type=str, help="same as --pretrained")
@@ -77,6 +80,10 @@ def build_parser(description, distill=False):
 
 
 def finish_args(args, distill=False):
+    if getattr(args, "precision", None):
+        args.use_fp16 = args.precision != "fp32"
+        if args.use_fp16:
+            args.amp_dtype = {"bf16": "bfloat16", "fp16": "float16"}[args.precision]
     check_multicrop_args(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops)
     n = sum(args.nmb_crops)
     if not args.crops_for_assign or any(not 0 <= c < n for c in args.crops_for_assign):
