@@ -24,8 +24,10 @@ data: env
 demo: data
 	$(PY) -u -m selfsup.demo
 
+# One OpenMP thread per process: the tests start scripts as subprocesses, and
+# more threads than the 2 cores of CI make OpenMP spin (10x slower).
 test: env detectron2
-	$(PY) -m pytest -q --durations=15
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf runs results data/builtin

@@ -26,8 +26,8 @@ CONFIG = {
     "student_epochs": 8,
     "image_size": 32,
     "batch_size": 64,
-    "pretrain_flags": "--lr 0.06 --mlp --moco-t 0.2 --moco-m 0.99 --moco-k 1024 --aug-plus --cos --bn-splits 2",
-    "lincls_flags": "--lr 1.0 --cos",
+    "pretrain_flags": "--lr 0.03 --mlp --moco-t 0.2 --moco-m 0.99 --moco-k 1024 --aug-plus --cos --bn-splits 2",
+    "lincls_flags": "--lr 0.05 --cos",
     "lincls_epochs": 10,
 }
 
@@ -111,10 +111,11 @@ def main():
                    help="multiply every epoch count (0.2: a quick smoke run)")
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "demo"))
     p.add_argument("--results", default=os.path.join(REPO_ROOT, "results", "demo"))
+    p.add_argument("--batch-size", type=int, default=CONFIG["batch_size"])
     p.add_argument("--no-pictures", action="store_true")
     args = p.parse_args()
     start = time.time()
-    _, table = run_pipeline(CONFIG, args.data, args.out, args.results, args.scale, not args.no_pictures)
+    _, table = run_pipeline(dict(CONFIG, batch_size=args.batch_size), args.data, args.out, args.results, args.scale, not args.no_pictures)
     print("\nLinear evaluation on the built-in dataset (val, 1000 images):\n" + table)
     print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min; table, curves and t-SNE in {args.results}")
 

@@ -6,7 +6,7 @@ from conftest import run
 
 def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results"
-    r = run(f"python3 -m selfsup.demo --data {tiny_data} --scale 0.01 --out {out} --results {results}")
+    r = run(f"python3 -m selfsup.demo --data {tiny_data} --scale 0.01 --batch-size 16 --out {out} --results {results}")
     assert r.returncode == 0, r.stdout[-3000:]
     table = (results / "table.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in table[2:]] == ["teacher", "student_moco", "student_disco"]
