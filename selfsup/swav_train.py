@@ -287,3 +287,24 @@ def train_one_epoch(loader, model, optimizer, scaler, epoch, schedule, queue, ar
     if teacher is not None:
         stats.update(loss_swav=swav_meter.avg, loss_mse=mse_meter.avg)
     return stats, queue
+
+
+def swav_script(distill):
+    """(parse_args, main) of main_swav.py / main_swav_distill.py, which differ
+    only in whether a teacher is distilled."""
+    from .errors import cli_main
+    from .swav_launch import finish_distributed, init_distributed
+
+    def parse_args(argv=None):
+        p = build_parser("SwAV + DisCo distillation" if distill else "SwAV pretraining", distill=distill)
+        return finish_args(p.parse_args(argv), distill=distill)
+
+    @cli_main
+    def main(argv=None):
+        args = init_distributed(parse_args(argv))
+        try:
+            return run_swav(args, distill=distill)
+        finally:
+            finish_distributed(args)
+
+    return parse_args, main

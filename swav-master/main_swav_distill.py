@@ -3,26 +3,9 @@
 
 Start with `python -m torch.distributed.launch --nproc_per_node=N`, `torchrun`,
 or plainly. The teacher is --pretrained (or --teacher). Flags and files: docs/swav.md."""
-from selfsup.errors import cli_main
-from selfsup.swav_launch import finish_distributed, init_distributed
-from selfsup.swav_train import build_parser, finish_args, run_swav
+from selfsup.swav_train import swav_script
 
-DISTILL = True
-
-
-def parse_args(argv=None):
-    p = build_parser("SwAV + DisCo distillation" if DISTILL else "SwAV pretraining", distill=DISTILL)
-    return finish_args(p.parse_args(argv), distill=DISTILL)
-
-
-@cli_main
-def main(argv=None):
-    args = init_distributed(parse_args(argv))
-    try:
-        return run_swav(args, distill=DISTILL)
-    finally:
-        finish_distributed(args)
-
+parse_args, main = swav_script(distill=True)
 
 if __name__ == "__main__":
     main()
