@@ -21,14 +21,14 @@ from .cli import BUILTIN_DATA, REPO_ROOT
 
 # Sized to finish in under 15 minutes on an idle 2-core CPU at 32 px.
 CONFIG = {
-    "teacher": {"arch": "resnet34", "epochs": 8},
+    "teacher": {"arch": "resnet34", "epochs": 7},
     "students": ["resnet18"],
     "student_epochs": 6,
     "image_size": 32,
     "batch_size": 64,
     "pretrain_flags": "--lr 0.03 --mlp --moco-t 0.2 --moco-m 0.99 --moco-k 1024 --aug-plus --cos --bn-splits 2",
     "lincls_flags": "--lr 0.05 --cos",
-    "lincls_epochs": 10,
+    "lincls_epochs": 6,
 }
 
 
