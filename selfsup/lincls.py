@@ -178,15 +178,21 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None)
         loss = criterion(output, target)
         optimizer.zero_grad(set_to_none=True)
         prec.backward_step(loss, optimizer)
-        acc1, acc5 = accuracy(output, target, topk=(1, 5))
-        losses.update(loss.item(), images.shape[0])
-        top1.update(acc1.item(), images.shape[0])
-        top5.update(acc5.item(), images.shape[0])
+        record(losses, top1, top5, loss, output, target)
         batch_time.update(time.time() - end)
         end = time.time()
         if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
             progress.display(i)
     return losses.avg, top1.avg
+
+
+def record(losses, top1, top5, loss, output, target):
+    """Add one batch's loss and top-1/top-5 to the running meters."""
+    acc1, acc5 = accuracy(output, target, topk=(1, 5))
+    n = target.shape[0]
+    losses.update(loss.item(), n)
+    top1.update(acc1.item(), n)
+    top5.update(acc5.item(), n)
 
 
 @torch.no_grad()
@@ -204,10 +210,7 @@ def validate(loader, model, criterion, args, prec=None):
         with prec.autocast():
             output = net(prec.inputs(images)).float()
         loss = criterion(output, target)
-        acc1, acc5 = accuracy(output, target, topk=(1, 5))
-        losses.update(loss.item(), images.shape[0])
-        top1.update(acc1.item(), images.shape[0])
-        top5.update(acc5.item(), images.shape[0])
+        record(losses, top1, top5, loss, output, target)
         batch_time.update(time.time() - end)
         end = time.time()
         if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
