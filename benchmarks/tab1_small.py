@@ -21,12 +21,12 @@ from selfsup.demo import CONFIG, run_pipeline  # noqa: E402
 
 
 def bar_plot(rows, path):
-    teacher = rows[0]
-    students = [r for r in rows[1:] if r["method"] == "MoCo-v2"]
+    teacher = next(r for r in rows if r["name"] == "teacher")
+    students = [r for r in rows if r["name"].startswith("student_moco")]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(students), 3.6))
     xs = range(len(students))
     base = [r["acc1"] for r in students]
-    disco = [next(d["acc1"] for d in rows if d["arch"] == r["arch"] and d["method"] != "MoCo-v2") for r in students]
+    disco = [next(d["acc1"] for d in rows if d["arch"] == r["arch"] and d["method"].startswith("DisCo")) for r in students]
     ax.bar([x - 0.2 for x in xs], base, 0.4, label="MoCo-v2 student", color="#9aa5b1")
     ax.bar([x + 0.2 for x in xs], disco, 0.4, label="DisCo student", color="#2b7bb9")
     ax.axhline(teacher["acc1"], color="#c0392b", ls="--", label=f"teacher {teacher['arch']}")

@@ -4,20 +4,28 @@ built-in dataset, on a CPU, through the same scripts a user runs.
 1. MoCo-v2 teacher (moco/main_moco.py)
 2. MoCo-v2 student baseline (moco/main_moco.py)
 3. DisCo student distilled from that teacher (DisCo/main.py)
-4. linear evaluation of all three (moco/main_lincls.py, same flags for each)
-5. a table of top-1/top-5, training curves, t-SNE of the embeddings.
+4. linear evaluation (moco/main_lincls.py, same flags for each) and kNN
+   accuracy of all three and of a randomly initialised student
+5. a table of the accuracies, training curves, t-SNE of the embeddings.
+
+Two steps run side by side (--lanes): the teacher and the student baseline
+train together, and the evaluations fill the lane that DisCo leaves free.
 
 Everything lands in runs/demo/ (checkpoints, logs) and results/demo/
 (table, pictures). Set DEMO_SCALE=0.2 for a quick smoke run.
 """
 import argparse
+import concurrent.futures
 import csv
 import os
 import subprocess
 import sys
 import time
 
+import torch
+
 from .cli import BUILTIN_DATA, REPO_ROOT
+from .knn import checkpoint_knn
 
 # Sized to finish in under 15 minutes on an idle 2-core CPU at 32 px.
 CONFIG = {
@@ -32,13 +40,19 @@ CONFIG = {
 }
 
 
-def sh(cmd, cwd, log):
-    """Run one command line, stream its output to the terminal and to `log`."""
-    print(f"\n$ (cd {os.path.relpath(cwd, REPO_ROOT)} && {cmd})", flush=True)
+class StepFailed(RuntimeError):
+    pass
+
+
+def sh(cmd, cwd, log, tag=None):
+    """Run one command line, stream its output to the terminal (lines
+    prefixed by `tag` when steps run side by side) and to `log`."""
+    prefix = f"[{tag}] " if tag else ""
+    print(f"\n{prefix}$ (cd {os.path.relpath(cwd, REPO_ROOT)} && {cmd})", flush=True)
     start = time.time()
     with open(log, "w") as f:
-        # One torch thread and one loader worker split the two cores of a
-        # small machine cleanly; more threads than cores makes OpenMP spin.
+        # One torch thread per process: two steps share the two cores of a
+        # small machine, and more threads than cores makes OpenMP spin.
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("OMP_NUM_THREADS", "1")
         proc = subprocess.Popen(cmd, shell=True, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -46,11 +60,30 @@ def sh(cmd, cwd, log):
         for line in proc.stdout:
             f.write(line)
             if not line.startswith(("Test:",)) and ("Epoch:" not in line or "/" in line.split("]")[1][:8]):
-                sys.stdout.write(line)
+                sys.stdout.write(prefix + line)
+                sys.stdout.flush()
         proc.wait()
     if proc.returncode != 0:
-        sys.exit(f"demo step failed (exit {proc.returncode}); its log: {log}")
+        raise StepFailed(f"demo step failed (exit {proc.returncode}); its log: {log}")
     return time.time() - start
+
+
+def run_steps(steps, lanes):
+    """Run `steps` (name -> (needs, fn)) with at most `lanes` at a time, each
+    as soon as the steps it needs are done, earlier-listed first."""
+    pending, done, running = dict(steps), set(), {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=lanes) as pool:
+        while pending or running:
+            for name, (needs, fn) in list(pending.items()):
+                if len(running) < lanes and set(needs) <= done:
+                    running[pool.submit(fn)] = name
+                    del pending[name]
+            if not running:
+                raise RuntimeError(f"demo steps wait on missing steps: {sorted(pending)}")
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in finished:
+                fut.result()  # a failed step stops the demo here
+                done.add(running.pop(fut))
 
 
 def last_row(metrics_csv):
@@ -58,16 +91,14 @@ def last_row(metrics_csv):
         return list(csv.DictReader(f))[-1]
 
 
-def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True):
-    """Teacher, then per student arch a MoCo-v2 baseline and a DisCo run, then
-    linear evaluation of every model. Returns the table rows as dicts."""
-    c, py = config, sys.executable
+def plan_rows(config, runs, scale):
+    """The models of the table: random init, the teacher, and per student arch
+    a MoCo-v2 baseline and a DisCo student."""
+    c = config
     ep = lambda n: max(1, round(n * scale))  # noqa: E731
-    os.makedirs(runs, exist_ok=True)
-    os.makedirs(results, exist_ok=True)
-    common = f"-b {c['batch_size']} --image-size {c['image_size']} -j 1 -p 20 --seed 0"
     t_arch = c["teacher"]["arch"]
-    rows = [dict(name="teacher", method="MoCo-v2", arch=t_arch, epochs=ep(c["teacher"]["epochs"]))]
+    rows = [dict(name="random_init", method="none", arch=c["students"][0], epochs=0),
+            dict(name="teacher", method="MoCo-v2", arch=t_arch, epochs=ep(c["teacher"]["epochs"]))]
     for arch in c["students"]:
         e = ep(c["student_epochs"])
         suffix = "" if len(c["students"]) == 1 else f"_{arch}"
@@ -75,32 +106,64 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True):
         rows.append(dict(name=f"student_disco{suffix}", method=f"DisCo <- {t_arch}", arch=arch, epochs=e))
     for r in rows:
         r["folder"] = os.path.join(runs, r["name"])
-        r["ckpt"] = os.path.join(r["folder"], "ckpt", f"checkpoint_{r['epochs'] - 1:04d}.pth.tar")
+        r["ckpt"] = os.path.join(r["folder"], "ckpt", f"checkpoint_{r['epochs'] - 1:04d}.pth.tar") if r["epochs"] else None
+        r["seconds"] = 0.0
         os.makedirs(r["folder"], exist_ok=True)
-    teacher_ckpt = rows[0]["ckpt"]
-    for r in rows:
+    return rows
+
+
+def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lanes=2):
+    """Teacher, then per student arch a MoCo-v2 baseline and a DisCo run, then
+    linear evaluation (and kNN) of every model and of a random init, `lanes`
+    steps side by side. Returns (rows as dicts, markdown table)."""
+    c, py = config, sys.executable
+    os.makedirs(runs, exist_ok=True)
+    os.makedirs(results, exist_ok=True)
+    common = f"-b {c['batch_size']} --image-size {c['image_size']} -j 1 -p 20 --seed 0"
+    rows = plan_rows(config, runs, scale)
+    teacher = rows[1]
+
+    def pretrain(r):
         flags = f"-a {r['arch']} {common} {c['pretrain_flags']} --epochs {r['epochs']} --ckpt-dir {r['folder']}/ckpt"
         if r["method"].startswith("DisCo"):
-            cmd = f"{py} -u main.py {flags} --teacher_arch {t_arch} --teacher {teacher_ckpt} {data}"
+            cmd = f"{py} -u main.py {flags} --teacher_arch {teacher['arch']} --teacher {teacher['ckpt']} {data}"
             cwd = os.path.join(REPO_ROOT, "DisCo")
         else:
             cmd = f"{py} -u main_moco.py {flags} {data}"
             cwd = os.path.join(REPO_ROOT, "moco")
-        r["seconds"] = sh(cmd, cwd, os.path.join(r["folder"], "pretrain.log"))
-    for r in rows:
+        r["seconds"] += sh(cmd, cwd, os.path.join(r["folder"], "pretrain.log"), r["name"])
+
+    def evaluate(r):
+        pretrained = f"--pretrained {r['ckpt']} " if r["ckpt"] else ""
         cmd = (f"{py} -u main_lincls.py -a {r['arch']} {common} {c['lincls_flags']} "
-               f"--epochs {ep(c['lincls_epochs'])} --pretrained {r['ckpt']} "
+               f"--epochs {max(1, round(c['lincls_epochs'] * scale))} {pretrained}"
                f"--ckpt-dir {r['folder']}/lincls {data}")
-        r["seconds"] += sh(cmd, os.path.join(REPO_ROOT, "moco"), os.path.join(r["folder"], "lincls.log"))
+        r["seconds"] += sh(cmd, os.path.join(REPO_ROOT, "moco"), os.path.join(r["folder"], "lincls.log"), r["name"])
         m = last_row(os.path.join(r["folder"], "lincls", "metrics.csv"))
         r["acc1"], r["acc5"] = float(m["acc1"]), float(m["acc5"])
-    table = ["| model | method | arch | pretrain epochs | top-1 | top-5 | minutes |", "|---|---|---|---|---|---|---|"]
-    table += [f"| {r['name']} | {r['method']} | {r['arch']} | {r['epochs']} | {r['acc1']:.1f} | {r['acc5']:.1f} "
-              f"| {r['seconds'] / 60:.1f} |" for r in rows]
+        start = time.time()
+        r["knn"] = checkpoint_knn(r["arch"], r["ckpt"], data, c["image_size"])
+        r["seconds"] += time.time() - start
+        print(f"[{r['name']}] kNN top-1 {r['knn']:.1f}", flush=True)
+
+    # Pretraining first (the teacher before all: DisCo waits for it), then
+    # the evaluations as their checkpoints appear.
+    steps = {}
+    for r in rows[1:]:
+        steps[f"pretrain {r['name']}"] = ([f"pretrain {teacher['name']}"] if r["method"].startswith("DisCo") else [],
+                                          lambda r=r: pretrain(r))
+    for r in rows:
+        steps[f"evaluate {r['name']}"] = ([f"pretrain {r['name']}"] if r["epochs"] else [], lambda r=r: evaluate(r))
+    run_steps(steps, lanes)
+
+    table = ["| model | method | arch | pretrain epochs | kNN top-1 | linear top-1 | linear top-5 | minutes |",
+             "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {r['name']} | {r['method']} | {r['arch']} | {r['epochs']} | {r['knn']:.1f} | {r['acc1']:.1f} "
+              f"| {r['acc5']:.1f} | {r['seconds'] / 60:.1f} |" for r in rows]
     with open(os.path.join(results, "table.md"), "w") as f:
         f.write("\n".join(table) + "\n")
     if pictures_too:
-        pictures(py, rows, runs, results, data)
+        pictures(py, rows[1:], runs, results, data)
     return rows, "\n".join(table)
 
 
@@ -113,9 +176,15 @@ def main():
     p.add_argument("--results", default=os.path.join(REPO_ROOT, "results", "demo"))
     p.add_argument("--batch-size", type=int, default=CONFIG["batch_size"])
     p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--lanes", type=int, default=2, help="steps run side by side (one torch thread each)")
     args = p.parse_args()
+    torch.set_num_threads(1)  # the kNN probe runs in this process, beside a training step
     start = time.time()
-    _, table = run_pipeline(dict(CONFIG, batch_size=args.batch_size), args.data, args.out, args.results, args.scale, not args.no_pictures)
+    try:
+        _, table = run_pipeline(dict(CONFIG, batch_size=args.batch_size), args.data, args.out, args.results,
+                                args.scale, not args.no_pictures, args.lanes)
+    except StepFailed as exc:
+        sys.exit(str(exc))
     print("\nLinear evaluation on the built-in dataset (val, 1000 images):\n" + table)
     print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min; table, curves and t-SNE in {args.results}")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torchvision.ops
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD
+from .augment import IMAGENET_MEAN, IMAGENET_STD, blur_sigma
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class AugmentSpec:
 def moco_spec(aug_plus, size=224):
     """The GPU twin of augment.pretrain_transform(aug_plus, size)."""
     if aug_plus:
-        return AugmentSpec(size=size)
+        return AugmentSpec(size=size, blur_sigma=blur_sigma(size))
     return AugmentSpec(size=size, jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_first=True, blur_p=0.0)
 
 

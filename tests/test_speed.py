@@ -58,7 +58,7 @@ def test_crop_fallback_is_the_centre_crop():
 def test_parameter_ranges_frequencies_and_independence():
     torch.manual_seed(1)
     n = 20000
-    spec = G.moco_spec(True, 32)
+    spec = G.moco_spec(True, 224)
     p = G.sample_params(spec, [100] * n, [120] * n)
     for key, freq in [("jitter", 0.8), ("gray", 0.2), ("blur", 0.5), ("flip", 0.5)]:
         assert abs(p[key].float().mean().item() - freq) < 0.015, key
@@ -79,6 +79,9 @@ def test_parameter_ranges_frequencies_and_independence():
     assert (corr - torch.eye(len(flags))).abs().max() < 0.04
     halves = torch.corrcoef(torch.stack([p["brightness"][: n // 2], p["brightness"][n // 2:]]))
     assert abs(halves[0, 1]) < 0.04
+    # The blur range follows the image size, as the CPU pipeline's does.
+    small = G.sample_params(G.moco_spec(True, 32), 2000)["sigma"]
+    assert small.min() >= 0.1 * 32 / 224 and small.max() <= 2.0 * 32 / 224 and small.max() > 0.27
     # MoCo v1: jitter always (hue 0.4), grayscale first, no blur.
     v1 = G.sample_params(G.moco_spec(False, 32), 1000)
     assert v1["jitter"].all() and not v1["blur"].any() and v1["hue"].abs().max() > 0.35 and "boxes" not in v1
