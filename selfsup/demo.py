@@ -50,7 +50,7 @@ def sh(cmd, cwd, log, tag=None):
     prefix = f"[{tag}] " if tag else ""
     print(f"\n{prefix}$ (cd {os.path.relpath(cwd, REPO_ROOT)} && {cmd})", flush=True)
     start = time.time()
-    with open(log, "w") as f:
+    with open(log, "w", buffering=1) as f:  # line-buffered: the log can be followed while it runs
         # One torch thread per process: two steps share the two cores of a
         # small machine, and more threads than cores makes OpenMP spin.
         env = dict(os.environ, PYTHONUNBUFFERED="1")
