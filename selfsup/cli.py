@@ -138,7 +138,8 @@ def add_teacher_args(p):
     p.add_argument("--teacher-bn", default="eval", choices=["eval", "train"],
                    help="teacher BatchNorm: eval (running statistics, ours) or train (batch statistics, original)")
     p.add_argument("--mse-reduction", default="sum", choices=["sum", "mean"],
-                   help="reduction of the MSE term (the original sums)")
+                   help="reduction of the MSE term (the original sums per GPU; one process "
+                        "divides its sum by its --bn-splits groups)")
     p.set_defaults(hidden=2048)
     return p
 

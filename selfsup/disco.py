@@ -5,7 +5,7 @@ import torch
 
 from . import distributed as du
 from .losses import distill_mse, rkd_angle, rkd_distance
-from .moco import MoCo, forward_in_groups
+from .moco import MoCo, bn_groups, forward_in_groups
 from .teacher import freeze_bn_statistics
 
 
@@ -35,6 +35,16 @@ class DistilledMoCo(MoCo):
         self.teacher.train(mode and self.teacher_bn == "train")
         return self
 
+    def mse_term(self, q1, q2, t1, t2):
+        """DisCo's MSE on both views. The original summed it over each GPU's
+        slice of the batch, and DDP averaged the GPUs' gradients; one process
+        standing in for `bn_splits` GPUs (its BN groups) divides its sum by
+        their number, so the term weighs against InfoNCE as it did there."""
+        loss = distill_mse(q1, t1, self.mse_reduction) + distill_mse(q2, t2, self.mse_reduction)
+        if self.mse_reduction == "sum" and du.world_size() == 1:
+            loss = loss / bn_groups(q1.shape[0], self.bn_splits)
+        return loss
+
     @torch.no_grad()
     def embed_teacher(self, im):
         groups = self.bn_splits if (self.teacher_bn == "train" and du.world_size() == 1) else 1
@@ -62,7 +72,7 @@ class DisCo(DistilledMoCo):
         self.only_mse, self.mse_reduction = only_mse, mse_reduction
 
     def distill_loss(self, q1, q2, t1, t2):
-        return {"loss_mse": distill_mse(q1, t1, self.mse_reduction) + distill_mse(q2, t2, self.mse_reduction)}
+        return {"loss_mse": self.mse_term(q1, q2, t1, t2)}
 
 
 class MoCoRKD(DistilledMoCo):
@@ -81,7 +91,7 @@ class MoCoRKD(DistilledMoCo):
             "loss_rkd_angle": self.angle_weight * (rkd_angle(q1, t1) + rkd_angle(q2, t2)),
         }
         if self.use_mse:
-            terms["loss_mse"] = distill_mse(q1, t1, self.mse_reduction) + distill_mse(q2, t2, self.mse_reduction)
+            terms["loss_mse"] = self.mse_term(q1, q2, t1, t2)
         return terms
 
 

@@ -10,12 +10,18 @@ from . import distributed as du
 from .losses import info_nce
 
 
+def bn_groups(batch_size, bn_splits):
+    """How many groups forward_in_groups cuts a batch into: `bn_splits`, but
+    never groups of fewer than 2 samples (BN needs 2)."""
+    return max(1, min(bn_splits, batch_size // 2))
+
+
 def forward_in_groups(encoder, x, groups):
     """encoder(x) with BatchNorm statistics computed per group of the batch.
 
     One process sees the whole batch, where several GPUs would each see a
     slice; running the slices separately gives BN the same per-GPU view."""
-    groups = max(1, min(groups, x.shape[0] // 2))
+    groups = bn_groups(x.shape[0], groups)
     if groups == 1:
         return encoder(x)
     return torch.cat([encoder(part) for part in torch.tensor_split(x, groups)])

@@ -46,6 +46,27 @@ def test_disco_loss_matches_an_independent_computation():
     assert torch.allclose(out["loss"], nce + mse, atol=1e-5)
 
 
+def test_summed_mse_is_per_emulated_gpu_in_one_process():
+    # bn_splits=3 on a batch of 6: one process stands for 3 GPUs of 2 samples;
+    # the original summed per GPU and DDP averaged, i.e. the sum over all / 3.
+    teacher = EmbeddingTeacher(tiny_net(seed=1))
+    torch.manual_seed(5)
+    x1, x2 = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8)
+    outs = {}
+    for splits in (1, 3):
+        model = DisCo(tiny_net(seed=0), teacher, dim=8, K=16, m=1.0, T=0.2, bn_splits=splits).train()
+        q1 = F.normalize(torch.cat([model.encoder_q(p) for p in x1.tensor_split(splits)]), dim=1)
+        q2 = F.normalize(torch.cat([model.encoder_q(p) for p in x2.tensor_split(splits)]), dim=1)
+        with torch.no_grad():
+            t1, t2 = (F.normalize(model.teacher.encoder.eval()(x), dim=1) for x in (x1, x2))
+        per_gpu = sum(((a - b) ** 2).sum() for a, b in zip(q1.tensor_split(splits) + q2.tensor_split(splits),
+                                                           t1.tensor_split(splits) + t2.tensor_split(splits)))
+        outs[splits] = model(x1, x2)["loss_mse"]
+        assert torch.allclose(outs[splits], per_gpu / splits, atol=1e-5), splits
+    mean = make_disco(mse_reduction="mean").train()(x1, x2)["loss_mse"]
+    assert mean < outs[3] < outs[1] * 2  # "mean" is not scaled by the groups
+
+
 def test_only_mse_drops_the_contrastive_term():
     model = make_disco(only_mse=True).train()
     out = model(torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8))
