@@ -1,0 +1,32 @@
+"""benchmarks/tab1_small.py: the bar plot reads the demo pipeline's rows."""
+import importlib.util
+import os
+
+from conftest import REPO
+
+
+def load_tab1():
+    spec = importlib.util.spec_from_file_location("tab1_small", os.path.join(REPO, "benchmarks", "tab1_small.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bar_plot_pairs_each_baseline_with_its_disco_student(tmp_path, monkeypatch):
+    tab1 = load_tab1()
+    rows = [dict(name="random_init", method="none", arch="resnet18", acc1=50.0),
+            dict(name="teacher", method="MoCo-v2", arch="resnet34", acc1=80.0),
+            dict(name="student_moco_resnet18", method="MoCo-v2", arch="resnet18", acc1=60.0),
+            dict(name="student_disco_resnet18", method="DisCo <- resnet34", arch="resnet18", acc1=70.0),
+            dict(name="student_moco_efficientb0", method="MoCo-v2", arch="efficientb0", acc1=55.0),
+            dict(name="student_disco_efficientb0", method="DisCo <- resnet34", arch="efficientb0", acc1=65.0)]
+    bars = []
+    real_bar = tab1.plt.Axes.bar
+
+    def spy(ax, x, height, *args, **kwargs):
+        bars.append((kwargs.get("label"), list(height)))
+        return real_bar(ax, x, height, *args, **kwargs)
+    monkeypatch.setattr(tab1.plt.Axes, "bar", spy)
+    tab1.bar_plot(rows, str(tmp_path / "tab1.png"))
+    assert bars == [("MoCo-v2 student", [60.0, 55.0]), ("DisCo student", [70.0, 65.0])]
+    assert os.path.getsize(tmp_path / "tab1.png") > 10_000
