@@ -26,7 +26,7 @@ from selfsup.demo import CONFIG, run_pipeline  # noqa: E402
 def bar_plot(rows, path):
     teacher = next(r for r in rows if r["name"] == "teacher")
     students = [r for r in rows if r["name"].startswith("student_moco")]
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(students), 3.6))
+    fig, ax = plt.subplots(figsize=(3.6 + 1.6 * len(students), 3.6))
     xs = range(len(students))
     base = [r["acc1"] for r in students]
     disco = [next(d["acc1"] for d in rows if d["arch"] == r["arch"] and d["method"].startswith("DisCo")) for r in students]
@@ -42,9 +42,22 @@ def bar_plot(rows, path):
     ax.set_xticks(list(xs), [r["arch"] for r in students])
     ax.set_ylabel("linear top-1 (%)")
     ax.set_title("Built-in data: Table 1 analogue")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def read_table(path):
+    """The rows of a table.md written by run_pipeline (linear top-1 as acc1)."""
+    lines = [line for line in open(path).read().splitlines() if line.startswith("|")]
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        rows.append(dict(name=cells["model"], method=cells["method"], arch=cells["arch"],
+                         acc1=float(cells["linear top-1"])))
+    return rows
 
 
 def main():
@@ -57,7 +70,12 @@ def main():
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "tab1"))
     p.add_argument("--results", default=os.path.join(REPO_ROOT, "results", "tab1"))
+    p.add_argument("--replot", action="store_true", help="redraw tab1.png from an existing table.md, train nothing")
     args = p.parse_args()
+    if args.replot:
+        bar_plot(read_table(os.path.join(args.results, "table.md")), os.path.join(args.results, "tab1.png"))
+        print(f"=> {args.results}/tab1.png")
+        return
     config = dict(CONFIG, teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
                   students=args.students, student_epochs=args.student_epochs)
     rows, table = run_pipeline(config, args.data, args.out, args.results, args.scale, pictures_too=False)

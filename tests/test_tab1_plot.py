@@ -30,3 +30,15 @@ def test_bar_plot_pairs_each_baseline_with_its_disco_student(tmp_path, monkeypat
     tab1.bar_plot(rows, str(tmp_path / "tab1.png"))
     assert bars == [("MoCo-v2 student", [60.0, 55.0]), ("DisCo student", [70.0, 65.0])]
     assert os.path.getsize(tmp_path / "tab1.png") > 10_000
+
+
+def test_replot_reads_the_written_table(tmp_path):
+    tab1 = load_tab1()
+    (tmp_path / "table.md").write_text(
+        "| model | method | arch | pretrain epochs | kNN top-1 | linear top-1 | linear top-5 | minutes |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        "| teacher | MoCo-v2 | resnet34 | 30 | 87.9 | 86.5 | 99.9 | 23.8 |\n"
+        "| student_moco_resnet18 | MoCo-v2 | resnet18 | 10 | 76.9 | 74.5 | 99.6 | 5.9 |\n")
+    rows = tab1.read_table(str(tmp_path / "table.md"))
+    assert [(r["name"], r["arch"], r["acc1"]) for r in rows] == [("teacher", "resnet34", 86.5),
+                                                                  ("student_moco_resnet18", "resnet18", 74.5)]
