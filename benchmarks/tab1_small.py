@@ -15,6 +15,7 @@ import argparse
 import os
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -76,6 +77,7 @@ def main():
         bar_plot(read_table(os.path.join(args.results, "table.md")), os.path.join(args.results, "tab1.png"))
         print(f"=> {args.results}/tab1.png")
         return
+    torch.set_num_threads(1)  # the kNN probe runs in this process, beside a training step
     config = dict(CONFIG, teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
                   students=args.students, student_epochs=args.student_epochs)
     rows, table = run_pipeline(config, args.data, args.out, args.results, args.scale, pictures_too=False)
