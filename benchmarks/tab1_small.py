@@ -15,13 +15,12 @@ import argparse
 import os
 
 import matplotlib
-import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from selfsup.cli import BUILTIN_DATA, REPO_ROOT  # noqa: E402
-from selfsup.demo import CONFIG, run_pipeline  # noqa: E402
+from selfsup.demo import CONFIG, read_table, run_pipeline  # noqa: E402
 
 
 def bar_plot(rows, path):
@@ -49,18 +48,6 @@ def bar_plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
-def read_table(path):
-    """The rows of a table.md written by run_pipeline (linear top-1 as acc1)."""
-    lines = [line for line in open(path).read().splitlines() if line.startswith("|")]
-    header = [h.strip() for h in lines[0].strip("|").split("|")]
-    rows = []
-    for line in lines[2:]:
-        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
-        rows.append(dict(name=cells["model"], method=cells["method"], arch=cells["arch"],
-                         acc1=float(cells["linear top-1"])))
-    return rows
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=BUILTIN_DATA)
@@ -77,7 +64,6 @@ def main():
         bar_plot(read_table(os.path.join(args.results, "table.md")), os.path.join(args.results, "tab1.png"))
         print(f"=> {args.results}/tab1.png")
         return
-    torch.set_num_threads(1)  # the kNN probe runs in this process, beside a training step
     config = dict(CONFIG, teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
                   students=args.students, student_epochs=args.student_epochs)
     rows, table = run_pipeline(config, args.data, args.out, args.results, args.scale, pictures_too=False)

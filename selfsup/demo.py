@@ -91,11 +91,16 @@ def last_row(metrics_csv):
         return list(csv.DictReader(f))[-1]
 
 
+def scaled(epochs, scale):
+    """An epoch count times --scale, at least 1."""
+    return max(1, round(epochs * scale))
+
+
 def plan_rows(config, runs, scale):
     """The models of the table: random init, the teacher, and per student arch
     a MoCo-v2 baseline and a DisCo student."""
     c = config
-    ep = lambda n: max(1, round(n * scale))  # noqa: E731
+    ep = lambda n: scaled(n, scale)  # noqa: E731
     t_arch = c["teacher"]["arch"]
     rows = [dict(name="random_init", method="none", arch=c["students"][0], epochs=0),
             dict(name="teacher", method="MoCo-v2", arch=t_arch, epochs=ep(c["teacher"]["epochs"]))]
@@ -122,6 +127,9 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     common = f"-b {c['batch_size']} --image-size {c['image_size']} -j 1 -p 20 --seed 0"
     rows = plan_rows(config, runs, scale)
     teacher = rows[1]
+    # The kNN probe runs in this process, beside a training step: one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
 
     def pretrain(r):
         flags = f"-a {r['arch']} {common} {c['pretrain_flags']} --epochs {r['epochs']} --ckpt-dir {r['folder']}/ckpt"
@@ -136,7 +144,7 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     def evaluate(r):
         pretrained = f"--pretrained {r['ckpt']} " if r["ckpt"] else ""
         cmd = (f"{py} -u main_lincls.py -a {r['arch']} {common} {c['lincls_flags']} "
-               f"--epochs {max(1, round(c['lincls_epochs'] * scale))} {pretrained}"
+               f"--epochs {scaled(c['lincls_epochs'], scale)} {pretrained}"
                f"--ckpt-dir {r['folder']}/lincls {data}")
         r["seconds"] += sh(cmd, os.path.join(REPO_ROOT, "moco"), os.path.join(r["folder"], "lincls.log"), r["name"])
         m = last_row(os.path.join(r["folder"], "lincls", "metrics.csv"))
@@ -154,17 +162,41 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
                                           lambda r=r: pretrain(r))
     for r in rows:
         steps[f"evaluate {r['name']}"] = ([f"pretrain {r['name']}"] if r["epochs"] else [], lambda r=r: evaluate(r))
-    run_steps(steps, lanes)
+    try:
+        run_steps(steps, lanes)
+    finally:
+        torch.set_num_threads(threads)
 
-    table = ["| model | method | arch | pretrain epochs | kNN top-1 | linear top-1 | linear top-5 | minutes |",
-             "|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r['name']} | {r['method']} | {r['arch']} | {r['epochs']} | {r['knn']:.1f} | {r['acc1']:.1f} "
-              f"| {r['acc5']:.1f} | {r['seconds'] / 60:.1f} |" for r in rows]
+    table = markdown_table(rows)
     with open(os.path.join(results, "table.md"), "w") as f:
-        f.write("\n".join(table) + "\n")
+        f.write(table + "\n")
     if pictures_too:
         pictures(py, rows[1:], runs, results, data)
-    return rows, "\n".join(table)
+    return rows, table
+
+
+TABLE_HEADER = ["model", "method", "arch", "pretrain epochs", "kNN top-1", "linear top-1", "linear top-5", "minutes"]
+
+
+def markdown_table(rows):
+    """The results table (table.md) of run_pipeline's rows."""
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += [f"| {r['name']} | {r['method']} | {r['arch']} | {r['epochs']} | {r['knn']:.1f} | {r['acc1']:.1f} "
+              f"| {r['acc5']:.1f} | {r['seconds'] / 60:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def read_table(path):
+    """Rows back from a table.md that markdown_table wrote (numbers as floats)."""
+    lines = [line for line in open(path).read().splitlines() if line.startswith("|")]
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    keys = dict(zip(TABLE_HEADER, ["name", "method", "arch", "epochs", "knn", "acc1", "acc5", "minutes"]))
+    rows = []
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        row = {keys[h]: c for h, c in zip(header, cells)}
+        rows.append({k: (v if k in ("name", "method", "arch") else float(v)) for k, v in row.items()})
+    return rows
 
 
 def main():
@@ -178,7 +210,6 @@ def main():
     p.add_argument("--no-pictures", action="store_true")
     p.add_argument("--lanes", type=int, default=2, help="steps run side by side (one torch thread each)")
     args = p.parse_args()
-    torch.set_num_threads(1)  # the kNN probe runs in this process, beside a training step
     start = time.time()
     try:
         _, table = run_pipeline(dict(CONFIG, batch_size=args.batch_size), args.data, args.out, args.results,

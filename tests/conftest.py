@@ -23,6 +23,16 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def torch_one_thread():
+    """One torch thread for the test's duration (2 cores, other processes)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run(cmd, cwd=REPO, env=None, timeout=600):
     """Run a shell command line with this interpreter as python3; returns
     CompletedProcess with stdout+stderr merged."""

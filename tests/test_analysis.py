@@ -31,15 +31,6 @@ def _one_thread():
         yield
 
 
-@pytest.fixture
-def torch_one_thread():
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _is_png(path, min_bytes=2000):
     data = Path(path).read_bytes()
     return data[:8] == PNG_MAGIC and len(data) >= min_bytes

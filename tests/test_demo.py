@@ -14,6 +14,11 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
     assert "DisCo <- resnet34" in table[5]
     for line in table[2:]:  # kNN, linear top-1 and top-5 are percentages
         assert all(0.0 <= float(x) <= 100.0 for x in line.split("|")[5:8]), line
+    # read_table (tab1_small --replot) gets the same rows back.
+    from selfsup.demo import read_table
+    rows = read_table(results / "table.md")
+    assert [r["name"] for r in rows] == ["random_init", "teacher", "student_moco", "student_disco"]
+    assert [r["acc1"] for r in rows] == [float(line.split("|")[6]) for line in table[2:]]
     for png in ("tsne.png", "curves_pretrain.png", "curves_lincls.png"):
         assert os.path.getsize(results / png) > 10_000, png
     # The DisCo student was trained against the demo's own teacher checkpoint.

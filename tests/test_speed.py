@@ -199,16 +199,8 @@ def _tiny_moco(teacher=False):
                  bn_splits=2)
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("teacher", [False, True])
-def test_bf16_step_keeps_losses_and_queue_fp32(teacher, one_thread):
+def test_bf16_step_keeps_losses_and_queue_fp32(teacher, torch_one_thread):
     prec = Precision("bf16", torch.device("cpu"), channels_last=True)
     assert prec.dtype == torch.bfloat16 and not prec.scaler.is_enabled()
     model = prec.model(_tiny_moco(teacher)).train()
