@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfsup.analysis.embeddings import export_checkpoint  # noqa: E402
-from selfsup.cli import default_data  # noqa: E402
+from selfsup.cli import add_unsafe_load_arg, default_data  # noqa: E402
 from selfsup.errors import UserError, cli_main  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def build_parser():
     p.add_argument("-b", "--batch-size", type=int, default=64)
     p.add_argument("-j", "--workers", type=int, default=4)
     p.add_argument("--gpu", type=int, default=None, help="GPU id (default: GPU 0 if there is one, else CPU)")
-    return p
+    return add_unsafe_load_arg(p)
 
 
 @cli_main

@@ -19,9 +19,11 @@ from selfsup.errors import cli_main  # noqa: E402
 @cli_main
 def run():
     from selfsup.detection.convert import convert_file
+    from selfsup.cli import add_unsafe_load_arg
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="checkpoint written by main_moco.py / DisCo main.py")
     parser.add_argument("output", help="detectron2 pickle to write (e.g. ./output.pkl)")
+    add_unsafe_load_arg(parser)
     args = parser.parse_args()
     conv = convert_file(args.input, args.output)
     print(conv.report())

@@ -6,9 +6,13 @@ Layout (MoCo's): ``{"epoch", "arch", "state_dict", "optimizer"}`` with
 ``module.encoder_k.*``, ``module.queue``, ...). We add ``small_images`` so a
 later script rebuilds the same stem.
 """
+import argparse
 import glob
 import os
+import pickle
+import pickletools
 import re
+import warnings
 
 import torch
 
@@ -38,13 +42,121 @@ def latest_checkpoint(folder):
     return max(found)[1] if found else None
 
 
-def load_file(path, what="checkpoint"):
-    """torch.load on CPU with one-line errors for a missing or unreadable file."""
+# --unsafe-load: a process-wide policy, kept in the environment so that the
+# workers mp.spawn starts (fresh interpreters) inherit it. Only the flag's
+# action (selfsup.cli.add_unsafe_load_arg) sets it.
+UNSAFE_LOAD_ENV = "SELFSUP_UNSAFE_LOAD"
+UNSAFE_HINT = "if you trust the file, rerun with --unsafe-load (see docs/safety.md)"
+
+
+def set_unsafe_load(enabled=True):
+    if enabled:
+        os.environ[UNSAFE_LOAD_ENV] = "1"
+    else:
+        os.environ.pop(UNSAFE_LOAD_ENV, None)
+
+
+def unsafe_load_enabled():
+    return os.environ.get(UNSAFE_LOAD_ENV) == "1"
+
+
+def allowed_globals():
+    """Non-tensor types a checkpoint may hold beyond torch's own weights_only
+    list (tensors, torch dtypes/devices, dict/list/tuple/set, numbers, str,
+    bytes, OrderedDict, Counter), which already covers every file this
+    project writes (MoCo/DisCo/lincls: epoch, arch, state_dict, optimizer,
+    best_acc1 float, small_images bool, image_size int, GradScaler floats;
+    SwAV: the same plus size_crops list; SwAV eval: the LR scheduler's
+    state, MultiStepLR milestones being a Counter) and the official MoCo
+    (epoch, arch, state_dict, optimizer, best_acc1 tensor) and SwAV /
+    DeepCluster-v2 files (a bare state dict; training checkpoints add apex's
+    amp state, an OrderedDict of floats and ints)."""
+    return [
+        # DINO's training checkpoints (and SwAV/MoCo forks built on its
+        # utils) store the run's flags as "args": a Namespace of plain values.
+        argparse.Namespace,
+    ]
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
+def _scan_pickle(path):
+    """('module.name' of each global the file's first pickle imports, whether
+    that pickle parsed), read with pickletools: nothing is executed. Best
+    effort (STACK_GLOBAL names are tracked through the memo), for messages."""
+    found, strings, memo, last = [], [], {}, None
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                if op.name.endswith(("UNICODE", "UNICODE8", "STRING")) and isinstance(arg, str):
+                    last = arg
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = last
+                    continue
+                elif op.name.endswith("PUT"):
+                    memo[arg] = last
+                    continue
+                elif op.name.endswith("GET"):
+                    last = memo.get(arg)
+                else:
+                    last = None
+                if last is not None:
+                    strings.append(last)
+    except Exception:  # truncated or not a pickle
+        return list(dict.fromkeys(found)), False
+    return list(dict.fromkeys(found)), True
+
+
+def _refused_globals(path, exc):
+    """(the disallowed globals that made weights_only refuse `path`, whether
+    the file is a pickle at all)."""
+    names = _GLOBAL_RE.findall(str(exc))
+    try:  # a torch.save zip: every disallowed global, not only the first
+        return sorted(set(names + torch.serialization.get_unsafe_globals_in_checkpoint(path))), True
+    except Exception:  # legacy (pre-1.6) or raw pickle: scan it ourselves
+        ok = {f"{t.__module__}.{t.__qualname__}" for t in allowed_globals()}
+        scanned, parsed = _scan_pickle(path)
+        names += [g for g in scanned if not g.startswith("torch.") and g not in ok]
+        return sorted(set(names)), parsed
+
+
+def load_file(path, what="checkpoint", unsafe=None):
+    """torch.load on CPU, with one-line errors for a missing, unreadable or
+    unsafe file.
+
+    The default loads with weights_only=True: tensors, plain Python values
+    and allowed_globals() only, so a planted pickle cannot run code. With
+    `unsafe` (default: the --unsafe-load policy) torch.load runs the file's
+    pickle as is, for files the user trusts."""
     if not path or not os.path.isfile(path):
         raise UserError(f"{what} '{path}' does not exist")
+    unsafe = unsafe_load_enabled() if unsafe is None else unsafe
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle, zip and EOF errors all mean the same thing here
+        if unsafe:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(allowed_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol")  # raw pickles: we explain below
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise UserError(f"{what} '{path}' is not a readable torch checkpoint ({type(exc).__name__}: "
+                            f"{exc})") from None
+        names, is_pickle = _refused_globals(path, exc)
+        if names:
+            raise UserError(f"{what} '{path}' needs {', '.join(names)}, which is not on the allow-list of "
+                            f"checkpoint types (loading it could run code); {UNSAFE_HINT}") from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]*)", str(exc))
+        if not is_pickle:  # garbage or a truncated file: nothing to trust
+            raise UserError(f"{what} '{path}' is not a readable torch checkpoint "
+                            f"({detail.group(1).strip() if detail else 'not a pickle'})") from None
+        raise UserError(f"{what} '{path}' cannot be read with weights_only=True "
+                        f"({detail.group(1).strip() if detail else 'not a torch.save file'}); {UNSAFE_HINT}") from None
+    except Exception as exc:  # zip and EOF errors all mean the same thing here
         raise UserError(f"{what} '{path}' is not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
 
 

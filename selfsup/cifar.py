@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .checkpoint import UNSAFE_HINT, unsafe_load_enabled
 from .errors import UserError
 
 LAYOUTS = {
@@ -24,12 +25,44 @@ LAYOUTS = {
 }
 
 
+# The only globals a CIFAR python archive refers to: numpy arrays (the
+# authors' Python 2 files: numpy.core.multiarray._reconstruct, ndarray,
+# dtype; numpy 2 writes numpy._core, protocol 5 writes _frombuffer), numpy
+# scalars (labels re-pickled from numpy ints) and _codecs.encode (bytes in a
+# protocol-2 pickle written by Python 3). Dicts, lists, bytes, str and ints
+# need no global. Each of these only builds a value; none runs code.
+_CIFAR_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    *((f"numpy.{core}.multiarray", f) for core in ("core", "_core") for f in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+}
+
+
+class _Refused(Exception):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only _CIFAR_GLOBALS, so a planted file
+    cannot make the load import and call anything else (os.system, ...)."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path):
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            if unsafe_load_enabled():  # --unsafe-load: the user trusts the file
+                return pickle.load(f, encoding="bytes")
+            return _CifarUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise UserError(f"CIFAR file '{path}' is missing") from None
+    except _Refused as exc:
+        raise UserError(f"CIFAR file '{path}' needs {exc}, which a CIFAR archive never holds (only dicts, lists, "
+                        f"bytes, ints and numpy arrays; loading it could run code); {UNSAFE_HINT}") from None
     except Exception as exc:
         raise UserError(f"CIFAR file '{path}' is not a CIFAR python pickle ({exc})") from None
 

@@ -49,6 +49,28 @@ def common_parser(description, lr, epochs, schedule, wd, workers=32, batch_size=
     p.add_argument("--small-images", action="store_true", default=None,
                    help="3x3 stride-1 stem without max-pool, for 32-64 px images")
     p.add_argument("--ckpt-dir", default="./ckpt", help="where checkpoints and metrics.csv go")
+    return add_unsafe_load_arg(p)
+
+
+class _UnsafeLoad(argparse.Action):
+    """store_true that also sets the loader's process-wide policy the moment
+    the flag is parsed, so no script has to pass it down to each load."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .checkpoint import set_unsafe_load  # torch only once the flag is used
+        set_unsafe_load(True)
+        setattr(namespace, self.dest, True)
+
+
+def add_unsafe_load_arg(p):
+    """--unsafe-load, for every script that reads a checkpoint or data pickle."""
+    p.add_argument("--unsafe-load", action=_UnsafeLoad,
+                   help="load checkpoints (and CIFAR pickles) with plain pickle, which can run code hidden "
+                        "in the file: only for files you trust. Default: tensors and plain values only "
+                        "(docs/safety.md)")
     return p
 
 

@@ -11,6 +11,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from .cli import add_unsafe_load_arg
 from .errors import UserError
 
 
@@ -33,7 +34,7 @@ def add_dist_args(p):
     p.add_argument("--rank", default=0, type=int, help="set by the launcher ($RANK)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
                    help="ours: auto = GPU when one is visible, else CPU (gloo between processes)")
-    return p
+    return add_unsafe_load_arg(p)  # every SwAV script reads a checkpoint
 
 
 def launched():

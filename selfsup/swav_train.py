@@ -164,7 +164,7 @@ def run_swav(args, distill=False):
     start_epoch = restart_from_checkpoint(args, model, optimizer, scaler)
     queue = None
     if os.path.isfile(queue_path(args)):
-        queue = torch.load(queue_path(args), map_location=args.device)["queue"]
+        queue = ck.load_file(queue_path(args), "queue file")["queue"].to(args.device)
         _log(f"=> restored the queue from '{queue_path(args)}'")
     args.queue_length -= args.queue_length % (args.batch_size * args.world_size)
 

@@ -187,13 +187,12 @@ def convert_state_dict(obj, where="checkpoint"):
 
 
 def load_checkpoint(path):
+    """The checkpoint, read with the project's one loader: weights_only=True
+    with its allow-list, or as is under --unsafe-load (selfsup.checkpoint)."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: checkpoint file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # unreadable / not a torch file
-        raise UserError(f"{path}: cannot be read by torch.load ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    from selfsup.checkpoint import load_file
+    return load_file(path, "input checkpoint")
 
 
 def save_pickle(conv, out_path):
