@@ -7,6 +7,8 @@
 Datasets come from $DETECTRON2_DATASETS (VOC2007/, VOC2012/, coco/); the configs read
 the converted weights from ./output.pkl (override with MODEL.WEIGHTS PATH).
 --num-gpus 0 runs on the CPU; so does --num-gpus 1 on a machine without CUDA.
+configs/pascal_voc_R_50_C4_24k_moco.yaml is what the original's VOC run effectively used;
+configs/pascal_voc_R_50_C4_24k_moco_intended.yaml is MoCo's protocol (docs/detection.md).
 """
 import os
 import sys
