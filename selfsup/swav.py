@@ -145,7 +145,10 @@ def load_official_state(model, state, path, what="checkpoint", ignore=()):
 
 class FrozenSwAVTeacher(nn.Module):
     """A frozen SwAV model whose ``forward(x)`` returns the L2-normalised
-    embedding (after the projection head). It stays in eval mode when the
+    embedding (after the projection head); DisCo/main.py's SwAV teachers are
+    normalised. ``set_normalize(False)`` makes it return the raw projection
+    instead, as the teacher of the original main_swav_distill.py (built
+    without ``normalize=True``). It stays in eval mode when the
     module holding it is switched to train mode; set ``keep_eval = False``
     to let ``.train()`` reach it (BatchNorm then uses batch statistics, as
     the original DisCo does by accident)."""
@@ -160,6 +163,11 @@ class FrozenSwAVTeacher(nn.Module):
 
     def train(self, mode=True):
         return super().train(False if self.keep_eval else mode)
+
+    def set_normalize(self, normalize):
+        """L2-normalise the embedding (True) or return the raw projection."""
+        self.model.normalize = bool(normalize)
+        return self
 
     @torch.no_grad()
     def forward(self, x):
@@ -184,7 +192,10 @@ def _infer_small(state, ckpt):
 def load_swav_teacher(arch: str, path: str, hidden_mlp=None, feat_dim: int = 128, nmb_prototypes: int = 0,
                       small_images=None) -> nn.Module:
     """A frozen SwAV teacher in eval mode from an official SwAV release (plain
-    state dict, ``module.`` prefix) or one of our SwAV checkpoints.
+    state dict, ``module.`` prefix) or one of our SwAV checkpoints. The
+    DeepCluster-v2 and SeLa-v2 releases (arch ``DCresnet50``/``SELAresnet50``)
+    share that layout; their several prototype heads
+    (``prototypes.prototypes0.*``, ...) are ignored like any prototypes.
 
     hidden_mlp None: read from the checkpoint (2048 for ResNet-50, 8192 for
     ResNet-50x2). nmb_prototypes 0: the checkpoint's prototypes are ignored.
@@ -280,3 +291,16 @@ def swav_loss(embedding, scores, batch_size, crops_for_assign=(0, 1), temperatur
             subloss = subloss - torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
         loss = loss + subloss / len(others)
     return loss / len(crops_for_assign), use_the_queue
+
+
+def swav_disco_loss(swav, student_embedding, teacher_embedding, n_assign, mse_weight=1.0):
+    """SwAV + DisCo loss of the original main_swav_distill.py:
+    ``(sum over crops_for_assign of the swapped losses + mse_weight * MSE) / n_assign``.
+
+    swav: :func:`swav_loss`'s value, already divided by n_assign, so only the
+    MSE gets the division (x0.5 with two crops for assignment). The MSE is
+    the mean over all crops and dimensions of the squared difference between
+    the student's (normalised) and the teacher's embedding of every crop.
+    Returns (loss, mse)."""
+    mse = F.mse_loss(student_embedding.float(), teacher_embedding.float())
+    return swav + mse_weight * mse / n_assign, mse

@@ -1,5 +1,6 @@
 """SwAV's linear evaluation (swav-master/eval_linear.py): a frozen backbone
-in eval mode, features pooled globally (optionally BatchNorm'd), one linear
+in eval mode, its features pooled globally (or, --global_pooling false, a
+6x6 average pool of the final map, optionally BatchNorm'd), one linear
 layer trained with SGD and a cosine or step schedule; top-1/top-5 on val/
 after every epoch; `checkpoint.pth.tar` in --dump_path and automatic restart."""
 import argparse
@@ -8,10 +9,12 @@ import time
 
 import torch
 import torch.nn as nn
+import torchvision.transforms as T
 
-from . import augment, checkpoint as ck, data as D, distributed as du
-from .backbones import create_backbone
+from . import checkpoint as ck, data as D, distributed as du
+from .backbones import backbone_spec, create_backbone
 from .errors import UserError
+from .multicrop import SWAV_MEAN, SWAV_STD
 from .pretrain import seed_everything, unwrap
 from .progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
 from .swav_launch import add_dist_args, bool_flag
@@ -24,7 +27,9 @@ def build_parser():
     a("--arch", default="resnet50", type=str)
     a("--pretrained", default="", type=str, help="SwAV checkpoint (ours or the official release)")
     a("--global_pooling", default=True, type=bool_flag, help="global average pooling of the last feature map")
-    a("--use_bn", default=False, type=bool_flag, help="BatchNorm on the features before the linear layer")
+    a("--use_bn", default=False, type=bool_flag,
+      help="BatchNorm2d on the pooled map before the linear layer; as in the original, only with "
+           "--global_pooling false (see --pooled_bn)")
     a("--epochs", default=100, type=int)
     a("--batch_size", default=32, type=int, help="images per process")
     a("--lr", default=0.3, type=float)
@@ -43,32 +48,101 @@ def build_parser():
     a("--image_size", type=int, default=224, help="ours: crop size (val: resize size*256/224, centre crop)")
     a("--small_images", type=bool_flag, default=None, help="ours: default taken from the checkpoint")
     a("--print_freq", type=int, default=50, help="ours")
+    a("--pooled_bn", type=bool_flag, default=False,
+      help="ours: BatchNorm1d on the globally pooled features (what --use_bn true did here before)")
     return p
 
 
 def finish_args(args):
     if not args.global_pooling:
-        raise UserError("--global_pooling false (the original's fixed-size pooling of a 224 px ResNet-50 map) "
-                        "is not supported: use --global_pooling true")
+        if backbone_spec(args.arch).family != "resnet":
+            raise UserError(f"--global_pooling false pools a ResNet's final feature map (the original: resnet50 "
+                            f"only); --arch {args.arch} needs --global_pooling true")
+        if args.pooled_bn:
+            raise UserError("--pooled_bn true needs --global_pooling true (use --use_bn without global pooling)")
     if args.batch_size < 1 or args.epochs < 1:
         raise UserError("--batch_size and --epochs must be positive")
     args.workers = max(0, min(args.workers, os.cpu_count() or 1))
     return args
 
 
-class LinearHead(nn.Module):
-    """SwAV's RegLog on pooled features: optional BatchNorm, then Linear
-    (weight N(0, 0.01), bias 0)."""
+def linear_transforms(size=224):
+    """(train, val) transforms of the original eval_linear.py (orig:swav-master/eval_linear.py:115-130):
+    SwAV's normalisation, std 0.228 for red (not ImageNet's 0.229); val resizes to size*256/224."""
+    norm = T.Normalize(mean=SWAV_MEAN, std=SWAV_STD)
+    train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    val = T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.ToTensor(), norm])
+    return train, val
 
-    def __init__(self, width, num_classes, use_bn=False):
+
+class ResNetFeatureMap(nn.Module):
+    """A ResNet trunk's final feature map, before the global average pool
+    (SwAV's ``eval_mode=True``)."""
+
+    def __init__(self, resnet):
         super().__init__()
-        self.bn = nn.BatchNorm1d(width) if use_bn else None
-        self.linear = nn.Linear(width, num_classes)
+        self.resnet = resnet
+
+    def forward(self, x):
+        m = self.resnet
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+
+
+class LinearHead(nn.Module):
+    """SwAV's RegLog (orig:swav-master/eval_linear.py, class RegLog), then
+    Linear (weight N(0, 0.01), bias 0).
+
+    global_pooling: the input is the globally pooled feature (width), and
+    --use_bn has no effect, as in the original; pooled_bn (ours) adds
+    BatchNorm1d there. Otherwise the input is the final map (width, h, w):
+    AvgPool2d(6, stride 1), BatchNorm2d if use_bn, flatten, Linear of
+    width * (h - 5) * (w - 5) inputs (8192 for a 224 px ResNet-50)."""
+
+    def __init__(self, width, num_classes, use_bn=False, global_pooling=True, map_size=None, pooled_bn=False):
+        super().__init__()
+        self.pool, self.bn = None, None
+        if global_pooling:
+            inputs = width
+            if pooled_bn:
+                self.bn = nn.BatchNorm1d(width)
+        else:
+            h, w = map_size
+            if h < 6 or w < 6:
+                raise UserError(f"--global_pooling false needs a final feature map of at least 6x6, got {h}x{w}: "
+                                "raise --image_size or use --global_pooling true")
+            self.pool = nn.AvgPool2d(6, stride=1)
+            inputs = width * (h - 5) * (w - 5)
+            if use_bn:
+                self.bn = nn.BatchNorm2d(width)
+        self.linear = nn.Linear(inputs, num_classes)
         nn.init.normal_(self.linear.weight, mean=0.0, std=0.01)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x):
-        return self.linear(self.bn(x) if self.bn is not None else x)
+        if self.pool is not None:
+            x = self.pool(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.linear(torch.flatten(x, 1))
+
+
+def make_head(args, model, width, num_classes):
+    """The linear head for --global_pooling/--use_bn/--pooled_bn; the map
+    size without global pooling comes from a dry run at --image_size."""
+    map_size = None
+    if not args.global_pooling:
+        with torch.no_grad():
+            shape = model(torch.zeros(1, 3, args.image_size, args.image_size)).shape
+        map_size = tuple(shape[-2:])
+    return LinearHead(width, num_classes, args.use_bn, args.global_pooling, map_size, args.pooled_bn)
+
+
+def make_scheduler(optimizer, args):
+    """Per-epoch lr, stepped after each epoch (orig:swav-master/eval_linear.py, "set scheduler")."""
+    if args.scheduler_type == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.final_lr)
 
 
 def load_frozen_backbone(args):
@@ -99,10 +173,9 @@ def load_frozen_backbone(args):
 def run_eval_linear(args):
     seed_everything(args.seed + args.rank)
     main = du.is_main_process()
-    train_set = D.image_folder(D.split_folder(args.data_path, "train"),
-                               augment.linear_train_transform(args.image_size), what="--data_path train folder")
-    val_set = D.image_folder(D.split_folder(args.data_path, "val"), augment.eval_transform(args.image_size),
-                             what="--data_path val folder")
+    train_tf, val_tf = linear_transforms(args.image_size)
+    train_set = D.image_folder(D.split_folder(args.data_path, "train"), train_tf, what="--data_path train folder")
+    val_set = D.image_folder(D.split_folder(args.data_path, "val"), val_tf, what="--data_path val folder")
     if train_set.classes != val_set.classes:
         raise UserError(f"'{args.data_path}/train' and '{args.data_path}/val' have different class folders")
     train_loader = D.make_loader(train_set, args.batch_size, args.workers, shuffle=True, drop_last=False,
@@ -110,20 +183,23 @@ def run_eval_linear(args):
     val_loader = D.make_loader(val_set, args.batch_size, args.workers, shuffle=False, drop_last=False,
                                distributed=False)
     model, width, small = load_frozen_backbone(args)
+    if not args.global_pooling:
+        model = ResNetFeatureMap(model).eval()
+    head = make_head(args, model, width, len(train_set.classes))
     model = model.to(args.device)
-    head = LinearHead(width, len(train_set.classes), args.use_bn).to(args.device)
+    if args.distributed and args.device.type == "cuda":
+        head = nn.SyncBatchNorm.convert_sync_batchnorm(head)  # as the original; only matters with --use_bn
+    head = head.to(args.device)
     if args.distributed:
         head = nn.parallel.DistributedDataParallel(
             head, device_ids=[args.gpu] if args.device.type == "cuda" else None)
     if main:
-        print(f"=> {args.arch} (frozen, small_images={small}) + linear {width}->{len(train_set.classes)}; "
+        print(f"=> {args.arch} (frozen, small_images={small}) + linear "
+              f"{unwrap(head).linear.in_features}->{len(train_set.classes)}; "
               f"{len(train_set)} train / {len(val_set)} val images", flush=True)
     optimizer = torch.optim.SGD(head.parameters(), lr=args.lr, nesterov=args.nesterov, momentum=0.9,
                                 weight_decay=args.wd)
-    if args.scheduler_type == "step":
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
-    else:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.final_lr)
+    scheduler = make_scheduler(optimizer, args)
 
     start_epoch, best_acc = 0, 0.0
     last = os.path.join(args.dump_path, "checkpoint.pth.tar")

@@ -11,7 +11,6 @@ import time
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import checkpoint as ck, data as D, distributed as du
 from .errors import UserError
@@ -19,7 +18,7 @@ from .lars import LARS
 from .multicrop import MultiCropTransform, check_multicrop_args
 from .pretrain import seed_everything, unwrap
 from .progress import AverageMeter, MetricsWriter, ProgressMeter
-from .swav import SwAVModel, load_official_state, load_swav_teacher, official_state_dict, swav_loss
+from .swav import SwAVModel, load_official_state, load_swav_teacher, official_state_dict, swav_disco_loss, swav_loss
 from .swav_launch import add_dist_args, autocast_dtype, bool_flag, finish_distributed, init_distributed
 
 
@@ -75,7 +74,12 @@ def build_parser(description, distill=False):
         a("--teacher", default="", type=str, help="same as --pretrained")
         a("--teacher_arch", default="resnet50", type=str, help="ours: teacher architecture")
         a("--teacher_hidden_mlp", default=None, type=int, help="ours: default read from the checkpoint")
-        a("--mse_weight", default=1.0, type=float, help="ours: weight of the MSE term (original: 1)")
+        a("--mse_weight", default=1.0, type=float,
+          help="ours: weight of the MSE term, which the original adds to the summed SwAV loss before dividing "
+               "by len(--crops_for_assign): loss = swav + mse_weight * MSE / len(crops_for_assign) (original: 1)")
+        a("--teacher_normalize", default=False, type=bool_flag,
+          help="ours: L2-normalise the teacher's embedding (original: false, the MSE pulls the normalised "
+               "student toward the raw teacher projection)")
     return p
 
 
@@ -146,11 +150,11 @@ def run_swav(args, distill=False):
         model = model.to(memory_format=torch.channels_last)
     teacher = None
     if distill:
-        teacher = load_swav_teacher(args.teacher_arch, args.teacher, hidden_mlp=args.teacher_hidden_mlp,
-                                    feat_dim=args.feat_dim).to(args.device)
+        teacher = load_distill_teacher(args).to(args.device)
         if channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
-        _log(f"=> frozen teacher {args.teacher_arch} from '{args.teacher}'")
+        _log(f"=> frozen teacher {args.teacher_arch} from '{args.teacher}' "
+             f"({'normalised' if args.teacher_normalize else 'raw'} embedding)")
     if args.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[args.gpu] if args.device.type == "cuda" else None)
@@ -197,6 +201,34 @@ def run_swav(args, distill=False):
     return unwrap(model)
 
 
+def load_distill_teacher(args):
+    """The frozen teacher of main_swav_distill.py. The original builds it
+    without normalize=True (orig:swav-master/main_swav_distill.py:203-206,
+    default False in src/resnet50.py:150): its raw projection is the target."""
+    teacher = load_swav_teacher(args.teacher_arch, args.teacher, hidden_mlp=args.teacher_hidden_mlp,
+                                feat_dim=args.feat_dim)
+    return teacher.set_normalize(args.teacher_normalize)
+
+
+def batch_loss(model, teacher, crops, queue, use_the_queue, args, amp_dtype=None):
+    """Loss of one multi-crop batch: SwAV, plus the DisCo MSE to the teacher's
+    embedding of every crop when `teacher` is given (see swav_disco_loss).
+    Returns (loss, swav, mse or None, use_the_queue). Only the forward passes
+    run under autocast (`amp_dtype`); the losses and queue scores in fp32."""
+    net = unwrap(model)
+    bs = crops[0].shape[0]
+    with torch.autocast(crops[0].device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        embedding, scores = model(crops)
+        t_embedding = teacher(crops) if teacher is not None else None
+    swav, use_the_queue = swav_loss(
+        embedding, scores, bs, args.crops_for_assign, args.temperature, args.epsilon, args.sinkhorn_iterations,
+        queue=queue, prototypes=net.prototypes.weight, use_the_queue=use_the_queue)
+    if teacher is None:
+        return swav, swav, None, use_the_queue
+    loss, mse = swav_disco_loss(swav, embedding, t_embedding, len(args.crops_for_assign), args.mse_weight)
+    return loss, swav, mse, use_the_queue
+
+
 def restart_from_checkpoint(args, model, optimizer, scaler):
     path = os.path.join(args.dump_path, "checkpoint.pth.tar")
     if not os.path.isfile(path):
@@ -239,16 +271,9 @@ def train_one_epoch(loader, model, optimizer, scaler, epoch, schedule, queue, ar
         if channels_last:
             crops = [c.contiguous(memory_format=torch.channels_last) for c in crops]
         bs = crops[0].shape[0]
-        with torch.autocast(args.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            embedding, scores = model(crops)
-            t_embedding = teacher(crops) if teacher is not None else None
-        loss, use_the_queue = swav_loss(
-            embedding, scores, bs, args.crops_for_assign, args.temperature, args.epsilon, args.sinkhorn_iterations,
-            queue=queue, prototypes=net.prototypes.weight, use_the_queue=use_the_queue)
-        swav_value = loss
-        if teacher is not None:
-            mse = F.mse_loss(embedding.float(), t_embedding.float())
-            loss = loss + args.mse_weight * mse
+        loss, swav_value, mse, use_the_queue = batch_loss(model, teacher, crops, queue, use_the_queue, args,
+                                                          amp_dtype)
+        if mse is not None:
             swav_meter.update(swav_value.item(), bs)
             mse_meter.update(mse.item(), bs)
         if not torch.isfinite(loss):

@@ -70,9 +70,11 @@ def test_swav_distill_verbatim(tiny_data, tmp_path):
                [("/path/to/swav_800ep_pretrain.pth.tar", str(teacher))])
     result = run(cmd, cwd="swav-master", env=launch_env())
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "frozen teacher resnet50" in result.stdout and "MSE" in result.stdout
+    assert "frozen teacher resnet50" in result.stdout and "(raw embedding)" in result.stdout and "MSE" in result.stdout
     rows = open(dump / "metrics.csv").read().splitlines()
     header, first = rows[0].split(","), rows[1].split(",")
-    mse = float(first[header.index("loss_mse")])
-    assert 0 < mse < 1
+    loss, swav, mse = (float(first[header.index(k)]) for k in ("loss", "loss_swav", "loss_mse"))
+    assert mse > 0
+    # The original's loss = (swav summed over the two crops for assignment + MSE) / 2 (epoch means of it).
+    assert abs(loss - (swav + mse / 2)) <= 1e-4 * abs(loss)
     assert (dump / "checkpoints" / "ckp-0.pth").exists()
