@@ -74,8 +74,11 @@ class TwoCropsTransform:
         return [self.base_transform(x), self.base_transform(x)]
 
 
-def linear_train_transform(size=224):
-    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), normalize()])
+def linear_train_transform(size=224, interpolation=T.InterpolationMode.BILINEAR):
+    """Random resized crop + flip; torchvision's bilinear default as the ImageNet
+    evaluations, bicubic for CIFAR (orig:DisCo/cifar_main_lincls.py:301)."""
+    return T.Compose([T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip(),
+                      T.ToTensor(), normalize()])
 
 
 def eval_transform(size=224):
@@ -83,6 +86,7 @@ def eval_transform(size=224):
     return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.ToTensor(), normalize()])
 
 
-def resize_transform(size=224):
-    """Plain resize to size x size (CIFAR evaluation: 32 px up to 224)."""
-    return T.Compose([T.Resize((size, size)), T.ToTensor(), normalize()])
+def resize_transform(size=224, interpolation=T.InterpolationMode.BICUBIC):
+    """Resize the short side to `size`, centre-crop `size` (CIFAR evaluation:
+    32 px up to 224 px, bicubic; orig:DisCo/cifar_main_lincls.py:310-312)."""
+    return T.Compose([T.Resize(size, interpolation=interpolation), T.CenterCrop(size), T.ToTensor(), normalize()])

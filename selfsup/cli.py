@@ -133,18 +133,35 @@ def finish_moco(args, default_hidden=-1):
 
 
 def lincls_parser(description, lr=30.0, epochs=100, schedule=(60, 80), gamma=0.1, wd=0.0):
-    """Linear-evaluation flags: the common ones plus --pretrained/-e/--gamma."""
+    """Linear-evaluation flags: the common ones plus --pretrained/-e/--gamma.
+    `gamma` is a number or a rule schedule -> factor (the original's factor can
+    depend on the milestones given); an explicit --gamma overrides either."""
     p = common_parser(description, lr=lr, epochs=epochs, schedule=schedule, wd=wd)
     p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --resume/--pretrained on val only")
     p.add_argument("--pretrained", default="", type=str, metavar="PATH", help="pretraining checkpoint")
-    p.add_argument("--gamma", default=gamma, type=float, help="lr factor at each --schedule milestone")
-    p.add_argument("--cos", action="store_true", help="cosine lr schedule instead of --schedule")
-    p.set_defaults(ckpt_dir="./ckpt_lincls")
+    rule = gamma.__doc__.splitlines()[0].rstrip(".") if callable(gamma) else gamma
+    p.add_argument("--gamma", default=None, type=float,
+                   help=f"lr factor at each --schedule milestone (default: {rule})")
+    p.add_argument("--cos", action="store_true", help="cosine lr schedule instead of --schedule (ours)")
+    p.set_defaults(ckpt_dir="./ckpt_lincls", gamma_default=gamma)
+    p._option_string_actions["--resume"].help = ("linear-eval checkpoint to resume from: a file, or a folder "
+                                                 "holding checkpoint.pth.tar")
     return add_speed_args(p, gpu_aug=False)
 
 
 def finish_lincls(args):
     finish_common(args)
+    rule = vars(args).pop("gamma_default", 0.1)
+    if args.gamma is None:
+        args.gamma = rule(args.schedule) if callable(rule) else rule
+    if args.resume and os.path.isdir(args.resume):
+        # The original takes a folder and reads checkpoint.pth.tar in it; without
+        # one it prints this line and trains from scratch
+        # (orig:DisCo/main_lincls.py:252-274, 541-547). A missing path stays an error.
+        found = os.path.join(args.resume, "checkpoint.pth.tar")
+        if not os.path.isfile(found):
+            print(f"=> no checkpoint found at '{args.resume}'", flush=True)
+        args.resume = found if os.path.isfile(found) else ""
     if args.evaluate and not (args.resume or args.pretrained):
         raise UserError("-e/--evaluate needs a model: give --resume (a linear-eval checkpoint) or --pretrained")
     return args

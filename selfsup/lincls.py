@@ -40,9 +40,12 @@ def imagefolder_datasets(args):
 
 
 def cifar_datasets(args):
-    """(train, test) CIFAR-10/100 from the python archives in args.data."""
-    train = CIFAR(args.data, args.dataset, train=True, transform=augment.linear_train_transform(args.image_size))
-    test = CIFAR(args.data, args.dataset, train=False, transform=augment.resize_transform(args.image_size))
+    """(train, test) CIFAR-10/100 from the python archives in args.data, resized
+    with bicubic interpolation as the original (orig:DisCo/cifar_main_lincls.py:297-337)."""
+    bicubic = augment.T.InterpolationMode.BICUBIC
+    train = CIFAR(args.data, args.dataset, train=True,
+                  transform=augment.linear_train_transform(args.image_size, bicubic))
+    test = CIFAR(args.data, args.dataset, train=False, transform=augment.resize_transform(args.image_size, bicubic))
     return train, test
 
 

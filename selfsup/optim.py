@@ -10,6 +10,16 @@ def epoch_lr(base_lr, epoch, epochs, cos=False, schedule=(), gamma=0.1):
     return base_lr * gamma ** sum(epoch >= m for m in schedule)
 
 
+def moco_lincls_gamma(schedule):
+    """x0.1 with 2 milestones, x0.5 with 11, no decay otherwise (by the list's length).
+
+    DisCo-pytorch's moco/main_lincls.py and yt_main_lincls_schedule.py pick the
+    factor from the number of milestones (orig:moco/main_lincls.py:516-526), so
+    MoCo's `60 80` steps x0.1, the 11-entry DisCo list halves, and any other
+    list leaves the lr constant."""
+    return {2: 0.1, 11: 0.5}.get(len(schedule), 1.0)
+
+
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
