@@ -14,8 +14,13 @@ def parse_args(argv=None):
     cli.add_moco_args(p)
     cli.add_teacher_args(p)
     p.add_argument("--use-mse", action="store_true", help="add DisCo's MSE term (RKD+DisCo)")
-    p.add_argument("--rkd-dist-weight", default=25.0, type=float, help="weight of the distance loss")
-    p.add_argument("--rkd-angle-weight", default=50.0, type=float, help="weight of the angle loss")
+    # The original's loss: ce + dist + angle on view 1 (orig DisCo/main_moco_distill_rkd.py:457-474).
+    p.add_argument("--rkd-dist-weight", default=1.0, type=float,
+                   help="weight of the distance loss (original: 1; the RKD paper's: 25)")
+    p.add_argument("--rkd-angle-weight", default=1.0, type=float,
+                   help="weight of the angle loss (original: 1; the RKD paper's: 50)")
+    p.add_argument("--rkd-views", default=1, type=int, choices=[1, 2],
+                   help="views the RKD terms relate: 1 (the first, original) or 2 (both)")
     return cli.finish_distill(p.parse_args(argv))
 
 

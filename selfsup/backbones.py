@@ -27,6 +27,7 @@ class BackboneSpec:
     head_name: str                      # attribute that holds the classifier
     feat_dim: int                       # width of the pooled feature
     family: str                         # "resnet", "timm-cnn" or "vit"
+    image_size: int = 224               # the original's crop size for this arch
 
 
 def _torchvision_resnet(name):
@@ -106,11 +107,16 @@ BACKBONES: Dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(_torchvision_resnet("resnet50"), "fc", 2048, "resnet"),
     "resnet101": BackboneSpec(_torchvision_resnet("resnet101"), "fc", 2048, "resnet"),
     "resnet152": BackboneSpec(_torchvision_resnet("resnet152"), "fc", 2048, "resnet"),
-    # SwAV teachers: same trunk layout as the official SwAV release.
+    # SwAV-layout teachers: same trunk layout as the official SwAV release;
+    # DeepCluster-v2 and SeLa-v2 were released from the SwAV repo with SwAV's R-50.
     "SWAVresnet50": BackboneSpec(_torchvision_resnet("resnet50"), "fc", 2048, "resnet"),
+    "DCresnet50": BackboneSpec(_torchvision_resnet("resnet50"), "fc", 2048, "resnet"),
+    "SELAresnet50": BackboneSpec(_torchvision_resnet("resnet50"), "fc", 2048, "resnet"),
     "resnet50w2": BackboneSpec(_swav_resnet50w2, "fc", 4096, "resnet"),
     "efficientb0": BackboneSpec(_timm_cnn("efficientnet_b0"), "classifier", 1280, "timm-cnn"),
     "efficientb1": BackboneSpec(_timm_cnn("efficientnet_b1"), "classifier", 1280, "timm-cnn"),
+    # The original crops 456 px for B5 (orig moco/main_moco.py:187-190).
+    "efficientb5": BackboneSpec(_timm_cnn("efficientnet_b5"), "classifier", 2048, "timm-cnn", image_size=456),
     # MobileNet-v3 large; its 960->1280 head conv counts as part of the backbone.
     "mobilenetv3": BackboneSpec(_timm_cnn("mobilenetv3_large_100"), "classifier", 1280, "timm-cnn"),
     "vit_tiny": BackboneSpec(
@@ -123,7 +129,7 @@ ALIASES = {
     "ViT-Tiny": "vit_tiny", "vit-tiny": "vit_tiny", "vit_tiny_patch16_224": "vit_tiny",
     "XCiT-Tiny": "xcit_tiny", "xcit-tiny": "xcit_tiny", "xcit_tiny_12_p16_224": "xcit_tiny",
     "mobilenet_v3": "mobilenetv3", "efficientnet_b0": "efficientb0",
-    "efficientnet_b1": "efficientb1", "swav_resnet50": "SWAVresnet50",
+    "efficientnet_b1": "efficientb1", "efficientnet_b5": "efficientb5", "swav_resnet50": "SWAVresnet50",
 }
 
 ARCH_NAMES = sorted(BACKBONES)
@@ -139,6 +145,11 @@ def backbone_spec(arch: str) -> BackboneSpec:
 def canonical_arch(arch: str) -> str:
     backbone_spec(arch)
     return ALIASES.get(arch, arch)
+
+
+def default_image_size(arch: str) -> int:
+    """The crop size the original pretrained `arch` at (456 for efficientb5, else 224)."""
+    return backbone_spec(arch).image_size
 
 
 def create_backbone(arch: str, small_images: bool = False) -> Tuple[nn.Module, int]:

@@ -3,6 +3,7 @@ defaults (see docs/flags.md for ours that the original did not have)."""
 import argparse
 import os
 
+from .backbones import default_image_size
 from .errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,11 +172,13 @@ def add_teacher_args(p):
     """DisCo/RKD flags; --hidden defaults to 2048, the width the original
     hard-coded for every student's MLP."""
     p.add_argument("--teacher_arch", default="resnet50",
-                   help="resnet50/101/152 (MoCo-v2 checkpoints), SWAVresnet50, resnet50w2 (SwAV), or any zoo arch")
+                   help="resnet50/101/152 (MoCo-v2 checkpoints), SWAVresnet50, resnet50w2 (SwAV), DCresnet50 "
+                        "(DeepCluster-v2), SELAresnet50 (SeLa-v2), or any zoo arch")
     p.add_argument("--teacher", default="", type=str, metavar="PATH", help="teacher checkpoint")
     p.add_argument("--nmb_prototypes", default=0, type=int, help="prototypes of a SwAV teacher (0: none)")
-    p.add_argument("--teacher-bn", default="eval", choices=["eval", "train"],
-                   help="teacher BatchNorm: eval (running statistics, ours) or train (batch statistics, original)")
+    p.add_argument("--teacher-bn", default="train", choices=["train", "eval"],
+                   help="teacher BatchNorm: train (batch statistics, the original's; running averages are "
+                        "not updated) or eval (running statistics, a fixed teacher)")
     p.add_argument("--mse-reduction", default="sum", choices=["sum", "mean"],
                    help="reduction of the MSE term (the original sums per GPU; one process "
                         "divides its sum by its --bn-splits groups)")

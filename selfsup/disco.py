@@ -13,12 +13,14 @@ class DistilledMoCo(MoCo):
     """MoCo-v2 whose query encoder also embeds the key view, next to a frozen
     teacher that embeds both views. Subclasses add `distill_loss`.
 
-    teacher_bn 'eval' (our default) runs the teacher as the fixed function it
-    was trained into; 'train' (the original's behaviour, where the teacher sat
-    inside the training module) uses batch statistics, without updating the
-    teacher's running averages."""
+    teacher_bn 'train' (the default, the original's: its teacher sat inside
+    the training module, so `model.train()` reached it; orig DisCo/main.py:422)
+    normalises with batch statistics, per BN group when one process holds the
+    batch, without updating the teacher's running averages (see
+    freeze_bn_statistics); 'eval' runs the teacher as the fixed function it
+    was trained into, on its running statistics."""
 
-    def __init__(self, encoder_q, teacher, teacher_bn="eval", **moco_kwargs):
+    def __init__(self, encoder_q, teacher, teacher_bn="train", **moco_kwargs):
         super().__init__(encoder_q, **moco_kwargs)
         if teacher_bn not in ("eval", "train"):
             raise ValueError(f"teacher_bn must be 'eval' or 'train', not {teacher_bn!r}")
@@ -76,19 +78,37 @@ class DisCo(DistilledMoCo):
 
 
 class MoCoRKD(DistilledMoCo):
-    """loss = InfoNCE + w_d * RKD-distance + w_a * RKD-angle on both views,
-    plus DisCo's MSE with use_mse (the RKD+DisCo row of Table 2)."""
+    """loss = InfoNCE + w_d * RKD-distance + w_a * RKD-angle, plus DisCo's MSE
+    on both views with use_mse (the RKD+DisCo row of Table 2).
 
-    def __init__(self, encoder_q, teacher, dist_weight=25.0, angle_weight=50.0, use_mse=False,
+    The defaults are the original's (orig DisCo/main_moco_distill_rkd.py:
+    457-474): weights 1 and 1, RKD between the normalised student and teacher
+    embeddings of the first view only. views=2 adds the second view's pair."""
+
+    def __init__(self, encoder_q, teacher, dist_weight=1.0, angle_weight=1.0, views=1, use_mse=False,
                  mse_reduction="sum", **kwargs):
         super().__init__(encoder_q, teacher, **kwargs)
-        self.dist_weight, self.angle_weight = dist_weight, angle_weight
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, not {views!r}")
+        self.dist_weight, self.angle_weight, self.views = dist_weight, angle_weight, views
         self.use_mse, self.mse_reduction = use_mse, mse_reduction
 
+    def rkd_term(self, loss_fn, pairs):
+        """loss_fn summed over the (student, teacher) view pairs. Each GPU of
+        the original related only its own samples (and DDP averaged the
+        GPUs' gradients); one process standing in for `bn_splits` GPUs
+        therefore averages loss_fn over its BN groups."""
+        groups = bn_groups(pairs[0][0].shape[0], self.bn_splits) if du.world_size() == 1 else 1
+        total = 0.0
+        for s, t in pairs:
+            total = total + sum(loss_fn(a, b) for a, b in zip(s.tensor_split(groups), t.tensor_split(groups))) / groups
+        return total
+
     def distill_loss(self, q1, q2, t1, t2):
+        pairs = [(q1, t1), (q2, t2)][:self.views]
         terms = {
-            "loss_rkd_dist": self.dist_weight * (rkd_distance(q1, t1) + rkd_distance(q2, t2)),
-            "loss_rkd_angle": self.angle_weight * (rkd_angle(q1, t1) + rkd_angle(q2, t2)),
+            "loss_rkd_dist": self.dist_weight * self.rkd_term(rkd_distance, pairs),
+            "loss_rkd_angle": self.angle_weight * self.rkd_term(rkd_angle, pairs),
         }
         if self.use_mse:
             terms["loss_mse"] = self.mse_term(q1, q2, t1, t2)
@@ -122,5 +142,5 @@ def build_disco(args):
 def build_moco_rkd(args):
     from .pretrain import build_query_encoder
     return MoCoRKD(build_query_encoder(args), _teacher_for(args), dist_weight=args.rkd_dist_weight,
-                   angle_weight=args.rkd_angle_weight, use_mse=args.use_mse, mse_reduction=args.mse_reduction,
-                   **_moco_kwargs(args))
+                   angle_weight=args.rkd_angle_weight, views=args.rkd_views, use_mse=args.use_mse,
+                   mse_reduction=args.mse_reduction, **_moco_kwargs(args))

@@ -5,8 +5,9 @@ head. Two families:
 - MoCo-v2 checkpoints (ours, the official release, DisCo students): the
   query encoder ``module.encoder_q.*``; the head's shape is read from the
   checkpoint, so any ``--mlp``/``--hidden`` setting loads;
-- SwAV checkpoints (``--teacher_arch SWAVresnet50`` or ``resnet50w2``):
-  the official release layout or our own SwAV runs, via selfsup.swav.
+- SwAV-layout checkpoints (``--teacher_arch SWAVresnet50``, ``resnet50w2``,
+  ``DCresnet50``, ``SELAresnet50``): the official SwAV, DeepCluster-v2 and
+  SeLa-v2 releases or our own SwAV runs, via selfsup.swav.
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,7 +17,9 @@ from .backbones import create_backbone, set_head
 from .errors import UserError
 from .heads import projection_head
 
-SWAV_TEACHERS = {"SWAVresnet50", "resnet50w2"}
+# SwAV-layout releases: SwAV's R-50 and R-50x2, and DeepCluster-v2 / SeLa-v2
+# (released from the SwAV repo with the same model definition; orig DisCo/main.py:193-201).
+SWAV_TEACHERS = {"SWAVresnet50", "resnet50w2", "DCresnet50", "SELAresnet50"}
 
 
 class EmbeddingTeacher(nn.Module):
@@ -31,12 +34,17 @@ class EmbeddingTeacher(nn.Module):
 
 
 def _head_from_state(state, head_name, feat_dim, path):
-    """The projection head a MoCo checkpoint was trained with."""
+    """The projection head a MoCo checkpoint was trained with: a plain Linear
+    (``<head>.*``: MoCo v1, and our ``--hidden 0`` checkpoints before they
+    took the original's layout), a one-layer Sequential (``<head>.0.*`` only:
+    the original's ``--mlp --hidden 0``) or the two-layer MLP."""
     if f"{head_name}.weight" in state:
         return projection_head(feat_dim, state[f"{head_name}.weight"].shape[0], mlp=False)
     if f"{head_name}.0.weight" in state and f"{head_name}.2.weight" in state:
         hidden, out = state[f"{head_name}.0.weight"].shape[0], state[f"{head_name}.2.weight"].shape[0]
         return projection_head(feat_dim, out, mlp=True, hidden=hidden)
+    if f"{head_name}.0.weight" in state:
+        return projection_head(feat_dim, state[f"{head_name}.0.weight"].shape[0], mlp=True, hidden=0)
     raise UserError(f"teacher '{path}' has no projection head under '{head_name}.' "
                     "(expected a MoCo pretraining checkpoint with module.encoder_q.*)")
 
@@ -51,7 +59,8 @@ def load_moco_teacher(arch, path, small_images=None):
             break
     else:
         raise UserError(f"teacher '{path}' has no 'module.encoder_q.*' keys (expected a MoCo-v2 checkpoint; "
-                        "for SwAV weights use --teacher_arch SWAVresnet50 or resnet50w2)")
+                        "for SwAV-layout weights use --teacher_arch SWAVresnet50, resnet50w2, DCresnet50 "
+                        "or SELAresnet50)")
     if small_images is None:
         small_images = ck.small_images_of(ckpt)
     backbone, feat_dim = create_backbone(arch, small_images)
@@ -83,7 +92,14 @@ def load_teacher(arch, path, small_images=None, nmb_prototypes=0):
 
 def freeze_bn_statistics(module):
     """BN layers keep using batch statistics in train mode but stop updating
-    their running averages (momentum 0), so the teacher's state never changes."""
+    their running averages (momentum 0), so the teacher's state never changes.
+
+    The original did update them (its teacher's BN ran in train mode, and BN
+    updates running averages under torch.no_grad too), but nothing ever read
+    them: the teacher only ran in train mode, on batch statistics, and the
+    teacher weights of its checkpoints were never loaded again (a resume
+    reloads --teacher). Freezing them therefore computes the same, and keeps
+    the teacher equal to its file for --teacher-bn eval or a later reuse."""
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = 0.0

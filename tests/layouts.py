@@ -42,7 +42,12 @@ def moco_v2_checkpoint(arch="resnet50", hidden=None, queue=256):
 
 
 def swav_release_state(arch="resnet50", hidden=2048, prototypes=3000):
-    """The official SwAV release: a plain state dict with the `module.` prefix."""
+    """The official SwAV release: a plain state dict with the `module.` prefix.
+
+    `prototypes` a list: several prototype heads, as fb-swav src/resnet50.py's
+    MultiPrototypes names them (`prototypes.prototypes{i}.weight`), which is
+    how main_deepclusterv2.py (--nmb_prototypes 3000 3000 3000) saves the
+    DeepCluster-v2 release."""
     feat = _feat(arch)
     sd = dict(_trunk(arch))
     sd.update({
@@ -51,9 +56,25 @@ def swav_release_state(arch="resnet50", hidden=2048, prototypes=3000):
         "projection_head.1.running_mean": torch.zeros(hidden), "projection_head.1.running_var": torch.ones(hidden),
         "projection_head.1.num_batches_tracked": torch.tensor(0),
         "projection_head.3.weight": torch.randn(128, hidden) * 0.01, "projection_head.3.bias": torch.zeros(128),
-        "prototypes.weight": torch.randn(prototypes, 128),
     })
+    if isinstance(prototypes, (list, tuple)):
+        sd.update({f"prototypes.prototypes{i}.weight": torch.randn(k, 128) for i, k in enumerate(prototypes)})
+    else:
+        sd["prototypes.weight"] = torch.randn(prototypes, 128)
     return {f"module.{k}": v for k, v in sd.items()}
+
+
+def deepcluster_v2_release_state(prototypes=(3000, 3000, 3000)):
+    """deepclusterv2_800ep_pretrain.pth.tar: SwAV's R-50 with hidden_mlp 2048,
+    feat_dim 128 and three prototype heads (fb-swav main_deepclusterv2.py)."""
+    return swav_release_state("resnet50", 2048, list(prototypes))
+
+
+def sela_v2_release_state(prototypes=3000):
+    """selav2_400ep_pretrain.pth.tar: the same model definition. fb-swav ships no
+    SeLa-v2 script, so its prototype layout is not documented; one head here
+    (the DeepCluster-v2 test covers several)."""
+    return swav_release_state("resnet50", 2048, prototypes)
 
 
 def write_cifar(root, name, n_train=20, n_test=10, classes=10):

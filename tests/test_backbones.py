@@ -6,7 +6,8 @@ from selfsup.errors import UserError
 from selfsup.heads import projection_head
 
 WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
-          "SWAVresnet50": 2048, "resnet50w2": 4096, "efficientb0": 1280, "efficientb1": 1280,
+          "SWAVresnet50": 2048, "DCresnet50": 2048, "SELAresnet50": 2048, "resnet50w2": 4096,
+          "efficientb0": 1280, "efficientb1": 1280, "efficientb5": 2048,
           "mobilenetv3": 1280, "vit_tiny": 192, "xcit_tiny": 192}
 
 
@@ -52,7 +53,7 @@ def test_resnet50w2_has_swav_widths():
 @pytest.mark.parametrize("mlp,hidden,keys,shapes", [
     (False, -1, ["fc.weight", "fc.bias"], [(128, 512)]),
     (True, -1, ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"], [(512, 512), (128, 512)]),
-    (True, 0, ["fc.weight", "fc.bias"], [(128, 512)]),
+    (True, 0, ["fc.0.weight", "fc.0.bias"], [(128, 512)]),  # Sequential(Linear), as orig moco/moco/builder.py:45-47
     (True, 1280, ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"], [(1280, 512), (128, 1280)]),
 ])
 def test_projection_head_keys_follow_mlp_and_hidden(mlp, hidden, keys, shapes):

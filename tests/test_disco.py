@@ -54,7 +54,8 @@ def test_summed_mse_is_per_emulated_gpu_in_one_process():
     x1, x2 = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8)
     outs = {}
     for splits in (1, 3):
-        model = DisCo(tiny_net(seed=0), teacher, dim=8, K=16, m=1.0, T=0.2, bn_splits=splits).train()
+        model = DisCo(tiny_net(seed=0), teacher, dim=8, K=16, m=1.0, T=0.2, bn_splits=splits,
+                      teacher_bn="eval").train()
         q1 = F.normalize(torch.cat([model.encoder_q(p) for p in x1.tensor_split(splits)]), dim=1)
         q2 = F.normalize(torch.cat([model.encoder_q(p) for p in x2.tensor_split(splits)]), dim=1)
         with torch.no_grad():
