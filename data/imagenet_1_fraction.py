@@ -2,31 +2,51 @@
 """Copy the 1% or 10% labelled subset of an ImageNet-style train set (Fig5).
 
     python3 -u imagenet_1_fraction.py --ratio 1 --source /path/to/imagenet \\
-        --output /path/to/imagenet_1_fraction [--split-file 1percent.txt]
+        --output /path/to/imagenet_1_fraction
 
-With --split-file (SimCLR's 1percent.txt / 10percent.txt) the subset is the
-listed files; without, a seeded class-balanced ratio% of each class. The
-output gets train/ (the subset) and val/ (the whole validation set)."""
+As in the original, --ratio 1 and --ratio 10 copy the files named by
+SimCLR's split files, shipped beside this script (1percent.txt,
+10percent.txt; see SIMCLR_SPLITS_NOTICE.md); --split-file names another
+list. --balanced (or a ratio without a split file) takes a seeded
+class-balanced ratio% of each class instead, for data sets whose file names
+are not ImageNet's (the built-in set). The output gets train/ (the subset)
+and val/ (the whole validation set)."""
 import argparse
 import os
 
 from selfsup import subset
-from selfsup.errors import cli_main
+from selfsup.errors import UserError, cli_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SIMCLR_SPLITS = {1: os.path.join(HERE, "1percent.txt"), 10: os.path.join(HERE, "10percent.txt")}
 
 
-@cli_main
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ratio", type=float, required=True, help="percent of labelled images: 1 or 10")
+    p.add_argument("--ratio", type=float, default=1, help="percent of labelled images (default 1, as the original)")
     p.add_argument("--source", default=os.environ.get("DISCO_DATA", os.path.join(HERE, "builtin")),
                    help="folder with train/ and val/ (default: $DISCO_DATA or data/builtin)")
     p.add_argument("--output", default=None, help="default: <source>_<ratio>_fraction")
-    p.add_argument("--split-file", default=None, help="SimCLR split file (one file name a line)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-file", default=None,
+                   help="list of file names, one a line (default for --ratio 1|10: SimCLR's, shipped in data/)")
+    p.add_argument("--balanced", action="store_true",
+                   help="a seeded class-balanced ratio%% of each class instead of a split file")
+    p.add_argument("--seed", type=int, default=0, help="seed of --balanced")
     p.add_argument("--link", action="store_true", help="symlink instead of copying")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.balanced and args.split_file:
+        raise UserError("--balanced and --split-file both given: choose one")
+    if not args.balanced and not args.split_file:
+        args.split_file = SIMCLR_SPLITS.get(args.ratio)
+        if args.split_file is None:
+            raise UserError(f"--ratio {args.ratio:g}: SimCLR's split files exist for 1 and 10 only; "
+                            "give --split-file FILE or --balanced")
+    return args
+
+
+@cli_main
+def main(argv=None):
+    args = parse_args(argv)
     out = args.output or f"{args.source.rstrip('/')}_{args.ratio:g}_fraction"
     files = subset.class_files(os.path.join(args.source, "train"))
     chosen = (subset.split_file_subset(files, args.split_file) if args.split_file
@@ -35,7 +55,8 @@ def main():
     val = subset.class_files(os.path.join(args.source, "val"))
     n_val = subset.write_subset(os.path.join(args.source, "val"), os.path.join(out, "val"), val, args.link)
     total = sum(len(v) for v in chosen.values())
-    print(f"=> {out}: train {total} images ({n_train} new) in {len(chosen)} classes, val {n_val} new")
+    how = f"listed in {args.split_file}" if args.split_file else f"{args.ratio:g}% of each class, seed {args.seed}"
+    print(f"=> {out}: train {total} images ({n_train} new; {how}) in {len(chosen)} classes, val {n_val} new")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import REPO, run
 from layouts import write_cifar
 from selfsup.cifar import CIFAR
 from selfsup.errors import UserError
@@ -34,11 +34,61 @@ def test_split_file_subset_takes_exactly_the_listed_files(tmp_path):
 
 def test_fraction_script_writes_a_subset_tree(tiny_data, tmp_path):
     out = tmp_path / "frac"
-    r = run(f"python3 -u imagenet_1_fraction.py --ratio 34 --source {tiny_data} --output {out}", cwd="data")
+    r = run(f"python3 -u imagenet_1_fraction.py --ratio 34 --balanced --source {tiny_data} --output {out}", cwd="data")
     assert r.returncode == 0, r.stdout
     counts = {c: len(os.listdir(out / "train" / c)) for c in os.listdir(out / "train")}
     assert len(counts) == 10 and set(counts.values()) == {3}  # ceil(0.34 * 6)
     assert sum(len(v) for v in class_files(str(out / "val")).values()) == 20
+
+
+SHIPPED_SPLITS = {  # SimCLR's files as shipped (data/SIMCLR_SPLITS_NOTICE.md): names, classes, sha256
+    "1percent.txt": (12811, 1000, "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17"),
+    "10percent.txt": (128116, 1000, "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_SPLITS))
+def test_shipped_split_files_are_simclrs(name):
+    import hashlib
+    path = os.path.join(REPO, "data", name)
+    raw = open(path, "rb").read()
+    names = raw.decode().split()
+    count, classes, digest = SHIPPED_SPLITS[name]
+    assert len(names) == len(set(names)) == count
+    assert len({n.split("_")[0] for n in names}) == classes
+    assert hashlib.sha256(raw).hexdigest() == digest
+
+
+def test_ratio_1_copies_exactly_simclrs_list_by_default(tmp_path):
+    """The original's `imagenet_1_fraction.py --ratio 1`: the files of
+    1percent.txt, nothing else (one unlisted file per class is left out)."""
+    listed = {(n.split("_")[0], n) for n in open(os.path.join(REPO, "data", "1percent.txt")).read().split()}
+    src = tmp_path / "imagenet"
+    for c in {c for c, _ in listed}:
+        for split in ("train", "val"):
+            (src / split / c).mkdir(parents=True)
+        (src / "train" / c / f"{c}_unlisted.JPEG").write_bytes(b"")
+        (src / "val" / c / f"ILSVRC2012_val_{c}.JPEG").write_bytes(b"")
+    for c, n in listed:
+        (src / "train" / c / n).write_bytes(b"")
+    out = tmp_path / "imagenet_1_fraction"
+    r = run(f"python3 -u imagenet_1_fraction.py --ratio 1 --source {src} --output {out} --link", cwd="data")
+    assert r.returncode == 0, r.stdout[-2000:]
+    got = {(c, f) for c in os.listdir(out / "train") for f in os.listdir(out / "train" / c)}
+    assert got == listed
+    assert len(os.listdir(out / "val")) == 1000
+
+
+def test_ratio_10_reads_the_10_percent_list_and_others_need_a_choice():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fraction", os.path.join(REPO, "data", "imagenet_1_fraction.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_args(["--ratio", "10"]).split_file == os.path.join(REPO, "data", "10percent.txt")
+    assert module.parse_args([]).split_file == os.path.join(REPO, "data", "1percent.txt")
+    assert module.parse_args(["--ratio", "10", "--balanced"]).split_file is None
+    with pytest.raises(UserError, match="--ratio 34"):
+        module.parse_args(["--ratio", "34"])
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

@@ -55,6 +55,9 @@ def run_section(section, data, checkpoints, tmp_path, data_for=None):
         elif "--pretrained" in cmd:
             cmd = with_overrides(cmd, target, f"{TINY_LINCLS} --ckpt-dir {tmp_path / f'lin{i}'}",
                                  [(PLACEHOLDER, checkpoints[f"student_{arch}"])])
+        elif "imagenet_1_fraction.py" in cmd:
+            # --ratio 1|10 reads SimCLR's ImageNet lists; the tiny set's names are not ImageNet's.
+            cmd = with_overrides(cmd, target, "--balanced")
         else:
             cmd = with_overrides(cmd, target, "")
         result = run(cmd, cwd=cwd, env={"DISCO_DATA": data})
