@@ -118,6 +118,8 @@ def finish_common(args):
     if args.epochs < 1 or args.start_epoch >= args.epochs:
         raise UserError(f"--epochs {args.epochs} with --start-epoch {args.start_epoch}: nothing to train")
     args.workers = max(0, min(args.workers, os.cpu_count() or 1))
+    if args.image_size is None:  # left to the arch (main_moco.py): the original's crop size for it
+        args.image_size = default_image_size(args.arch)
     return args
 
 
@@ -191,3 +193,16 @@ def finish_distill(args):
     if not args.teacher:
         raise UserError("--teacher PATH is required (a MoCo-v2 or SwAV checkpoint of --teacher_arch)")
     return args
+
+
+def main_moco_defaults(p):
+    """moco/main_moco.py's own defaults. --resume: the original's is ./ckpt,
+    the folder its checkpoints go to, so rerunning a command resumes it; ours
+    is --ckpt-dir (./ckpt unless given), and --resume '' starts fresh.
+    --image-size: the original crops efficientb5 at 456 px, the rest at 224."""
+    p.set_defaults(resume=None, image_size=None)
+    p._option_string_actions["--image-size"].help = "crop size (default: the original's for -a: 456 for efficientb5, else 224)"
+    p._option_string_actions["--resume"].help = (
+        "checkpoint file, or folder (its newest checkpoint_NNNN.pth.tar), to resume from; "
+        "default: --ckpt-dir, so a rerun resumes; '' starts from scratch")
+    return p

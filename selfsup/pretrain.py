@@ -54,6 +54,12 @@ def resume_path(args):
         if path is None and du.is_main_process():
             print(f"=> --resume-ckpt: no checkpoint in '{args.ckpt_dir}', starting from scratch", flush=True)
         return path
+    if args.resume is None:  # moco/main_moco.py's default: the run's own folder, as the original's ./ckpt
+        path = ck.latest_checkpoint(args.ckpt_dir)
+        if du.is_main_process():
+            print(f"=> resuming from the newest checkpoint in '{args.ckpt_dir}' (--resume '' starts from scratch)"
+                  if path else f"=> no checkpoint found at '{args.ckpt_dir}': starting from scratch", flush=True)
+        return path
     if args.resume and os.path.isdir(args.resume):
         path = ck.latest_checkpoint(args.resume)
         if path is None:
@@ -83,7 +89,8 @@ def resume(model, optimizer, path, args, prec=None):
     """Load model, queue and optimizer state; returns the epoch to start at."""
     ckpt = ck.load_file(path, "--resume checkpoint")
     if ckpt.get("arch") not in (None, args.arch):
-        raise UserError(f"--resume '{path}' holds arch '{ckpt.get('arch')}', not -a {args.arch}")
+        hint = "; use another --ckpt-dir, or --resume '' to start from scratch" if args.resume is None else ""
+        raise UserError(f"--resume '{path}' holds arch '{ckpt.get('arch')}', not -a {args.arch}{hint}")
     state = ck.strip_prefix(ck.state_dict_of(ckpt, path), "module.")
     ck.load_into(unwrap(model), state, path, args.arch)
     optimizer.load_state_dict(ckpt["optimizer"])
