@@ -37,6 +37,9 @@ CONFIG = {
     "pretrain_flags": "--lr 0.03 --mlp --moco-t 0.2 --moco-m 0.99 --moco-k 1024 --aug-plus --cos --bn-splits 2",
     "lincls_flags": "--lr 0.05 --cos",
     "lincls_epochs": 6,
+    # Passed explicitly, so that a change of the scripts' defaults (the
+    # original's teacher BN in train mode) leaves the demo's table as it is.
+    "disco_flags": "--teacher-bn eval",
 }
 
 
@@ -134,10 +137,12 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     def pretrain(r):
         flags = f"-a {r['arch']} {common} {c['pretrain_flags']} --epochs {r['epochs']} --ckpt-dir {r['folder']}/ckpt"
         if r["method"].startswith("DisCo"):
-            cmd = f"{py} -u main.py {flags} --teacher_arch {teacher['arch']} --teacher {teacher['ckpt']} {data}"
+            cmd = (f"{py} -u main.py {flags} {c['disco_flags']} --teacher_arch {teacher['arch']} "
+                   f"--teacher {teacher['ckpt']} {data}")
             cwd = os.path.join(REPO_ROOT, "DisCo")
         else:
-            cmd = f"{py} -u main_moco.py {flags} {data}"
+            # --resume '': a fresh run even where an earlier demo left checkpoints.
+            cmd = f"{py} -u main_moco.py {flags} --resume '' {data}"
             cwd = os.path.join(REPO_ROOT, "moco")
         r["seconds"] += sh(cmd, cwd, os.path.join(r["folder"], "pretrain.log"), r["name"])
 
@@ -167,7 +172,7 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     finally:
         torch.set_num_threads(threads)
 
-    table = markdown_table(rows)
+    table = markdown_table(rows) + f"\n\nDisCo flags: `{c['disco_flags']}`"
     with open(os.path.join(results, "table.md"), "w") as f:
         f.write(table + "\n")
     if pictures_too:

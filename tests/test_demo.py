@@ -8,7 +8,12 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results"
     r = run(f"python3 -m selfsup.demo --data {tiny_data} --scale 0.01 --batch-size 16 --out {out} --results {results}")
     assert r.returncode == 0, r.stdout[-3000:]
-    table = (results / "table.md").read_text().splitlines()
+    text = (results / "table.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    # The flags that keep the demo's meaning when defaults change are on its command lines and under its table.
+    assert "DisCo flags: `--teacher-bn eval`" in text
+    assert "main.py" in r.stdout and "--teacher-bn eval --teacher_arch" in r.stdout
+    assert "main_moco.py" in r.stdout and "--resume ''" in r.stdout
     assert [line.split("|")[1].strip() for line in table[2:]] == ["random_init", "teacher", "student_moco",
                                                                    "student_disco"]
     assert "DisCo <- resnet34" in table[5]
