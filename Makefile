@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test env data detectron2 tab1 clean
+.PHONY: demo test env data digits detectron2 tab1 clean
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ detectron2: env
 data: env
 	$(PY) data/prepare_builtin.py
 
+# scikit-learn's handwritten digits as an ImageFolder tree (data/digits), for the benchmark.
+digits: env
+	$(PY) data/prepare_digits.py
+
 demo: data
 	$(PY) -u -m selfsup.demo
 
@@ -34,4 +38,4 @@ test: env detectron2
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q --durations=15
 
 clean:
-	rm -rf runs results data/builtin
+	rm -rf runs results data/builtin data/digits
