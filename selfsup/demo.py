@@ -18,6 +18,7 @@ import argparse
 import concurrent.futures
 import csv
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -71,9 +72,10 @@ def sh(cmd, cwd, log, tag=None):
     return time.time() - start
 
 
-def run_steps(steps, lanes):
+def run_steps(steps, lanes, on_done=None):
     """Run `steps` (name -> (needs, fn)) with at most `lanes` at a time, each
-    as soon as the steps it needs are done, earlier-listed first."""
+    as soon as the steps it needs are done, earlier-listed first;
+    `on_done(name)` after each."""
     pending, done, running = dict(steps), set(), {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=lanes) as pool:
         while pending or running:
@@ -86,7 +88,69 @@ def run_steps(steps, lanes):
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for fut in finished:
                 fut.result()  # a failed step stops the demo here
-                done.add(running.pop(fut))
+                name = running.pop(fut)
+                done.add(name)
+                if on_done:
+                    on_done(name)
+
+
+class PipelineProgress:
+    """One line per finished step: how many of how many, elapsed time, and an
+    estimate of the time left from the work done so far. Each step has a
+    planned cost (epochs times a rough per-arch factor), so the estimate is
+    elapsed / done cost * remaining cost."""
+
+    def __init__(self, costs):
+        self.costs, self.done, self.start = dict(costs), set(), time.time()
+
+    def finished(self, name):
+        self.done.add(name)
+        elapsed = time.time() - self.start
+        done = sum(self.costs[n] for n in self.done)
+        left = sum(c for n, c in self.costs.items() if n not in self.done)
+        eta = elapsed / done * left if done else float("nan")
+        line = (f"[demo] {len(self.done)}/{len(self.costs)} steps done ({name}); elapsed {elapsed / 60:.1f} min"
+                + (f", about {eta / 60:.1f} min left" if left else ""))
+        print(line, flush=True)
+        return line
+
+
+# Rough cost of one epoch relative to a ResNet-18 MoCo epoch (for the ETA only).
+ARCH_COST = {"resnet34": 2.0, "resnet50": 3.0, "efficientb0": 3.0, "efficientb1": 4.0}
+
+
+def step_costs(rows, config, scale):
+    """{step name: planned cost} of run_pipeline's steps."""
+    costs = {}
+    for r in rows:
+        factor = ARCH_COST.get(r["arch"], 1.0)
+        if r["epochs"]:
+            teacher = ARCH_COST.get(config["teacher"]["arch"], 1.0) if r["method"].startswith("DisCo") else 0.0
+            costs[f"pretrain {r['name']}"] = r["epochs"] * (factor + teacher)
+        costs[f"evaluate {r['name']}"] = 0.25 * factor * scaled(config["lincls_epochs"], scale)
+    return costs
+
+
+def reference_step_seconds(repeats=5):
+    """This machine's time for a fixed step, so that demo timings carry
+    between machines: torchvision ResNet-18 forward and backward, batch 64,
+    32 px, one thread; the median of `repeats` after one warm-up."""
+    import torchvision
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10)
+        x, y = torch.randn(64, 3, 32, 32, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def last_row(metrics_csv):
@@ -120,7 +184,7 @@ def plan_rows(config, runs, scale):
     return rows
 
 
-def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lanes=2):
+def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lanes=2, reference=None):
     """Teacher, then per student arch a MoCo-v2 baseline and a DisCo run, then
     linear evaluation (and kNN) of every model and of a random init, `lanes`
     steps side by side. Returns (rows as dicts, markdown table)."""
@@ -167,12 +231,15 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
                                           lambda r=r: pretrain(r))
     for r in rows:
         steps[f"evaluate {r['name']}"] = ([f"pretrain {r['name']}"] if r["epochs"] else [], lambda r=r: evaluate(r))
+    progress = PipelineProgress(step_costs(rows, c, scale))
     try:
-        run_steps(steps, lanes)
+        run_steps(steps, lanes, on_done=progress.finished)
     finally:
         torch.set_num_threads(threads)
 
     table = markdown_table(rows) + f"\n\nDisCo flags: `{c['disco_flags']}`"
+    if reference is not None:
+        table += f"; reference step on this machine: {reference:.3f} s (ResNet-18 fwd+bwd, batch 64, 32 px, 1 thread)"
     with open(os.path.join(results, "table.md"), "w") as f:
         f.write(table + "\n")
     if pictures_too:
@@ -216,9 +283,12 @@ def main():
     p.add_argument("--lanes", type=int, default=2, help="steps run side by side (one torch thread each)")
     args = p.parse_args()
     start = time.time()
+    reference = reference_step_seconds()
+    print(f"=> reference step on this machine: {reference:.3f} s (torchvision ResNet-18 forward and backward, "
+          "batch 64, 32 px, 1 thread, median of 5); the demo's timings scale with it", flush=True)
     try:
         _, table = run_pipeline(dict(CONFIG, batch_size=args.batch_size), args.data, args.out, args.results,
-                                args.scale, not args.no_pictures, args.lanes)
+                                args.scale, not args.no_pictures, args.lanes, reference)
     except StepFailed as exc:
         sys.exit(str(exc))
     print("\nLinear evaluation on the built-in dataset (val, 1000 images):\n" + table)

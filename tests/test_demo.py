@@ -26,6 +26,11 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
     assert [r["acc1"] for r in rows] == [float(line.split("|")[6]) for line in table[2:]]
     for png in ("tsne.png", "curves_pretrain.png", "curves_lincls.png"):
         assert os.path.getsize(results / png) > 10_000, png
+    # The machine's reference time first, then a progress line per finished step (3 pretrainings, 4 evaluations).
+    assert r.stdout.index("=> reference step on this machine:") < r.stdout.index("$ (cd moco")
+    steps = [line for line in r.stdout.splitlines() if line.startswith("[demo] ")]
+    assert len(steps) == 7 and steps[-1].startswith("[demo] 7/7 steps done") and "min left" in steps[0]
+    assert "reference step on this machine" in text
     # The DisCo student was trained against the demo's own teacher checkpoint.
     assert "--teacher " + str(out / "teacher" / "ckpt" / "checkpoint_0000.pth.tar") in r.stdout
 
@@ -46,9 +51,12 @@ def test_run_steps_respects_dependencies_and_lanes():
                 active[0] -= 1
                 log.append(("end", name, active[0]))
         return fn
+    finished = []
     run_steps({"teacher": ([], step("teacher", 0.3)), "student": ([], step("student")),
-               "disco": (["teacher"], step("disco")), "eval": (["student"], step("eval"))}, lanes=2)
+               "disco": (["teacher"], step("disco")), "eval": (["student"], step("eval"))}, lanes=2,
+              on_done=finished.append)
     order = [(kind, name) for kind, name, _ in log]
+    assert finished == [name for kind, name in order if kind == "end"]  # on_done once per step, as each ends
     assert order.index(("end", "teacher")) < order.index(("start", "disco"))
     assert order.index(("end", "student")) < order.index(("start", "eval"))
     assert max(n for _, _, n in log) == 2  # two lanes were used, never more
@@ -66,3 +74,12 @@ def test_run_steps_stops_on_a_failed_step():
     with pytest.raises(RuntimeError, match="step broke"):
         run_steps({"a": ([], boom), "b": (["a"], lambda: ran.append("b"))}, lanes=1)
     assert ran == []
+
+
+def test_pipeline_progress_estimates_the_time_left_from_the_cost_done(monkeypatch):
+    import time
+    from selfsup.demo import PipelineProgress
+    progress = PipelineProgress({"a": 1.0, "b": 3.0})
+    monkeypatch.setattr(time, "time", lambda: progress.start + 60.0)  # one minute for cost 1 ...
+    assert progress.finished("a") == "[demo] 1/2 steps done (a); elapsed 1.0 min, about 3.0 min left"
+    assert progress.finished("b") == "[demo] 2/2 steps done (b); elapsed 1.0 min"  # ... nothing left
