@@ -184,14 +184,14 @@ def plan_rows(config, runs, scale):
     return rows
 
 
-def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lanes=2, reference=None):
+def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lanes=2, reference=None, seed=0):
     """Teacher, then per student arch a MoCo-v2 baseline and a DisCo run, then
     linear evaluation (and kNN) of every model and of a random init, `lanes`
     steps side by side. Returns (rows as dicts, markdown table)."""
     c, py = config, sys.executable
     os.makedirs(runs, exist_ok=True)
     os.makedirs(results, exist_ok=True)
-    common = f"-b {c['batch_size']} --image-size {c['image_size']} -j 1 -p 20 --seed 0"
+    common = f"-b {c['batch_size']} --image-size {c['image_size']} -j 1 -p 20 --seed {seed}"
     rows = plan_rows(config, runs, scale)
     teacher = rows[1]
     # The kNN probe runs in this process, beside a training step: one thread.
