@@ -10,9 +10,17 @@ checkpoint keys as the original's: ``encoder_q.fc.*`` / ``encoder_q.classifier.*
 ``small_images=True`` adapts the stem to 32-64 px inputs: a 3x3 stride-1 first
 convolution and no max-pool for ResNets, a stride-1 stem for the timm CNNs,
 and 4 px (ViT) / 8 px (XCiT) patches for the transformers.
+
+Besides the paper's names, any timm model name (``convnext_atto``, or
+``timm:NAME`` to force timm where a name is also ours) and any torchvision
+classification model (``tv:NAME``) is a backbone; see ``_external_spec`` and
+docs/teachers.md. Their head slot is a dotted path (``head.fc``,
+``classifier.3``), read from the model itself.
 """
+import difflib
+import functools
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch.nn as nn
 import torchvision.models as tvm
@@ -24,9 +32,9 @@ from .errors import UserError
 @dataclass(frozen=True)
 class BackboneSpec:
     build: Callable[[bool], nn.Module]  # small_images -> model with its head in place
-    head_name: str                      # attribute that holds the classifier
-    feat_dim: int                       # width of the pooled feature
-    family: str                         # "resnet", "timm-cnn" or "vit"
+    head_name: Optional[str]            # attribute that holds the classifier (None: read from the model)
+    feat_dim: Optional[int]             # width of the pooled feature (None: read from the model)
+    family: str                         # "resnet", "timm-cnn", "vit", "timm" or "torchvision"
     image_size: int = 224               # the original's crop size for this arch
 
 
@@ -125,26 +133,178 @@ BACKBONES: Dict[str, BackboneSpec] = {
         _timm_vit("xcit_tiny_12_p8_224", {"img_size": 32}), "head", 192, "vit"),
 }
 
+# The paper's spellings. timm's own names (vit_tiny_patch16_224,
+# xcit_tiny_12_p16_224, ...) are not aliases: they build exactly timm's model.
 ALIASES = {
-    "ViT-Tiny": "vit_tiny", "vit-tiny": "vit_tiny", "vit_tiny_patch16_224": "vit_tiny",
-    "XCiT-Tiny": "xcit_tiny", "xcit-tiny": "xcit_tiny", "xcit_tiny_12_p16_224": "xcit_tiny",
+    "ViT-Tiny": "vit_tiny", "vit-tiny": "vit_tiny",
+    "XCiT-Tiny": "xcit_tiny", "xcit-tiny": "xcit_tiny",
     "mobilenet_v3": "mobilenetv3", "efficientnet_b0": "efficientb0",
     "efficientnet_b1": "efficientb1", "efficientnet_b5": "efficientb5", "swav_resnet50": "SWAVresnet50",
 }
 
 ARCH_NAMES = sorted(BACKBONES)
+TIMM_PREFIX, TV_PREFIX = "timm:", "tv:"
+SMALL_IMAGE_SIZE = 32  # what --small-images builds fixed-size transformers for
+
+
+# -- any timm or torchvision model --------------------------------------------
+
+def _set_submodule(model, path, module):
+    parent, _, leaf = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def _classifier_width(module, model):
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels
+    return getattr(model, "head_hidden_size", None) or model.num_features
+
+
+def _small_stem(model):
+    """The zoo's stems where a model has the same parts: a stride-2
+    ``conv_stem`` (EfficientNet/MobileNet family) runs at stride 1; a 7x7
+    ``conv1`` followed by ``maxpool`` (ResNet family) becomes the 3x3
+    stride-1 stem without max-pool. Other CNNs are left as they are (they
+    take any input size)."""
+    stem = getattr(model, "conv_stem", None)
+    if isinstance(stem, nn.Conv2d) and stem.stride == (2, 2):
+        stem.stride = (1, 1)
+        return
+    conv1 = getattr(model, "conv1", None)
+    if isinstance(conv1, nn.Conv2d) and conv1.kernel_size == (7, 7) and hasattr(model, "maxpool"):
+        _small_resnet_stem(model)
+
+
+def _timm_any(name):
+    def build(small):
+        import timm
+        model = None
+        if small:  # transformers built for a fixed size: build them for 32 px (any size if they can)
+            for kwargs in ({"img_size": SMALL_IMAGE_SIZE, "dynamic_img_size": True}, {"img_size": SMALL_IMAGE_SIZE}):
+                try:
+                    model = timm.create_model(name, pretrained=False, **kwargs)
+                    break
+                except TypeError:
+                    continue
+                except Exception as exc:  # e.g. a window size that 32 px cannot hold
+                    raise UserError(f"-a {name} cannot be built for --small-images ({SMALL_IMAGE_SIZE} px): "
+                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                                    "drop --small-images") from None
+        if model is None:
+            model = timm.create_model(name, pretrained=False)
+            if small:
+                _small_stem(model)
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        head = cfg.get("classifier", "head")
+        if not isinstance(head, str):
+            raise UserError(f"-a {name} has several classifier heads ({', '.join(head)}, a distillation "
+                            "model): not supported as a backbone; use its non-distilled variant")
+        try:
+            width = _classifier_width(model.get_submodule(head), model)
+        except AttributeError:
+            raise UserError(f"-a {name}: timm names its classifier '{head}', which the model does not "
+                            "have; not supported as a backbone") from None
+        model.reset_classifier(0)
+        _set_submodule(model, head, nn.Identity())  # what reset_classifier(0) left there, made sure
+        return model, head, width
+    return build
+
+
+def _last_classifier(model):
+    """Dotted name of the last Linear with 1000 outputs (torchvision's fc,
+    classifier[-1], heads.head, ...)."""
+    found = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == 1000]
+    return found[-1] if found else None
+
+
+def _torchvision_any(name):
+    def build(small):
+        kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+        if small and name.startswith("vit_"):
+            kwargs["image_size"] = SMALL_IMAGE_SIZE
+        elif small and name.startswith(("swin_", "maxvit_")):
+            raise UserError(f"-a tv:{name} cannot be built for --small-images (its windows need larger "
+                            "images); drop --small-images")
+        model = tvm.get_model(name, weights=None, **kwargs)
+        if small and not name.startswith("vit_"):
+            _small_stem(model)
+        head = _last_classifier(model)
+        if head is None:
+            raise UserError(f"-a tv:{name} has no Linear classifier to replace (e.g. SqueezeNet's is a "
+                            "convolution): not supported as a backbone")
+        width = model.get_submodule(head).in_features
+        parent, _, leaf = head.rpartition(".")
+        container = model.get_submodule(parent) if parent else None
+        if isinstance(container, nn.Sequential):  # the classifier's own dropout goes with it
+            for key, m in container.named_children():
+                if isinstance(m, nn.Dropout):
+                    setattr(container, key, nn.Identity())
+        _set_submodule(model, head, nn.Identity())
+        return model, head, width
+    return build
+
+
+def _timm_names():
+    try:
+        import timm
+        return timm.list_models()
+    except ImportError:
+        return []
+
+
+def _torchvision_names():
+    return tvm.list_models(module=tvm)
+
+
+@functools.lru_cache(maxsize=None)
+def _external_spec(arch):
+    """A spec for a timm name (plain or ``timm:NAME``) or ``tv:NAME``, else None."""
+    if arch.startswith(TV_PREFIX):
+        name = arch[len(TV_PREFIX):]
+        if name not in _torchvision_names():
+            return None
+        family = "resnet" if name.startswith(("resnet", "wide_resnet", "resnext")) else "torchvision"
+        return BackboneSpec(_torchvision_any(name), None, None, family)
+    name = arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else arch
+    try:
+        import timm
+    except ImportError:
+        return None
+    if not timm.is_model(name):
+        return None
+    return BackboneSpec(_timm_any(name), None, None, "timm")
+
+
+def _unknown(arch):
+    names = list(dict.fromkeys(ARCH_NAMES + sorted(ALIASES) + _timm_names()))
+    names += [TV_PREFIX + n for n in _torchvision_names()]
+    query = arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else arch
+    close = difflib.get_close_matches(query, names, n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    return UserError(f"unknown architecture '{arch}' (-a/--arch){hint}; the paper's: {', '.join(ARCH_NAMES)}; "
+                     "or any timm name, or tv:NAME for torchvision (docs/teachers.md)")
 
 
 def backbone_spec(arch: str) -> BackboneSpec:
     name = ALIASES.get(arch, arch)
-    if name not in BACKBONES:
-        raise UserError(f"unknown architecture '{arch}' (-a/--arch); known: {', '.join(ARCH_NAMES)}")
-    return BACKBONES[name]
+    if name in BACKBONES:
+        return BACKBONES[name]
+    spec = _external_spec(arch)
+    if spec is None:
+        raise _unknown(arch)
+    return spec
 
 
 def canonical_arch(arch: str) -> str:
+    """The name checkpoints record: the zoo's for its aliases, a timm name
+    without its ``timm:`` prefix (unless the zoo has the same name)."""
     backbone_spec(arch)
-    return ALIASES.get(arch, arch)
+    name = ALIASES.get(arch, arch)
+    if name.startswith(TIMM_PREFIX) and name[len(TIMM_PREFIX):] not in BACKBONES:
+        return name[len(TIMM_PREFIX):]
+    return name
 
 
 def default_image_size(arch: str) -> int:
@@ -153,19 +313,23 @@ def default_image_size(arch: str) -> int:
 
 
 def create_backbone(arch: str, small_images: bool = False) -> Tuple[nn.Module, int]:
-    """(model, feature width) for `arch`; the model's head attribute is Identity."""
+    """(model, feature width) for `arch`; the model's head slot is Identity."""
     spec = backbone_spec(arch)
-    model = spec.build(small_images)
-    setattr(model, spec.head_name, nn.Identity())
-    model.head_name = spec.head_name
-    return model, spec.feat_dim
+    if spec.head_name is None:
+        model, head_name, feat_dim = spec.build(small_images)
+    else:
+        model, head_name, feat_dim = spec.build(small_images), spec.head_name, spec.feat_dim
+        setattr(model, head_name, nn.Identity())
+    model.head_name = head_name
+    return model, feat_dim
 
 
 def set_head(model: nn.Module, head: nn.Module) -> nn.Module:
-    """Put `head` where the backbone's classifier was (``fc``/``classifier``/``head``)."""
-    setattr(model, model.head_name, head)
+    """Put `head` where the backbone's classifier was (``fc``/``classifier``/``head``,
+    or a dotted path such as ``head.fc`` for other timm/torchvision models)."""
+    _set_submodule(model, model.head_name, head)
     return model
 
 
 def get_head(model: nn.Module) -> nn.Module:
-    return getattr(model, model.head_name)
+    return model.get_submodule(model.head_name)

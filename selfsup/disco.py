@@ -116,15 +116,27 @@ class MoCoRKD(DistilledMoCo):
 
 
 def _teacher_for(args):
+    """The frozen teacher, and --moco-dim sized to its embedding: a width left
+    at its default follows the teacher (printed); one given explicitly must
+    equal it."""
     from .errors import UserError
     from .teacher import load_teacher
     teacher = load_teacher(args.teacher_arch, args.teacher, nmb_prototypes=args.nmb_prototypes)
-    with torch.no_grad():  # one tiny batch: the embedding widths must agree before training starts
-        size = args.image_size
-        width = teacher.eval()(torch.zeros(2, 3, size, size)).shape[1]
+    size = args.image_size
+    try:
+        with torch.no_grad():  # one tiny batch: the embedding widths must agree before training starts
+            width = teacher.eval()(torch.zeros(2, 3, size, size)).shape[1]
+    except (AssertionError, RuntimeError) as exc:  # e.g. DINOv2's 14 px patches and a 32 px crop
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"teacher --teacher_arch {args.teacher_arch} cannot embed --image-size {size} "
+                        f"crops: {first}") from None
     if width != args.moco_dim:
-        raise UserError(f"teacher '{args.teacher}' embeds into {width} dimensions, the student into "
-                        f"--moco-dim {args.moco_dim}: they must be equal")
+        if getattr(args, "moco_dim_given", True):
+            raise UserError(f"teacher '{args.teacher}' embeds into {width} dimensions, the student into "
+                            f"--moco-dim {args.moco_dim}: they must be equal")
+        if du.is_main_process():
+            print(f"=> --moco-dim {width}: the width of the teacher's embedding ({args.teacher_arch})", flush=True)
+        args.moco_dim = width
     return teacher
 
 
@@ -135,12 +147,14 @@ def _moco_kwargs(args):
 
 def build_disco(args):
     from .pretrain import build_query_encoder
-    return DisCo(build_query_encoder(args), _teacher_for(args), only_mse=args.only_mse,
+    teacher = _teacher_for(args)  # first: it may set --moco-dim
+    return DisCo(build_query_encoder(args), teacher, only_mse=args.only_mse,
                  mse_reduction=args.mse_reduction, **_moco_kwargs(args))
 
 
 def build_moco_rkd(args):
     from .pretrain import build_query_encoder
-    return MoCoRKD(build_query_encoder(args), _teacher_for(args), dist_weight=args.rkd_dist_weight,
+    teacher = _teacher_for(args)  # first: it may set --moco-dim
+    return MoCoRKD(build_query_encoder(args), teacher, dist_weight=args.rkd_dist_weight,
                    angle_weight=args.rkd_angle_weight, views=args.rkd_views, use_mse=args.use_mse,
                    mse_reduction=args.mse_reduction, **_moco_kwargs(args))

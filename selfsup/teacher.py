@@ -1,13 +1,15 @@
 """Frozen self-supervised teachers for DisCo and RKD.
 
 A teacher maps images to L2-normalised embeddings after its own projection
-head. Two families:
+head (EmbeddingTeacher, for every family but SwAV's). The families:
 - MoCo-v2 checkpoints (ours, the official release, DisCo students): the
   query encoder ``module.encoder_q.*``; the head's shape is read from the
   checkpoint, so any ``--mlp``/``--hidden`` setting loads;
 - SwAV-layout checkpoints (``--teacher_arch SWAVresnet50``, ``resnet50w2``,
   ``DCresnet50``, ``SELAresnet50``): the official SwAV, DeepCluster-v2 and
-  SeLa-v2 releases or our own SwAV runs, via selfsup.swav.
+  SeLa-v2 releases or our own SwAV runs, via selfsup.swav;
+- the DINO, MoCo-v3 and DINOv2 releases (``--teacher_arch dino_vits16``,
+  ``mocov3_resnet50``, ``dinov2_vits14``, ...), via selfsup.releases.
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -79,10 +81,16 @@ def load_moco_teacher(arch, path, small_images=None):
 def load_teacher(arch, path, small_images=None, nmb_prototypes=0):
     """A frozen teacher of `arch` with the weights of `path`."""
     if not path:
-        raise UserError("--teacher PATH is required (a MoCo-v2 or SwAV checkpoint of --teacher_arch)")
+        raise UserError("--teacher PATH is required (a MoCo-v2, SwAV, DINO, MoCo-v3 or DINOv2 file of "
+                        "--teacher_arch)")
+    from .releases import is_release, load_release_encoder
     if arch in SWAV_TEACHERS:
         from .swav import load_swav_teacher
         teacher = load_swav_teacher(arch, path, nmb_prototypes=nmb_prototypes, small_images=small_images)
+    elif is_release(arch):  # built at the release's own stem: small_images does not apply
+        encoder, release, layout = load_release_encoder(arch, path)
+        teacher = EmbeddingTeacher(encoder)
+        teacher.release, teacher.layout = release, layout
     else:
         teacher = load_moco_teacher(arch, path, small_images)
     for p in teacher.parameters():
