@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfsup.analysis import embeddings, tsne  # noqa: E402
+from selfsup import checks  # noqa: E402
 from selfsup.errors import UserError, cli_main  # noqa: E402
 
 
@@ -40,9 +41,20 @@ def build_parser():
     return p
 
 
+def check_args(args):
+    """Ranges and the output PNG's folder, before the t-SNE runs."""
+    checks.at_least(args.num_classes, 1, "--num-classes", "a positive number")
+    checks.at_least(args.per_class, 1, "--per-class", "a positive number")
+    checks.positive(args.perplexity, "--perplexity", "a number > 0")
+    checks.seed(args.seed)
+    checks.at_least(args.threads, 1, "--threads", "1 or more")
+    checks.output_file(args.out, "--out")
+
+
 @cli_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_args(args)
     names = args.names or embeddings.names_in(args.embed_dir)
     if not names:
         raise UserError(f"{args.embed_dir}: no <name>_embed.npy with a matching <name>_labels.npy "

@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from selfsup.analysis.embeddings import export_checkpoint  # noqa: E402
 from selfsup.cli import add_unsafe_load_arg, default_data  # noqa: E402
+from selfsup import checks  # noqa: E402
 from selfsup.errors import UserError, cli_main  # noqa: E402
 
 
@@ -52,6 +53,12 @@ def main(argv=None):
         raise UserError(f"-b/--batch-size {args.batch_size}: expected a positive number")
     if args.max_images is not None and args.max_images < 1:
         raise UserError(f"--max-images {args.max_images}: expected a positive number")
+    if args.image_size is not None:
+        checks.at_least(args.image_size, 1, "--image-size", "a positive number of pixels")
+    checks.at_least(args.workers, 0, "-j/--workers", "0 or more")
+    if args.gpu is not None:
+        checks.at_least(args.gpu, 0, "--gpu", "a GPU index >= 0")
+    checks.output_dir(args.out, "--out")  # before the embedding pass, not after it
     device = f"cuda:{args.gpu}" if args.gpu is not None else None
     workers = max(0, min(args.workers, os.cpu_count() or 1))
     e_path, l_path, n, dim = export_checkpoint(

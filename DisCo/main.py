@@ -14,6 +14,7 @@ def parse_args(argv=None):
     p = cli.common_parser("DisCo distillation", lr=0.03, epochs=200, schedule=(120, 160), wd=1e-4)
     cli.add_moco_args(p)
     cli.add_teacher_args(p)
+    cli.resume_from_ckpt_dir(cli.add_save_freq_arg(p))
     p.add_argument("--only-mse", action="store_true", help="drop the contrastive loss")
     return cli.finish_distill(p.parse_args(argv))
 

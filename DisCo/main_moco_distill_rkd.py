@@ -13,6 +13,7 @@ def parse_args(argv=None):
     p = cli.common_parser("MoCo-v2 + RKD distillation", lr=0.03, epochs=200, schedule=(120, 160), wd=1e-4)
     cli.add_moco_args(p)
     cli.add_teacher_args(p)
+    cli.resume_from_ckpt_dir(cli.add_save_freq_arg(p))
     p.add_argument("--use-mse", action="store_true", help="add DisCo's MSE term (RKD+DisCo)")
     # The original's loss: ce + dist + angle on view 1 (orig DisCo/main_moco_distill_rkd.py:457-474).
     p.add_argument("--rkd-dist-weight", default=1.0, type=float,

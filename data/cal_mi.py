@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO))
 
 from selfsup.analysis import bi, embeddings  # noqa: E402
 from selfsup.analysis.mutual_info import NORMALISATIONS, RANGES  # noqa: E402
+from selfsup import checks  # noqa: E402
 from selfsup.errors import UserError, cli_main  # noqa: E402
 
 
@@ -40,6 +41,9 @@ def build_parser():
 @cli_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    for b in [args.bins, *args.sweep]:
+        checks.at_least(b, 2, "--bins/--sweep", "bin counts of 2 or more")
+    checks.output_dir(args.out_dir, "--out-dir")  # before the analysis, not after it
     names = args.names or embeddings.names_in(args.embed_dir)
     if not names:
         raise UserError(f"{args.embed_dir}: no <name>_embed.npy with a matching <name>_labels.npy "

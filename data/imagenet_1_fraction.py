@@ -12,9 +12,11 @@ class-balanced ratio% of each class instead, for data sets whose file names
 are not ImageNet's (the built-in set). The output gets train/ (the subset)
 and val/ (the whole validation set)."""
 import argparse
+import json
 import os
+import shutil
 
-from selfsup import subset
+from selfsup import checks as check, subset
 from selfsup.errors import UserError, cli_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,6 +35,8 @@ def parse_args(argv=None):
                    help="a seeded class-balanced ratio%% of each class instead of a split file")
     p.add_argument("--seed", type=int, default=0, help="seed of --balanced")
     p.add_argument("--link", action="store_true", help="symlink instead of copying")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the train/ and val/ an earlier run (another ratio or split) left in --output")
     args = p.parse_args(argv)
     if args.balanced and args.split_file:
         raise UserError("--balanced and --split-file both given: choose one")
@@ -41,16 +45,74 @@ def parse_args(argv=None):
         if args.split_file is None:
             raise UserError(f"--ratio {args.ratio:g}: SimCLR's split files exist for 1 and 10 only; "
                             "give --split-file FILE or --balanced")
+    if not 0 < args.ratio <= 100:
+        raise UserError(f"--ratio {args.ratio:g}: expected a percentage in (0, 100]")
+    check.seed(args.seed)
+    if not os.path.isdir(os.path.join(args.source, "train")):
+        raise UserError(f"--source '{args.source}' has no train/ folder (expected train/ and val/ with class "
+                        "sub-folders)")
+    args.output = args.output or f"{args.source.rstrip('/')}_{args.ratio:g}_fraction"
+    check_output(args)
     return args
+
+
+STAMP = ".imagenet_1_fraction.json"
+
+
+def stamp_of(args):
+    """What a finished (or interrupted) run into --output was made from."""
+    return {"source": os.path.realpath(args.source), "ratio": args.ratio, "balanced": args.balanced,
+            "seed": args.seed if args.balanced else None,
+            "split_file": os.path.realpath(args.split_file) if args.split_file else None, "link": args.link}
+
+
+def check_output(args):
+    """--output is neither the source nor inside it (nor around it), can be
+    written, and holds nothing but an earlier run of the same subset: files
+    of another ratio would otherwise stay and be trained on."""
+    src, out = os.path.realpath(args.source), os.path.realpath(args.output)
+    if out == src or out.startswith(src + os.sep) or src.startswith(out + os.sep):
+        raise UserError(f"--output '{args.output}' and --source '{args.source}' overlap: give an output folder "
+                        "outside the source (and not around it)")
+    check.output_dir(args.output, "--output")
+    if not os.path.isdir(out) or not os.listdir(out):
+        return
+    stamp = os.path.join(out, STAMP)
+    previous = None
+    if os.path.isfile(stamp):
+        try:
+            with open(stamp) as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = None
+    if previous == stamp_of(args):
+        return  # the same subset: the rerun copies only what is missing
+    if not args.overwrite:
+        what = (f"another subset (--ratio {previous.get('ratio'):g})" if isinstance(previous, dict)
+                and isinstance(previous.get("ratio"), (int, float)) else "files this script did not make")
+        raise UserError(f"--output '{args.output}' already holds {what}: give an empty or new folder, or add "
+                        "--overwrite to replace its train/ and val/")
+    if previous is None and set(os.listdir(out)) - {"train", "val", STAMP}:
+        raise UserError(f"--output '{args.output}' holds files other than train/ and val/: --overwrite only "
+                        "replaces a folder this script made; give an empty or new folder")
+    for sub in ("train", "val"):
+        shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
+
+
+def write_stamp(args):
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, STAMP), "w") as f:
+        json.dump(stamp_of(args), f)
 
 
 @cli_main
 def main(argv=None):
     args = parse_args(argv)
-    out = args.output or f"{args.source.rstrip('/')}_{args.ratio:g}_fraction"
+    out = args.output
     files = subset.class_files(os.path.join(args.source, "train"))
     chosen = (subset.split_file_subset(files, args.split_file) if args.split_file
               else subset.balanced_subset(files, args.ratio, args.seed))
+    write_stamp(args)  # first: an interrupted run is topped up by the same command, refused by another
     n_train = subset.write_subset(os.path.join(args.source, "train"), os.path.join(out, "train"), chosen, args.link)
     val = subset.class_files(os.path.join(args.source, "val"))
     n_val = subset.write_subset(os.path.join(args.source, "val"), os.path.join(out, "val"), val, args.link)

@@ -14,7 +14,7 @@ from selfsup.pretrain import build_moco, run_pretraining
 def parse_args(argv=None):
     p = cli.common_parser("MoCo-v2 pretraining", lr=0.03, epochs=200, schedule=(120, 160), wd=1e-4)
     cli.add_moco_args(p)
-    cli.main_moco_defaults(p)
+    cli.main_moco_defaults(cli.add_save_freq_arg(p))
     return cli.finish_moco(p.parse_args(argv))
 
 

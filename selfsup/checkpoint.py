@@ -19,27 +19,72 @@ import torch
 from .backbones import canonical_arch, create_backbone
 from .errors import UserError
 
-CKPT_PATTERN = re.compile(r"checkpoint_(\d+)\.pth\.tar$")
+CKPT_PATTERN = re.compile(r"checkpoint_(\d+)(?:_iter(\d+))?\.pth\.tar$")
+TMP_PATTERN = re.compile(r"\.tmp(\d+)$")
 
 
-def checkpoint_name(epoch):
-    return f"checkpoint_{epoch:04d}.pth.tar"
+def checkpoint_name(epoch, iteration=None):
+    """checkpoint_NNNN.pth.tar after epoch NNNN; checkpoint_NNNN_iterIIIIII.pth.tar
+    for a mid-epoch checkpoint (IIIIII batches of epoch NNNN done)."""
+    return f"checkpoint_{epoch:04d}.pth.tar" if iteration is None else f"checkpoint_{epoch:04d}_iter{iteration:06d}.pth.tar"
+
+
+def remove_stale_temporaries(folder):
+    """Delete `*.tmp<PID>` files whose writer is dead (killed mid-write)."""
+    from .runstate import pid_alive
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = TMP_PATTERN.search(name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
 
 
 def save_checkpoint(state, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a
-    half-written checkpoint under the real name."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """torch.save to a temporary file, fsync, then rename: a crash never
+    leaves a half-written checkpoint under the real name, and a writer
+    killed mid-write leaves a .tmp<PID> that the next save removes. The one
+    checkpoint writer of the project."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename makes it the checkpoint
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):  # an exception (not a kill): clean up now
+            os.remove(tmp)
+        raise
+
+
+def checkpoint_progress(path):
+    """(epochs done, batches of the next epoch done) that a checkpoint_* name says."""
+    m = CKPT_PATTERN.search(os.path.basename(path))
+    if not m:
+        return None
+    epoch = int(m.group(1))
+    return (epoch, int(m.group(2))) if m.group(2) is not None else (epoch + 1, 0)
+
+
+def run_checkpoints(folder):
+    """checkpoint_*.pth.tar files in `folder`, oldest progress first."""
+    found = [(checkpoint_progress(p), p) for p in glob.glob(os.path.join(folder, "checkpoint_*.pth.tar"))]
+    return [p for key, p in sorted(f for f in found if f[0] is not None)]
 
 
 def latest_checkpoint(folder):
-    """Path of the highest-numbered checkpoint_NNNN.pth.tar in `folder`, or None."""
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(folder, "checkpoint_*.pth.tar"))
-             if (m := CKPT_PATTERN.search(os.path.basename(p)))]
-    return max(found)[1] if found else None
+    """Path of the checkpoint_NNNN[_iterIIIIII].pth.tar in `folder` furthest
+    into the run, or None."""
+    found = run_checkpoints(folder)
+    return found[-1] if found else None
 
 
 # --unsafe-load: a process-wide policy, kept in the environment so that the

@@ -77,12 +77,36 @@ def cifar_folder(root, name):
     folder, archive = LAYOUTS[name][:2]
     path = os.path.join(root, folder)
     if not os.path.isdir(path) and os.path.isfile(os.path.join(root, archive)):
-        with tarfile.open(os.path.join(root, archive)) as tar:
-            tar.extractall(root, filter="data")
+        _unpack(os.path.join(root, archive), root, folder)
     if not os.path.isdir(path):
         raise UserError(f"no {name} under '{root}': expected the folder '{path}' or the archive "
                         f"'{os.path.join(root, archive)}' (CIFAR python version; nothing is downloaded)")
     return path
+
+
+def _unpack(archive, root, folder):
+    """Unpack into a scratch folder and move `folder` into place only when the
+    whole archive read well: a truncated or corrupt download is one line, and
+    leaves no half-unpacked folder that a rerun would take for the data."""
+    import shutil
+    import tempfile
+    import zlib
+    try:
+        scratch = tempfile.mkdtemp(prefix=".unpack", dir=root)
+    except OSError as exc:
+        raise UserError(f"cannot unpack '{archive}': '{root}' is not writable ({exc.strerror})") from None
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(scratch, filter="data")
+        unpacked = os.path.join(scratch, folder)
+        if not os.path.isdir(unpacked):
+            raise UserError(f"archive '{archive}' holds no '{folder}/' folder: not the CIFAR python version")
+        os.rename(unpacked, os.path.join(root, folder))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise UserError(f"archive '{archive}' is corrupt or truncated ({exc or type(exc).__name__}): download "
+                        "it again") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class CIFAR(Dataset):

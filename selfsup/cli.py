@@ -3,6 +3,7 @@ defaults (see docs/flags.md for ours that the original did not have)."""
 import argparse
 import os
 
+from . import checks as check
 from .backbones import default_image_size
 from .errors import UserError
 
@@ -50,7 +51,37 @@ def common_parser(description, lr, epochs, schedule, wd, workers=32, batch_size=
     p.add_argument("--small-images", action="store_true", default=None,
                    help="3x3 stride-1 stem without max-pool, for 32-64 px images")
     p.add_argument("--ckpt-dir", default="./ckpt", help="where checkpoints and metrics.csv go")
+    add_dist_timeout_arg(p)
+    add_skip_bad_images_arg(p)
     return add_unsafe_load_arg(p)
+
+
+def add_dist_timeout_arg(p, *names):
+    """How long a process waits for its peers (rendezvous and collectives)."""
+    p.add_argument(*(names or ("--dist-timeout",)), default=300.0, type=float, metavar="SECONDS", dest="dist_timeout",
+                   help="seconds to wait for the other processes or nodes to join (and for each collective) "
+                        "before stopping with one line (default 300)")
+    return p
+
+
+class _SkipBadImages(argparse.Action):
+    """store_true that also sets the data sets' process-wide policy (kept in
+    the environment, so spawned processes and loader workers see it too)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        os.environ[check.SKIP_BAD_IMAGES_ENV] = "1"
+        setattr(namespace, self.dest, True)
+
+
+def add_skip_bad_images_arg(p, *names):
+    p.add_argument(*(names or ("--skip-bad-images",)), action=_SkipBadImages, dest="skip_bad_images",
+                   help="an unreadable image met during training is reported by path and replaced by the next "
+                        "readable one (the count is printed after each epoch). Default: the run stops with one "
+                        "line naming the file")
+    return p
 
 
 class _UnsafeLoad(argparse.Action):
@@ -110,21 +141,65 @@ def add_moco_args(p, moco_t=0.07):
 
 
 def finish_common(args):
-    """Checks and defaults that every script applies after parsing."""
+    """Checks and defaults that every script applies after parsing: every
+    range here, so that bad input is one line before any work."""
     if args.data is None:
         args.data = default_data()
     if args.batch_size < 1:
         raise UserError(f"-b/--batch-size {args.batch_size}: expected a positive number")
-    if args.epochs < 1 or args.start_epoch >= args.epochs:
+    check.at_least(args.epochs, 1, "--epochs", "a positive number")
+    check.at_least(args.start_epoch, 0, "--start-epoch", "0 or more")
+    if args.start_epoch >= args.epochs:
         raise UserError(f"--epochs {args.epochs} with --start-epoch {args.start_epoch}: nothing to train")
+    check.at_least(args.workers, 0, "-j/--workers", "0 or more")
+    check.learning_rate(args.lr, "--lr")
+    check.in_unit_interval(args.momentum, "--momentum")
+    check.non_negative(args.weight_decay, "--wd/--weight-decay")
+    check.at_least(args.print_freq, 1, "-p/--print-freq", "a positive number of batches")
+    if any(m < 0 for m in args.schedule):
+        raise UserError(f"--schedule {' '.join(map(str, args.schedule))}: expected epochs >= 0")
+    if args.image_size is not None:
+        check.at_least(args.image_size, 1, "--image-size", "a positive number of pixels")
+    check.seed(args.seed)
+    if args.gpu is not None:
+        check.at_least(args.gpu, 0, "--gpu", "a GPU index >= 0")
+    check.at_least(args.cpu_procs, 1, "--cpu-procs", "1 or more")
+    check_launch(args)
+    check.output_dir(args.ckpt_dir, "--ckpt-dir")
     args.workers = max(0, min(args.workers, os.cpu_count() or 1))
     if args.image_size is None:  # left to the arch (main_moco.py): the original's crop size for it
         args.image_size = default_image_size(args.arch)
     return args
 
 
+def check_launch(args):
+    """--world-size/--rank/--dist-url/--dist-backend/--dist-timeout; the port
+    and the peers are checked when the group is made (selfsup.launch)."""
+    if args.world_size == 0 or args.world_size < -1:
+        raise UserError(f"--world-size {args.world_size}: expected the number of nodes (1 or more)")
+    if args.rank < -1:
+        raise UserError(f"--rank {args.rank}: expected the node's rank (0 or more)")
+    if args.world_size > 0 and args.rank >= args.world_size:
+        raise UserError(f"--rank {args.rank} with --world-size {args.world_size}: expected a rank below "
+                        f"{args.world_size}")
+    if args.multiprocessing_distributed and args.world_size > 1 and args.rank < 0:
+        raise UserError(f"--world-size {args.world_size} nodes: give each node its --rank (0 to "
+                        f"{args.world_size - 1})")
+    if args.dist_backend not in ("nccl", "gloo", "mpi", "ucc"):
+        raise UserError(f"--dist-backend {args.dist_backend}: expected nccl or gloo")
+    check.positive(args.dist_timeout, "--dist-timeout", "a positive number of seconds")
+    check.parse_dist_url(args.dist_url)
+
+
 def finish_moco(args, default_hidden=-1):
     finish_common(args)
+    check.at_least(args.moco_dim, 1, "--moco-dim", "a positive embedding width")
+    check.at_least(args.moco_k, 1, "--moco-k", "a positive queue size")
+    check.in_unit_interval(args.moco_m, "--moco-m")
+    check.positive(args.moco_t, "--moco-t", "a temperature > 0")
+    check.at_least(args.bn_splits, 1, "--bn-splits", "1 or more BatchNorm groups")
+    check.non_negative(args.gamma, "--gamma")
+    check.at_least(args.hidden, -1, "--hidden", "-1 (feature width), 0 (no hidden layer) or a positive width")
     if args.hidden != default_hidden and not args.mlp:
         raise UserError(f"--hidden {args.hidden} sets the MLP's hidden width: it needs --mlp")
     if args.resume and args.resume_ckpt:
@@ -148,7 +223,10 @@ def lincls_parser(description, lr=30.0, epochs=100, schedule=(60, 80), gamma=0.1
     p.add_argument("--cos", action="store_true", help="cosine lr schedule instead of --schedule (ours)")
     p.set_defaults(ckpt_dir="./ckpt_lincls", gamma_default=gamma)
     p._option_string_actions["--resume"].help = ("linear-eval checkpoint to resume from: a file, or a folder "
-                                                 "holding checkpoint.pth.tar")
+                                                 "holding checkpoint.pth.tar; default: --ckpt-dir's "
+                                                 "checkpoint.pth.tar, so a rerun resumes; '' starts from scratch")
+    p.set_defaults(resume=None)
+    add_save_freq_arg(p)
     return add_speed_args(p, gpu_aug=False)
 
 
@@ -157,6 +235,7 @@ def finish_lincls(args):
     rule = vars(args).pop("gamma_default", 0.1)
     if args.gamma is None:
         args.gamma = rule(args.schedule) if callable(rule) else rule
+    check.non_negative(args.gamma, "--gamma")
     if args.resume and os.path.isdir(args.resume):
         # The original takes a folder and reads checkpoint.pth.tar in it; without
         # one it prints this line and trains from scratch
@@ -170,13 +249,31 @@ def finish_lincls(args):
     return args
 
 
+class _StoreGivenDim(argparse._StoreAction):
+    """--moco-dim that remembers it was given, so a distillation run can size
+    a default width to its teacher's embedding (selfsup.disco._teacher_for)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        namespace.moco_dim_given = True
+
+
 def add_teacher_args(p):
     """DisCo/RKD flags; --hidden defaults to 2048, the width the original
-    hard-coded for every student's MLP."""
+    hard-coded for every student's MLP. --moco-dim, when not given, follows
+    the teacher's embedding width (128 for MoCo-v2/SwAV teachers, as before)."""
     p.add_argument("--teacher_arch", default="resnet50",
                    help="resnet50/101/152 (MoCo-v2 checkpoints), SWAVresnet50, resnet50w2 (SwAV), DCresnet50 "
-                        "(DeepCluster-v2), SELAresnet50 (SeLa-v2), or any zoo arch")
-    p.add_argument("--teacher", default="", type=str, metavar="PATH", help="teacher checkpoint")
+                        "(DeepCluster-v2), SELAresnet50 (SeLa-v2), any -a arch (a MoCo-v2 checkpoint of it), "
+                        "or a release: dino_vits16, dino_vits8, dino_xcit_small_12_p16, dino_resnet50, "
+                        "mocov3_vit_small, mocov3_resnet50, dinov2_vits14, dinov2_vits14_reg (docs/teachers.md)")
+    p.add_argument("--teacher", default="", type=str, metavar="PATH",
+                   help="teacher checkpoint or release file (read safely, never downloaded)")
+    dim = p._option_string_actions.get("--moco-dim")
+    if dim is not None:
+        dim.__class__ = _StoreGivenDim
+        dim.help = "embedding width (default: the teacher's, 128 for MoCo-v2 and SwAV teachers)"
+        p.set_defaults(moco_dim_given=False)
     p.add_argument("--nmb_prototypes", default=0, type=int, help="prototypes of a SwAV teacher (0: none)")
     p.add_argument("--teacher-bn", default="train", choices=["train", "eval"],
                    help="teacher BatchNorm: train (batch statistics, the original's; running averages are "
@@ -190,9 +287,31 @@ def add_teacher_args(p):
 
 def finish_distill(args):
     finish_moco(args, default_hidden=2048)
+    check.non_negative(args.nmb_prototypes, "--nmb_prototypes", "0 (none) or more prototypes")
+    for flag in ("rkd_dist_weight", "rkd_angle_weight"):  # main_moco_distill_rkd.py's
+        if hasattr(args, flag):
+            check.non_negative(getattr(args, flag), "--" + flag.replace("_", "-"))
     if not args.teacher:
         raise UserError("--teacher PATH is required (a MoCo-v2 or SwAV checkpoint of --teacher_arch)")
     return args
+
+
+def add_save_freq_arg(p, name="--save-freq"):
+    """--save-freq N: mid-epoch checkpoints every N iterations (docs/resume.md)."""
+    p.add_argument(name, default=0, type=int, metavar="N", dest="save_freq",
+                   help="also write a checkpoint every N iterations within an epoch, from which a rerun "
+                        "continues exactly (0: only after each epoch; SIGTERM/SIGUSR1 always write one)")
+    return p
+
+
+def resume_from_ckpt_dir(p):
+    """--resume defaults to --ckpt-dir, so rerunning a command resumes it
+    (the original's main_moco.py default made general); '' starts fresh."""
+    p.set_defaults(resume=None)
+    p._option_string_actions["--resume"].help = (
+        "checkpoint file, or folder (its newest checkpoint_NNNN.pth.tar), to resume from; "
+        "default: --ckpt-dir, so a rerun resumes; '' starts from scratch")
+    return p
 
 
 def main_moco_defaults(p):

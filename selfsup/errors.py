@@ -6,6 +6,7 @@ point in :func:`cli_main`, which prints the message on one line and exits
 with status 2 instead of showing a traceback.
 """
 import functools
+import gc
 import sys
 
 _PREFIX = "selfsup.errors.UserError: "
@@ -26,13 +27,25 @@ def one_line(exc):
     return " ".join(text.split())
 
 
+def exit_with(exc):
+    """Print `exc` as one `error:` line and exit 2, after dropping its
+    traceback: the frames it holds keep data-loader iterators alive, and only
+    a freed iterator ends its workers cleanly before the interpreter exits."""
+    print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+    exc.__traceback__ = None
+    del exc
+    gc.collect()
+    sys.exit(2)
+
+
 def cli_main(fn):
     """Decorator for script entry points: UserError -> one line on stderr, exit 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        error = None
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            error = exc
+        exit_with(error)  # outside the except block, which would keep the traceback alive
     return wrapper

@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn as nn
 
-from . import augment, checkpoint as ck, data as D, distributed as du
+from . import augment, checkpoint as ck, data as D, distributed as du, runstate as rs
 from .backbones import create_backbone, set_head
 from .cifar import CIFAR
 from .errors import UserError
@@ -91,7 +91,40 @@ def sanity_check(model, pretrained_state, path):
     print("=> sanity check passed: the backbone is unchanged", flush=True)
 
 
+# Flags that define a linear evaluation (stored as "run", compared on resume).
+RUN_KEYS = ("arch", "lr", "momentum", "weight_decay", "schedule", "gamma", "cos", "batch_size", "world_size",
+            "image_size", "small_images", "seed", "precision", "channels_last", "label", "dataset")
+RUN_OUTPUTS = ("checkpoint.pth.tar", "model_best.pth.tar", "metrics.csv", "tb")
+
+
+def lincls_resume_path(args):
+    """--resume as given; by default (None) --ckpt-dir's checkpoint.pth.tar
+    when there is one, so rerunning a command resumes it."""
+    if args.resume is not None:
+        return args.resume or None
+    if args.evaluate:  # -e reads only what --resume/--pretrained name
+        return None
+    path = os.path.join(args.ckpt_dir, "checkpoint.pth.tar")
+    found = os.path.isfile(path)
+    if du.is_main_process():
+        print(f"=> resuming from '{path}' (--resume '' starts from scratch)" if found
+              else f"=> no checkpoint found at '{args.ckpt_dir}': starting from scratch", flush=True)
+    return path if found else None
+
+
 def run_lincls(args, build_datasets=imagefolder_datasets):
+    if args.evaluate:
+        return _lincls(args, build_datasets)
+    lock = rs.folder_lock(args.ckpt_dir)
+    rs.install_signal_handlers()
+    try:
+        return _lincls(args, build_datasets)
+    finally:
+        rs.restore_signal_handlers()
+        lock.release()
+
+
+def _lincls(args, build_datasets):
     if args.seed is not None:
         seed_everything(args.seed + args.rank)
     main = du.is_main_process()
@@ -100,6 +133,7 @@ def run_lincls(args, build_datasets=imagefolder_datasets):
     small = args.small_images
     if small is None:
         small = ck.small_images_of(ck.load_file(args.pretrained, "--pretrained checkpoint")) if args.pretrained else False
+    args.small_images = bool(small)
     model = build_classifier(args.arch, num_classes, small)
     pretrained_state = None
     if args.pretrained:
@@ -116,17 +150,34 @@ def run_lincls(args, build_datasets=imagefolder_datasets):
     assert len(params) == 2, "only the classifier's weight and bias are trained"
     optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     criterion = nn.CrossEntropyLoss()
+    identity = rs.run_identity(args, RUN_KEYS, ("pretrained",))
 
-    best_acc1 = 0.0
-    if args.resume:
-        ckpt = ck.load_file(args.resume, "--resume checkpoint")
-        ck.load_into(unwrap(model), ck.strip_prefix(ck.state_dict_of(ckpt, args.resume), "module."),
-                     args.resume, args.arch)
+    best_acc1, mid = 0.0, None
+    resume = lincls_resume_path(args)
+    if not args.evaluate and main:
+        ck.remove_stale_temporaries(args.ckpt_dir)
+        if not (resume and os.path.dirname(os.path.abspath(resume)) == os.path.abspath(args.ckpt_dir)):
+            rs.archive_previous_run(args.ckpt_dir, RUN_OUTPUTS)  # another run's results are not ours
+    du.barrier()
+    if resume:
+        ckpt = ck.load_file(resume, "--resume checkpoint")
+        if not args.evaluate:
+            hint = ("use another --ckpt-dir, or --resume '' to start from scratch" if args.resume is None
+                    else "resume with the flags of that run, or leave out --resume")
+            # An explicit --resume may change the schedule (the original allowed it); a rerun may not.
+            checked = identity if args.resume is None else {k: v for k, v in identity.items()
+                                                            if k not in rs.SCHEDULE_KEYS}
+            rs.check_identity(ckpt.get("run"), checked, resume, hint, rs.moco_flag_name)
+        ck.load_into(unwrap(model), ck.strip_prefix(ck.state_dict_of(ckpt, resume), "module."),
+                     resume, args.arch)
         if "optimizer" in ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
         args.start_epoch, best_acc1 = int(ckpt.get("epoch", 0)), float(ckpt.get("best_acc1", 0.0))
+        if ckpt.get("iteration") is not None:
+            mid = {"sampler": ckpt["sampler"], "rng": ckpt["rng"]}
         if main:
-            print(f"=> resumed '{args.resume}' (epoch {args.start_epoch})", flush=True)
+            where = f", iteration {ckpt['iteration']}" if mid else ""
+            print(f"=> resumed '{resume}' (epoch {args.start_epoch}{where})", flush=True)
 
     train_loader = D.make_loader(train_set, args.batch_size, args.workers, shuffle=True, drop_last=False,
                                  distributed=args.distributed, seed=args.seed)
@@ -137,10 +188,29 @@ def run_lincls(args, build_datasets=imagefolder_datasets):
         return {"acc1": acc1, "acc5": acc5}
 
     metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
+    last = os.path.join(args.ckpt_dir, "checkpoint.pth.tar")
+
+    def state(epoch, **extra):
+        return {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state(model), "best_acc1": best_acc1,
+                "optimizer": optimizer.state_dict(), "small_images": bool(small), "image_size": args.image_size,
+                "run": identity, **extra}
+
+    def save_mid(epoch, i):
+        rng = rs.gather_objects(rs.capture_rng())
+        if main:
+            ck.save_checkpoint(state(epoch, iteration=i, sampler=train_loader.position(i), rng=rng), last)
+        return last
+
+    train_loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
     acc1 = acc5 = 0.0
     for epoch in range(args.start_epoch, args.epochs):
-        if args.distributed:
-            train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
+        if mid is not None:  # continue a mid-epoch checkpoint exactly
+            train_loader.resume_at(mid["sampler"])
+            rs.restore_rng(mid["rng"][args.rank])
+            mid = None
+        elif args.seed is not None:  # per-epoch seeds: a run resumed at an epoch repeats its batches
+            seed_everything(args.seed + 1000 * epoch + args.rank)
         lr = epoch_lr(args.lr, epoch, args.epochs, getattr(args, "cos", False), args.schedule, args.gamma)
         set_lr(optimizer, lr)
         train_loss, train_acc1 = train_one_epoch(train_loader, model, criterion, optimizer, epoch, args, prec)
@@ -148,17 +218,15 @@ def run_lincls(args, build_datasets=imagefolder_datasets):
         is_best = acc1 > best_acc1
         best_acc1 = max(acc1, best_acc1)
         if main:
-            state = {"epoch": epoch + 1, "arch": args.arch, "state_dict": prefixed_state(model),
-                     "best_acc1": best_acc1, "optimizer": optimizer.state_dict(), "small_images": bool(small),
-                     "image_size": args.image_size}
-            last = os.path.join(args.ckpt_dir, "checkpoint.pth.tar")
-            ck.save_checkpoint(state, last)
-            if is_best:
-                ck.save_checkpoint(state, os.path.join(args.ckpt_dir, "model_best.pth.tar"))
             metrics.write(epoch, lr=lr, loss=train_loss, train_acc1=train_acc1, val_loss=val_loss,
                           acc1=acc1, acc5=acc5, best_acc1=best_acc1)
+            ck.save_checkpoint(state(epoch + 1), last)
+            if is_best:
+                ck.save_checkpoint(state(epoch + 1), os.path.join(args.ckpt_dir, "model_best.pth.tar"))
             if epoch == args.start_epoch and pretrained_state is not None:
                 sanity_check(unwrap(model), pretrained_state, args.pretrained)
+        if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
+            rs.announce_stop(last, epoch)
     if main:
         metrics.close()
         print(f"=> best Acc@1 {best_acc1:.3f}", flush=True)
@@ -179,6 +247,9 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None)
         with prec.autocast():
             output = model(prec.inputs(images)).float()
         loss = criterion(output, target)
+        if not torch.isfinite(loss):  # before the step: the classifier keeps its last finite weights
+            raise UserError(f"loss became {loss.item()} at epoch {epoch} batch {i}: lower --lr (checkpoints "
+                            "already written are unchanged; none is written for this epoch)")
         optimizer.zero_grad(set_to_none=True)
         prec.backward_step(loss, optimizer)
         record(losses, top1, top5, loss, output, target)
@@ -186,6 +257,7 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None)
         end = time.time()
         if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
             progress.display(i)
+    D.report_skipped(loader.dataset, epoch)
     return losses.avg, top1.avg
 
 
@@ -213,6 +285,9 @@ def validate(loader, model, criterion, args, prec=None):
         with prec.autocast():
             output = net(prec.inputs(images)).float()
         loss = criterion(output, target)
+        if not torch.isfinite(loss):  # the last step made the weights non-finite: no accuracy, no model_best
+            raise UserError(f"validation loss became {loss.item()}: the classifier's weights are not finite; "
+                            "lower --lr (checkpoints already written are unchanged)")
         record(losses, top1, top5, loss, output, target)
         batch_time.update(time.time() - end)
         end = time.time()

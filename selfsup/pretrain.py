@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import augment, checkpoint as ck, data as D, distributed as du
+from . import augment, checkpoint as ck, data as D, distributed as du, runstate as rs
 from .backbones import create_backbone, set_head
 from .errors import UserError
 from .heads import projection_head
@@ -85,28 +85,90 @@ def pretrain_loader(args):
                          distributed=args.distributed, seed=args.seed)
 
 
+# The flags that define a pretraining run (stored as the checkpoint's "run",
+# compared on resume). Not --epochs (a finished run may be extended), nor
+# paths, workers or print frequency (they do not change what is computed).
+RUN_KEYS = ("method", "arch", "moco_dim", "moco_k", "moco_m", "moco_t", "mlp", "hidden", "aug_plus", "image_size",
+            "small_images", "batch_size", "world_size", "bn_splits", "lr", "momentum", "weight_decay", "cos",
+            "schedule", "gamma", "seed", "precision", "channels_last", "gpu_aug", "teacher_arch", "nmb_prototypes",
+            "teacher_bn", "mse_reduction", "only_mse", "use_mse", "rkd_dist_weight", "rkd_angle_weight", "rkd_views")
+RUN_FILES = ("teacher",)
+# What a fresh run moves aside when the folder holds another run's files.
+RUN_OUTPUTS = ("metrics.csv", "tb")
+
+
+def run_identity(args):
+    return rs.run_identity(args, RUN_KEYS, RUN_FILES)
+
+
 def resume(model, optimizer, path, args, prec=None):
-    """Load model, queue and optimizer state; returns the epoch to start at."""
+    """Load model, queue, optimizer and scaler state after checking that the
+    checkpoint's run had the same flags; returns (epoch to start at, the
+    mid-epoch state or None)."""
     ckpt = ck.load_file(path, "--resume checkpoint")
+    hint = ("use another --ckpt-dir, or --resume '' to start from scratch" if args.resume is None
+            else "resume with the flags of that run, or start from scratch without --resume")
     if ckpt.get("arch") not in (None, args.arch):
-        hint = "; use another --ckpt-dir, or --resume '' to start from scratch" if args.resume is None else ""
-        raise UserError(f"--resume '{path}' holds arch '{ckpt.get('arch')}', not -a {args.arch}{hint}")
+        raise UserError(f"--resume '{path}' holds arch '{ckpt.get('arch')}', not -a {args.arch}"
+                        f"{'; ' + hint if args.resume is None else ''}")
+    identity = run_identity(args)
+    if args.resume:  # an explicit --resume may change the schedule (the original allowed it); a rerun may not
+        identity = {k: v for k, v in identity.items() if k not in rs.SCHEDULE_KEYS}
+    rs.check_identity(ckpt.get("run"), identity, path, hint, rs.moco_flag_name)
     state = ck.strip_prefix(ck.state_dict_of(ckpt, path), "module.")
     ck.load_into(unwrap(model), state, path, args.arch)
     optimizer.load_state_dict(ckpt["optimizer"])
     if prec is not None:
         prec.load_state_dict(ckpt.get("scaler"))
+    mid = None
+    if ckpt.get("iteration") is not None:
+        mid = {"iteration": int(ckpt["iteration"]), "sampler": ckpt["sampler"], "rng": ckpt["rng"]}
     if du.is_main_process():
-        print(f"=> loaded checkpoint '{path}' (epoch {ckpt['epoch']})", flush=True)
-    return int(ckpt["epoch"])
+        where = f", iteration {mid['iteration']}" if mid else ""
+        print(f"=> loaded checkpoint '{path}' (epoch {ckpt['epoch']}{where})", flush=True)
+    return int(ckpt["epoch"]), mid
+
+
+def in_folder(path, folder):
+    return bool(path) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(folder)
+
+
+def prepare_folder(args, path):
+    """Rank 0: stale temporaries out; a run that does not continue this
+    folder's checkpoints moves the folder's previous files aside."""
+    if du.is_main_process():
+        ck.remove_stale_temporaries(args.ckpt_dir)
+        if not in_folder(path, args.ckpt_dir):
+            old = [os.path.basename(p) for p in ck.run_checkpoints(args.ckpt_dir)]
+            rs.archive_previous_run(args.ckpt_dir, old + list(RUN_OUTPUTS))
+    du.barrier()
+
+
+def prune(folder, keep):
+    """Only the newest checkpoint stays, as the original (which deleted the
+    previous epoch's); mid-epoch ones are superseded by any later one."""
+    for old in ck.run_checkpoints(folder):
+        if old != keep and ck.checkpoint_progress(old) < ck.checkpoint_progress(keep):
+            os.remove(old)
 
 
 def run_pretraining(args, build_model):
     """Worker body (one per process): train `build_model(args)` on args.data/train."""
+    lock = rs.folder_lock(args.ckpt_dir)
+    rs.install_signal_handlers()
+    try:
+        return _pretrain(args, build_model)
+    finally:
+        rs.restore_signal_handlers()
+        lock.release()
+
+
+def _pretrain(args, build_model):
     if args.seed is not None:
         seed_everything(args.seed + args.rank)
     if args.small_images is None:
         args.small_images = False
+    args.method = getattr(build_model, "__name__", type(build_model).__name__)
     main = du.is_main_process()
     if main:
         print(f"=> creating model '{args.arch}' on {args.device}"
@@ -124,31 +186,49 @@ def run_pretraining(args, build_model):
     optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
     path = resume_path(args)
+    prepare_folder(args, path)
+    mid = None
     if path:
-        args.start_epoch = resume(model, optimizer, path, args, prec)
+        args.start_epoch, mid = resume(model, optimizer, path, args, prec)
 
     loader = pretrain_loader(args)
     metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
+    identity = run_identity(args)
 
-    previous = None
+    def state(epoch, **extra):
+        return {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state(model),
+                "optimizer": optimizer.state_dict(), "small_images": bool(args.small_images),
+                "image_size": args.image_size, "run": identity,
+                **({"scaler": prec.state_dict()} if prec.scaler.is_enabled() else {}), **extra}
+
+    def save_mid(epoch, i):
+        rng = rs.gather_objects(rs.capture_rng())
+        name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch, i))
+        if main:
+            ck.save_checkpoint(state(epoch, iteration=i, sampler=loader.position(i), rng=rng), name)
+            prune(args.ckpt_dir, name)
+        return name
+
+    if hasattr(loader, "hook"):  # not the --gpu-aug loader: no mid-epoch checkpoints there
+        loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
     for epoch in range(args.start_epoch, args.epochs):
-        if args.distributed:
-            loader.sampler.set_epoch(epoch)
-        if args.seed is not None:  # per-epoch seeds make a resumed run repeat the same batches
+        loader.sampler.set_epoch(epoch)
+        if mid is not None:  # continue a mid-epoch checkpoint exactly: its batch, its RNG states
+            loader.resume_at(mid["sampler"])
+            rs.restore_rng(mid["rng"][args.rank])
+            mid = None
+        elif args.seed is not None:  # per-epoch seeds make a resumed run repeat the same batches
             seed_everything(args.seed + 1000 * epoch + args.rank)
         lr = epoch_lr(args.lr, epoch, args.epochs, args.cos, args.schedule, args.gamma)
         set_lr(optimizer, lr)
         stats = train_one_epoch(loader, model, optimizer, epoch, args, prec)
+        name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch))
         if main:
-            name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch))
-            ck.save_checkpoint({"epoch": epoch + 1, "arch": args.arch, "state_dict": prefixed_state(model),
-                                "optimizer": optimizer.state_dict(), "small_images": bool(args.small_images),
-                                "image_size": args.image_size,
-                                **({"scaler": prec.state_dict()} if prec.scaler.is_enabled() else {})}, name)
-            if previous and previous != name and os.path.exists(previous):
-                os.remove(previous)  # as the original: only the newest checkpoint stays
-            previous = name
-            metrics.write(epoch, lr=lr, **stats)
+            metrics.write(epoch, lr=lr, **stats)  # first: a kill between the two redoes this epoch's row
+            ck.save_checkpoint(state(epoch + 1), name)
+            prune(args.ckpt_dir, name)
+        if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
+            rs.announce_stop(name, epoch)
     if main:
         metrics.close()
         print(f"=> done: {os.path.join(args.ckpt_dir, ck.checkpoint_name(args.epochs - 1))}", flush=True)
@@ -163,15 +243,14 @@ def train_one_epoch(loader, model, optimizer, epoch, args, prec=None):
     prec = prec or Precision()
     model.train()
     start = end = time.time()
-    for i, (images, _) in enumerate(loader):
+    for i, (images, _) in enumerate(loader, getattr(loader, "start", 0)):  # i: the batch's index in the epoch
         data_time.update(time.time() - end)
         im_q = prec.inputs(images[0].to(args.device, non_blocking=True))
         im_k = prec.inputs(images[1].to(args.device, non_blocking=True))
         with prec.autocast():  # the forward only; the losses inside cast to fp32
             out = model(im_q, im_k)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at epoch {epoch} batch {i}: lower --lr")
+        rs.check_finite(loss, epoch, i, "lower --lr", args.ckpt_dir, args.device)
         optimizer.zero_grad(set_to_none=True)
         prec.backward_step(loss, optimizer)
 
@@ -189,6 +268,6 @@ def train_one_epoch(loader, model, optimizer, epoch, args, prec=None):
             progress.meters = [batch_time, data_time, losses, *extra.values(), top1, top5]
             progress.display(i)
     seconds = time.time() - start
-    pairs = len(loader) * loader.batch_size * du.world_size()
+    pairs = len(loader) * loader.batch_size * du.world_size()  # a resumed epoch: all of it
     return {"loss": losses.avg, **{k: m.avg for k, m in extra.items()}, "acc1": top1.avg, "acc5": top5.avg,
             "epoch_time": seconds, "pairs_per_s": pairs / seconds if seconds > 0 else 0.0}

@@ -74,10 +74,20 @@ class MetricsWriter:
             self.tb = None
 
     def _read_rows(self, start_epoch):
+        """Rows of the epochs before `start_epoch`: the run being continued.
+        Rows from `start_epoch` on are redone by this run (a killed run's
+        epoch after its last checkpoint); said in one line, never silently.
+        A run that does not continue the folder's run has moved its
+        metrics.csv aside first (selfsup.runstate.archive_previous_run)."""
         if not os.path.isfile(self.path):
             return []
         with open(self.path, newline="") as f:
-            return [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
+            rows = list(csv.DictReader(f))
+        kept = [r for r in rows if int(r["epoch"]) < start_epoch]
+        if len(kept) < len(rows):
+            print(f"=> {self.path}: kept {len(kept)} row(s) of the epochs before {start_epoch}, redoing "
+                  f"{len(rows) - len(kept)} from epoch {start_epoch} on", flush=True)
+        return kept
 
     def write(self, epoch, **values):
         row = {"epoch": epoch, **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in values.items()}}
@@ -85,7 +95,7 @@ class MetricsWriter:
         fields = []
         for r in self.rows:
             fields += [k for k in r if k not in fields]
-        tmp = self.path + ".tmp"
+        tmp = f"{self.path}.tmp{os.getpid()}"  # a writer killed here leaves a file the next save removes
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()

@@ -11,13 +11,13 @@ import torch
 import torch.nn as nn
 import torchvision.transforms as T
 
-from . import checkpoint as ck, data as D, distributed as du
+from . import checkpoint as ck, data as D, distributed as du, runstate as rs
 from .backbones import backbone_spec, create_backbone
 from .errors import UserError
 from .multicrop import SWAV_MEAN, SWAV_STD
 from .pretrain import seed_everything, unwrap
 from .progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
-from .swav_launch import add_dist_args, bool_flag
+from .swav_launch import add_dist_args, bool_flag, check_args
 
 
 def build_parser():
@@ -43,6 +43,9 @@ def build_parser():
     a("--dump_path", type=str, default="./ckpt/linear",
       help="checkpoint.pth.tar and metrics.csv (original default: '.'; ./ckpt is git-ignored)")
     a("--seed", type=int, default=31)
+    a("--restart", type=bool_flag, default=True,
+      help="ours: continue the evaluation in --dump_path (default, as the original); false starts from "
+           "scratch and moves its files to --dump_path/previous-N")
     add_dist_args(p)
     # ours
     a("--image_size", type=int, default=224, help="ours: crop size (val: resize size*256/224, centre crop)")
@@ -62,6 +65,7 @@ def finish_args(args):
             raise UserError("--pooled_bn true needs --global_pooling true (use --use_bn without global pooling)")
     if args.batch_size < 1 or args.epochs < 1:
         raise UserError("--batch_size and --epochs must be positive")
+    check_args(args)
     args.workers = max(0, min(args.workers, os.cpu_count() or 1))
     return args
 
@@ -170,7 +174,22 @@ def load_frozen_backbone(args):
     return model.eval(), width, small
 
 
+# Flags that define an evaluation (the checkpoint's "run", compared on restart).
+RUN_KEYS = ("arch", "global_pooling", "use_bn", "pooled_bn", "batch_size", "world_size", "lr", "wd", "nesterov",
+            "scheduler_type", "decay_epochs", "gamma", "final_lr", "seed", "image_size", "small_images")
+
+
 def run_eval_linear(args):
+    lock = rs.folder_lock(args.dump_path, "--dump_path")
+    rs.install_signal_handlers()
+    try:
+        return _eval_linear(args)
+    finally:
+        rs.restore_signal_handlers()
+        lock.release()
+
+
+def _eval_linear(args):
     seed_everything(args.seed + args.rank)
     main = du.is_main_process()
     train_tf, val_tf = linear_transforms(args.image_size)
@@ -203,8 +222,17 @@ def run_eval_linear(args):
 
     start_epoch, best_acc = 0, 0.0
     last = os.path.join(args.dump_path, "checkpoint.pth.tar")
+    identity = rs.run_identity(args, RUN_KEYS, ("pretrained",))
+    if main:
+        ck.remove_stale_temporaries(args.dump_path)
+        if not (args.restart and os.path.isfile(last)):
+            rs.archive_previous_run(args.dump_path, ["checkpoint.pth.tar", "metrics.csv", "tb"], "--dump_path")
+    du.barrier()
     if os.path.isfile(last):
         ckpt = ck.load_file(last, "restart checkpoint")
+        # Another --pretrained (or flags) would report the old model's accuracy as the new one's.
+        rs.check_identity(ckpt.get("run"), identity, last,
+                          "use another --dump_path, or --restart false to start from scratch")
         ck.load_into(unwrap(head), ck.strip_prefix(ck.state_dict_of(ckpt, last), "module."), last, args.arch,
                      flag="--arch")
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -230,7 +258,7 @@ def run_eval_linear(args):
             ck.save_checkpoint({"epoch": epoch + 1, "state_dict": {f"module.{k}": v for k, v in
                                                                   unwrap(head).state_dict().items()},
                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "best_acc": best_acc, "arch": args.arch}, last)
+                                "best_acc": best_acc, "arch": args.arch, "run": identity}, last)
             metrics.write(epoch, lr=lr, loss=loss, train_acc1=train_acc1, val_loss=val_loss, acc1=acc1, acc5=acc5,
                           best_acc1=best_acc)
     if main:
@@ -253,6 +281,9 @@ def train_one_epoch(model, head, loader, optimizer, criterion, epoch, args):
             feats = model(images)
         output = head(feats)
         loss = criterion(output, target)
+        if not torch.isfinite(loss):  # before the step: the head keeps its last finite weights
+            raise UserError(f"loss became {loss.item()} at epoch {epoch} iteration {i}: lower --lr "
+                            "(the checkpoint already written is unchanged; none is written for this epoch)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -262,6 +293,7 @@ def train_one_epoch(model, head, loader, optimizer, criterion, epoch, args):
         end = time.time()
         if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
             progress.display(i)
+    D.report_skipped(loader.dataset, epoch)
     return losses.avg, top1.avg
 
 
@@ -273,9 +305,13 @@ def validate(model, head, loader, criterion, args):
     for images, target in loader:
         images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
         output = head(model(images))
+        loss = criterion(output, target)
+        if not torch.isfinite(loss):  # the last step made the weights non-finite: no accuracy, no checkpoint
+            raise UserError(f"validation loss became {loss.item()}: the linear head's weights are not finite; "
+                            "lower --lr (the checkpoint already written is unchanged)")
         acc1, acc5 = accuracy(output, target, topk=(1, 5))
         n = images.shape[0]
-        losses.update(criterion(output, target).item(), n)
+        losses.update(loss.item(), n)
         top1.update(acc1.item(), n)
         top5.update(acc5.item(), n)
     if du.is_main_process():

@@ -11,7 +11,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from .cli import add_unsafe_load_arg
+from . import checks as check
+from .cli import add_dist_timeout_arg, add_skip_bad_images_arg, add_unsafe_load_arg
 from .errors import UserError
 
 
@@ -34,7 +35,48 @@ def add_dist_args(p):
     p.add_argument("--rank", default=0, type=int, help="set by the launcher ($RANK)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
                    help="ours: auto = GPU when one is visible, else CPU (gloo between processes)")
+    add_dist_timeout_arg(p, "--dist_timeout", "--dist-timeout")
+    add_skip_bad_images_arg(p, "--skip_bad_images", "--skip-bad-images")
     return add_unsafe_load_arg(p)  # every SwAV script reads a checkpoint
+
+
+# (flag, check) of the SwAV scripts' numbers; a flag a script lacks is skipped.
+_RANGES = [
+    ("epochs", lambda v, f: check.at_least(v, 1, f, "a positive number")),
+    ("batch_size", lambda v, f: check.at_least(v, 1, f, "a positive number")),
+    ("workers", lambda v, f: check.at_least(v, 0, f, "0 or more")),
+    ("print_freq", lambda v, f: check.at_least(v, 1, f, "a positive number of iterations")),
+    ("checkpoint_freq", lambda v, f: check.at_least(v, 1, f, "a positive number of epochs")),
+    ("base_lr", check.learning_rate), ("lr", check.learning_rate), ("final_lr", check.non_negative),
+    ("start_warmup", check.non_negative), ("wd", check.non_negative), ("gamma", check.non_negative),
+    ("mse_weight", check.non_negative),
+    ("temperature", lambda v, f: check.positive(v, f, "a temperature > 0")),
+    ("epsilon", lambda v, f: check.positive(v, f, "a number > 0")),
+    ("sinkhorn_iterations", lambda v, f: check.at_least(v, 1, f, "1 or more")),
+    ("queue_length", lambda v, f: check.at_least(v, 0, f, "0 (no queue) or more")),
+    ("epoch_queue_starts", lambda v, f: check.at_least(v, 0, f, "0 or more")),
+    ("freeze_prototypes_niters", lambda v, f: check.at_least(v, 0, f, "0 or more")),
+    ("warmup_epochs", lambda v, f: check.at_least(v, 0, f, "0 or more")),
+    ("hidden_mlp", lambda v, f: check.at_least(v, 0, f, "0 (linear head) or a positive width")),
+    ("image_size", lambda v, f: check.at_least(v, 1, f, "a positive number of pixels")),
+    ("dist_timeout", lambda v, f: check.positive(v, f, "a positive number of seconds")),
+    ("seed", lambda v, f: check.seed(v, f)),
+]
+
+
+def check_args(args):
+    """Every range of a SwAV script's flags, the launch settings and
+    --dump_path, before any work: one line naming the flag."""
+    for name, fn in _RANGES:
+        if getattr(args, name, None) is not None:
+            fn(getattr(args, name), "--" + name)
+    if any(e < 0 for e in getattr(args, "decay_epochs", [])):
+        raise UserError(f"--decay_epochs {' '.join(map(str, args.decay_epochs))}: expected epochs >= 0")
+    if args.world_size == 0 or args.world_size < -1:
+        raise UserError(f"--world_size {args.world_size}: expected the number of processes (1 or more)")
+    check.parse_dist_url(args.dist_url, "--dist_url")
+    check.output_dir(args.dump_path, "--dump_path")
+    return args
 
 
 def launched():
@@ -72,8 +114,9 @@ def init_distributed(args):
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     args.distributed = args.world_size > 1
     if args.distributed:
-        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://",
-                                world_size=args.world_size, rank=args.rank)
+        from .launch import init_group
+        init_group("nccl" if cuda else "gloo", "env://", args.world_size, args.rank,
+                   getattr(args, "dist_timeout", 300.0), flag="--dist_url", timeout_flag="--dist_timeout")
     return args
 
 

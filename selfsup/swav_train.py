@@ -12,13 +12,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import checkpoint as ck, data as D, distributed as du
+from . import checkpoint as ck, data as D, distributed as du, runstate as rs
 from .errors import UserError
 from .lars import LARS
 from .multicrop import MultiCropTransform, check_multicrop_args
 from .pretrain import seed_everything, unwrap
 from .progress import AverageMeter, MetricsWriter, ProgressMeter
 from .swav import SwAVModel, load_official_state, load_swav_teacher, official_state_dict, swav_disco_loss, swav_loss
+from . import swav_launch
 from .swav_launch import add_dist_args, autocast_dtype, bool_flag, finish_distributed, init_distributed
 
 
@@ -58,6 +59,11 @@ def build_parser(description, distill=False):
     a("--sync_bn", type=str, default="pytorch", help="pytorch: SyncBatchNorm across GPUs; apex: same as pytorch")
     a("--syncbn_process_group_size", type=int, default=8, help="accepted; SyncBatchNorm spans all ranks here")
     a("--dump_path", type=str, default=".", help="checkpoints, queue, metrics.csv")
+    a("--restart", type=bool_flag, default=True,
+      help="ours: continue the run in --dump_path (default, as the original); false starts from scratch "
+           "and moves that run's files to --dump_path/previous-N")
+    a("--save_freq", type=int, default=0,
+      help="ours: also checkpoint every N iterations within an epoch (docs/resume.md)")
     a("--seed", type=int, default=31)
     add_dist_args(p)
     # ours
@@ -100,6 +106,7 @@ def finish_args(args, distill=False):
         raise UserError("--nmb_prototypes and --feat_dim must be positive")
     if args.sync_bn not in ("pytorch", "apex", "none"):
         raise UserError(f"--sync_bn {args.sync_bn}: expected pytorch, apex or none")
+    swav_launch.check_args(args)  # every range, launch settings, --dump_path (selfsup.swav_launch)
     args.workers = max(0, min(args.workers, os.cpu_count() or 1))
     if distill:
         if args.pretrained and args.teacher and args.pretrained != args.teacher:
@@ -127,9 +134,42 @@ def _log(msg):
         print(msg, flush=True)
 
 
+# Flags that define a SwAV run (the checkpoint's "run", compared on restart).
+RUN_KEYS = ("arch", "hidden_mlp", "feat_dim", "nmb_prototypes", "size_crops", "nmb_crops", "min_scale_crops",
+            "max_scale_crops", "crops_for_assign", "temperature", "epsilon", "sinkhorn_iterations", "queue_length",
+            "epoch_queue_starts", "batch_size", "world_size", "freeze_prototypes_niters", "warmup_epochs",
+            "start_warmup", "seed", "use_fp16", "amp_dtype", "small_images", "teacher_arch", "mse_weight",
+            "teacher_normalize", "teacher_hidden_mlp", "base_lr", "final_lr", "wd", "distill")
+RUN_OUTPUTS = ("checkpoint.pth.tar", "checkpoints", "metrics.csv", "tb")
+
+
 def run_swav(args, distill=False):
     """Train; returns the (unwrapped) SwAV model. Call within init_distributed."""
+    lock = rs.folder_lock(args.dump_path, "--dump_path")
+    rs.install_signal_handlers()
+    try:
+        return _swav(args, distill)
+    finally:
+        rs.restore_signal_handlers()
+        lock.release()
+
+
+def prepare_dump(args, outputs):
+    """Rank 0: stale temporaries out; with --restart false (or nothing to
+    restart from) a previous run's files move to previous-N."""
+    path = os.path.join(args.dump_path, "checkpoint.pth.tar")
+    if du.is_main_process():
+        ck.remove_stale_temporaries(args.dump_path)
+        if not (getattr(args, "restart", True) and os.path.isfile(path)):
+            queues = [n for n in os.listdir(args.dump_path) if n.startswith("queue") and n.endswith(".pth")]
+            rs.archive_previous_run(args.dump_path, list(outputs) + queues, "--dump_path")
+    du.barrier()
+
+
+def _swav(args, distill):
     seed_everything(args.seed + args.rank)
+    args.distill = bool(distill)
+    prepare_dump(args, RUN_OUTPUTS)
     os.makedirs(os.path.join(args.dump_path, "checkpoints"), exist_ok=True)
     du.barrier()
 
@@ -165,36 +205,68 @@ def run_swav(args, distill=False):
          f"precision {amp_dtype or torch.float32}")
     schedule = lr_schedule(args, len(loader))
 
-    start_epoch = restart_from_checkpoint(args, model, optimizer, scaler)
-    queue = None
-    if os.path.isfile(queue_path(args)):
+    identity = rs.run_identity(args, RUN_KEYS, ("teacher",))
+    start_epoch, ckpt = restart_from_checkpoint(args, model, optimizer, scaler, identity)
+    queue, mid, live = None, None, {"queue": None, "use_the_queue": False}
+    if ckpt is not None and ckpt.get("queues") is not None:  # saved with the checkpoint: always in step with it
+        queue = ckpt["queues"][args.rank]
+        queue = queue.to(args.device) if queue is not None else None
+    elif os.path.isfile(queue_path(args)):
         queue = ck.load_file(queue_path(args), "queue file")["queue"].to(args.device)
+    if queue is not None:
         _log(f"=> restored the queue from '{queue_path(args)}'")
+    if ckpt is not None and ckpt.get("iteration") is not None:
+        mid = {k: ckpt[k] for k in ("sampler", "rng", "use_the_queue")}
     args.queue_length -= args.queue_length % (args.batch_size * args.world_size)
+    last = os.path.join(args.dump_path, "checkpoint.pth.tar")
 
+    def state(epoch, **extra):
+        queues = rs.gather_objects(live["queue"].cpu() if live["queue"] is not None else None)
+        st = {"epoch": epoch, "state_dict": official_state_dict(model), "optimizer": optimizer.state_dict(),
+              "arch": args.arch, "small_images": bool(args.small_images), "hidden_mlp": args.hidden_mlp,
+              "feat_dim": args.feat_dim, "nmb_prototypes": args.nmb_prototypes, "size_crops": args.size_crops,
+              "run": identity, **({"queues": queues} if any(q is not None for q in queues) else {}), **extra}
+        if scaler.is_enabled():
+            st["scaler"] = scaler.state_dict()
+        return st
+
+    def save_mid(epoch, i):
+        st = state(epoch, iteration=i, sampler=loader.position(i), rng=rs.gather_objects(rs.capture_rng()),
+                   use_the_queue=bool(live["use_the_queue"]))
+        if du.is_main_process():
+            ck.save_checkpoint(st, last)
+        if live["queue"] is not None:
+            ck.save_checkpoint({"queue": live["queue"]}, queue_path(args))
+        return last
+
+    loader.hook = rs.boundary_hook(save_mid, args.save_freq, args.device)
     metrics = MetricsWriter(args.dump_path, start_epoch) if du.is_main_process() else None
     for epoch in range(start_epoch, args.epochs):
-        if args.distributed:
-            loader.sampler.set_epoch(epoch)
-        seed_everything(args.seed + 1000 * epoch + args.rank)
+        loader.sampler.set_epoch(epoch)
+        use_the_queue = False
+        if mid is not None:  # continue a mid-epoch checkpoint exactly
+            loader.resume_at(mid["sampler"])
+            rs.restore_rng(mid["rng"][args.rank])
+            use_the_queue, mid = bool(mid["use_the_queue"]), None
+        else:
+            seed_everything(args.seed + 1000 * epoch + args.rank)
         if args.queue_length > 0 and epoch >= args.epoch_queue_starts and queue is None:
             queue = torch.zeros(len(args.crops_for_assign), args.queue_length // args.world_size, args.feat_dim,
                                 device=args.device)
+        live["queue"] = queue
         stats, queue = train_one_epoch(loader, model, optimizer, scaler, epoch, schedule, queue, args,
-                                       amp_dtype, teacher, channels_last)
+                                       amp_dtype, teacher, channels_last, use_the_queue, live)
+        live["queue"] = queue
+        st = state(epoch + 1)
         if du.is_main_process():
-            state = {"epoch": epoch + 1, "state_dict": official_state_dict(model), "optimizer": optimizer.state_dict(),
-                     "arch": args.arch, "small_images": bool(args.small_images), "hidden_mlp": args.hidden_mlp,
-                     "feat_dim": args.feat_dim, "nmb_prototypes": args.nmb_prototypes, "size_crops": args.size_crops}
-            if scaler.is_enabled():
-                state["scaler"] = scaler.state_dict()
-            last = os.path.join(args.dump_path, "checkpoint.pth.tar")
-            ck.save_checkpoint(state, last)
+            metrics.write(epoch, **stats)  # first: a kill between the two redoes this epoch's row
+            ck.save_checkpoint(st, last)
             if epoch % args.checkpoint_freq == 0 or epoch == args.epochs - 1:
                 shutil.copyfile(last, os.path.join(args.dump_path, "checkpoints", f"ckp-{epoch}.pth"))
-            metrics.write(epoch, **stats)
-        if queue is not None:
+        if queue is not None:  # the official layout's file too (the checkpoint's copy is what restarts)
             ck.save_checkpoint({"queue": queue}, queue_path(args))
+        if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
+            rs.announce_stop(last, epoch)
     if metrics is not None:
         metrics.close()
         _log(f"=> done: {os.path.join(args.dump_path, 'checkpoint.pth.tar')}")
@@ -229,26 +301,32 @@ def batch_loss(model, teacher, crops, queue, use_the_queue, args, amp_dtype=None
     return loss, swav, mse, use_the_queue
 
 
-def restart_from_checkpoint(args, model, optimizer, scaler):
+def restart_from_checkpoint(args, model, optimizer, scaler, identity=None):
+    """(epoch to start at, the checkpoint or None) from --dump_path's checkpoint.pth.tar."""
     path = os.path.join(args.dump_path, "checkpoint.pth.tar")
     if not os.path.isfile(path):
-        return 0
+        _log(f"=> no checkpoint in '{args.dump_path}': starting from scratch")
+        return 0, None
     ckpt = ck.load_file(path, "restart checkpoint")
     if ckpt.get("arch") not in (None, args.arch):
         raise UserError(f"'{path}' holds arch '{ckpt.get('arch')}', not --arch {args.arch}: "
                         "use another --dump_path or delete it")
+    if identity is not None:
+        rs.check_identity(ckpt.get("run"), identity, path,
+                          "use another --dump_path, or --restart false to start from scratch")
     state = ck.strip_prefix(ck.state_dict_of(ckpt, path), "module.")
     load_official_state(unwrap(model), state, path, "restart checkpoint")
     optimizer.load_state_dict(ckpt["optimizer"])
     if "scaler" in ckpt and scaler.is_enabled():
         scaler.load_state_dict(ckpt["scaler"])
     epoch = int(ckpt["epoch"])
-    _log(f"=> restarting from '{path}' at epoch {epoch}")
-    return epoch
+    where = f" iteration {ckpt['iteration']}" if ckpt.get("iteration") is not None else ""
+    _log(f"=> restarting from '{path}' at epoch {epoch}{where} (--restart false starts from scratch)")
+    return epoch, ckpt
 
 
 def train_one_epoch(loader, model, optimizer, scaler, epoch, schedule, queue, args, amp_dtype, teacher,
-                    channels_last):
+                    channels_last, use_the_queue=False, live=None):
     batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
     losses = AverageMeter("Loss", ":.4e")
     swav_meter, mse_meter = AverageMeter("SwAV", ":.4e"), AverageMeter("MSE", ":.4e")
@@ -256,10 +334,10 @@ def train_one_epoch(loader, model, optimizer, scaler, epoch, schedule, queue, ar
     progress = ProgressMeter(len(loader), meters, prefix=f"Epoch: [{epoch}]")
     net = unwrap(model)
     model.train()
-    use_the_queue = False
+    live = {} if live is None else live  # what a mid-epoch checkpoint reads at the next boundary
     start = end = time.time()
     lr = schedule[0]
-    for it, (crops, _) in enumerate(loader):
+    for it, (crops, _) in enumerate(loader, getattr(loader, "start", 0)):  # it: the batch's index in the epoch
         data_time.update(time.time() - end)
         iteration = epoch * len(loader) + it
         lr = float(schedule[iteration])
@@ -276,8 +354,8 @@ def train_one_epoch(loader, model, optimizer, scaler, epoch, schedule, queue, ar
         if mse is not None:
             swav_meter.update(swav_value.item(), bs)
             mse_meter.update(mse.item(), bs)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at epoch {epoch} iteration {it}: lower --base_lr")
+        live["use_the_queue"] = use_the_queue
+        rs.check_finite(loss, epoch, it, "lower --base_lr", args.dump_path, args.device)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
