@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import augment, checkpoint as ck, data as D, distributed as du, runstate as rs
+from . import augment, checkpoint as ck, collapse, data as D, distributed as du, runstate as rs
 from .backbones import create_backbone, set_head
 from .errors import UserError
 from .heads import projection_head
@@ -129,6 +129,18 @@ def resume(model, optimizer, path, args, prec=None):
     return int(ckpt["epoch"]), mid
 
 
+@torch.no_grad()
+def teacher_spread_line(model, args, n=256):
+    """How spread out the frozen teacher's embeddings of `n` training images
+    are (eval transform, every k-th image), in the BN mode it trains in."""
+    dataset = D.image_folder(D.split_folder(args.data, "train"), augment.eval_transform(args.image_size))
+    step = max(1, len(dataset) // n)
+    images = torch.stack([dataset[i][0] for i in range(0, len(dataset), step)][:n]).to(args.device)
+    model.train()  # DistilledMoCo.train puts the teacher in its --teacher-bn mode
+    spread = collapse.embedding_spread(model.embed_teacher, images, batch_size=args.batch_size)
+    return collapse.spread_report(spread, images.shape[0])
+
+
 def in_folder(path, folder):
     return bool(path) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(folder)
 
@@ -209,6 +221,9 @@ def _pretrain(args, build_model):
             prune(args.ckpt_dir, name)
         return name
 
+    if main and hasattr(unwrap(model), "teacher") and args.start_epoch == 0:
+        print(teacher_spread_line(unwrap(model), args), flush=True)
+
     if hasattr(loader, "hook"):  # not the --gpu-aug loader: no mid-epoch checkpoints there
         loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
     for epoch in range(args.start_epoch, args.epochs):
@@ -222,6 +237,9 @@ def _pretrain(args, build_model):
         lr = epoch_lr(args.lr, epoch, args.epochs, args.cos, args.schedule, args.gamma)
         set_lr(optimizer, lr)
         stats = train_one_epoch(loader, model, optimizer, epoch, args, prec)
+        warning = collapse.infonce_warning(stats.get("loss_nce", stats["loss"]), args.moco_k, epoch)
+        if main and warning:
+            print(warning, flush=True)
         name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch))
         if main:
             metrics.write(epoch, lr=lr, **stats)  # first: a kill between the two redoes this epoch's row
