@@ -16,7 +16,7 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
     assert "main_moco.py" in r.stdout and "--resume ''" in r.stdout
     assert [line.split("|")[1].strip() for line in table[2:]] == ["random_init", "teacher", "student_moco",
                                                                    "student_disco"]
-    assert "DisCo <- resnet34" in table[5]
+    assert "DisCo <- resnet18" in table[5]
     for line in table[2:]:  # kNN, linear top-1 and top-5 are percentages
         assert all(0.0 <= float(x) <= 100.0 for x in line.split("|")[5:8]), line
     # read_table (tab1_small --replot) gets the same rows back.
