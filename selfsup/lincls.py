@@ -115,13 +115,8 @@ def lincls_resume_path(args):
 def run_lincls(args, build_datasets=imagefolder_datasets):
     if args.evaluate:
         return _lincls(args, build_datasets)
-    lock = rs.folder_lock(args.ckpt_dir)
-    rs.install_signal_handlers()
-    try:
+    with rs.owned_run(args.ckpt_dir):
         return _lincls(args, build_datasets)
-    finally:
-        rs.restore_signal_handlers()
-        lock.release()
 
 
 def _lincls(args, build_datasets):
@@ -247,9 +242,8 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None)
         with prec.autocast():
             output = model(prec.inputs(images)).float()
         loss = criterion(output, target)
-        if not torch.isfinite(loss):  # before the step: the classifier keeps its last finite weights
-            raise UserError(f"loss became {loss.item()} at epoch {epoch} batch {i}: lower --lr (checkpoints "
-                            "already written are unchanged; none is written for this epoch)")
+        # Before the step, so the classifier keeps its last finite weights; under DDP every rank stops together.
+        rs.check_finite(loss, epoch, i, "lower --lr", args.ckpt_dir, args.device)
         optimizer.zero_grad(set_to_none=True)
         prec.backward_step(loss, optimizer)
         record(losses, top1, top5, loss, output, target)

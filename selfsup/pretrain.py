@@ -166,13 +166,8 @@ def prune(folder, keep):
 
 def run_pretraining(args, build_model):
     """Worker body (one per process): train `build_model(args)` on args.data/train."""
-    lock = rs.folder_lock(args.ckpt_dir)
-    rs.install_signal_handlers()
-    try:
+    with rs.owned_run(args.ckpt_dir):
         return _pretrain(args, build_model)
-    finally:
-        rs.restore_signal_handlers()
-        lock.release()
 
 
 def _pretrain(args, build_model):

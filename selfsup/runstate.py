@@ -8,6 +8,7 @@
   the next iteration boundary and exits 0;
 - RNG states of every rank, and agreement between DDP ranks on a flag.
 """
+import contextlib
 import os
 import random
 import signal
@@ -289,6 +290,19 @@ def ignore_stop_signals():
             signal.signal(getattr(signal, name), signal.SIG_IGN)
         except (ValueError, AttributeError):
             pass
+
+
+@contextlib.contextmanager
+def owned_run(folder, flag="--ckpt-dir"):
+    """For the duration of one run: the folder's lock, and the stop signals
+    turned into a flag the training loop reads at iteration boundaries."""
+    lock = folder_lock(folder, flag)
+    install_signal_handlers()
+    try:
+        yield
+    finally:
+        restore_signal_handlers()
+        lock.release()
 
 
 def stop_signal():

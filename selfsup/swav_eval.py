@@ -180,13 +180,8 @@ RUN_KEYS = ("arch", "global_pooling", "use_bn", "pooled_bn", "batch_size", "worl
 
 
 def run_eval_linear(args):
-    lock = rs.folder_lock(args.dump_path, "--dump_path")
-    rs.install_signal_handlers()
-    try:
+    with rs.owned_run(args.dump_path, "--dump_path"):
         return _eval_linear(args)
-    finally:
-        rs.restore_signal_handlers()
-        lock.release()
 
 
 def _eval_linear(args):
@@ -281,9 +276,8 @@ def train_one_epoch(model, head, loader, optimizer, criterion, epoch, args):
             feats = model(images)
         output = head(feats)
         loss = criterion(output, target)
-        if not torch.isfinite(loss):  # before the step: the head keeps its last finite weights
-            raise UserError(f"loss became {loss.item()} at epoch {epoch} iteration {i}: lower --lr "
-                            "(the checkpoint already written is unchanged; none is written for this epoch)")
+        # Before the step, so the head keeps its last finite weights; under DDP every rank stops together.
+        rs.check_finite(loss, epoch, i, "lower --lr", args.dump_path, args.device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

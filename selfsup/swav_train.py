@@ -145,13 +145,8 @@ RUN_OUTPUTS = ("checkpoint.pth.tar", "checkpoints", "metrics.csv", "tb")
 
 def run_swav(args, distill=False):
     """Train; returns the (unwrapped) SwAV model. Call within init_distributed."""
-    lock = rs.folder_lock(args.dump_path, "--dump_path")
-    rs.install_signal_handlers()
-    try:
+    with rs.owned_run(args.dump_path, "--dump_path"):
         return _swav(args, distill)
-    finally:
-        rs.restore_signal_handlers()
-        lock.release()
 
 
 def prepare_dump(args, outputs):
