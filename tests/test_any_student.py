@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import REPO
+from conftest import REPO, run
 from moco_scripts import main_lincls, main_moco
 from selfsup.backbones import create_backbone, set_head
 from selfsup.errors import UserError
@@ -95,3 +95,16 @@ def test_unknown_name_is_one_line_with_close_matches():
     with pytest.raises(UserError) as e:
         create_backbone("tv:mobilenet_v3_smal")
     assert "tv:mobilenet_v3_small" in str(e.value)
+
+
+def test_swav_pretrains_and_evaluates_a_timm_student(tiny_data, tmp_path):
+    """The SwAV scripts take the same names: main_swav.py, then eval_linear.py on its checkpoint."""
+    swav = (f"python3 swav-master/main_swav.py --arch resnet18d --small_images true --size_crops 16 --nmb_crops 2 "
+            f"--min_scale_crops 0.14 --max_scale_crops 1 --nmb_prototypes 10 --workers 0 --batch_size 30 --epochs 1 "
+            f"--data_path {tiny_data}/train --dump_path {tmp_path}")
+    r = run(swav)
+    assert r.returncode == 0, r.stdout[-2000:]
+    r = run(f"python3 swav-master/eval_linear.py --arch resnet18d --pretrained {tmp_path}/checkpoints/ckp-0.pth "
+            f"--image_size 16 --workers 0 --epochs 1 --data_path {tiny_data} --dump_path {tmp_path}/lin")
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert "linear evaluation done" in r.stdout
