@@ -319,9 +319,6 @@ def main_moco_defaults(p):
     the folder its checkpoints go to, so rerunning a command resumes it; ours
     is --ckpt-dir (./ckpt unless given), and --resume '' starts fresh.
     --image-size: the original crops efficientb5 at 456 px, the rest at 224."""
-    p.set_defaults(resume=None, image_size=None)
+    p.set_defaults(image_size=None)
     p._option_string_actions["--image-size"].help = "crop size (default: the original's for -a: 456 for efficientb5, else 224)"
-    p._option_string_actions["--resume"].help = (
-        "checkpoint file, or folder (its newest checkpoint_NNNN.pth.tar), to resume from; "
-        "default: --ckpt-dir, so a rerun resumes; '' starts from scratch")
-    return p
+    return resume_from_ckpt_dir(p)
