@@ -79,16 +79,17 @@ def test_ratio_1_copies_exactly_simclrs_list_by_default(tmp_path):
     assert len(os.listdir(out / "val")) == 1000
 
 
-def test_ratio_10_reads_the_10_percent_list_and_others_need_a_choice():
+def test_ratio_10_reads_the_10_percent_list_and_others_need_a_choice(tiny_data):
     import importlib.util
     spec = importlib.util.spec_from_file_location("fraction", os.path.join(REPO, "data", "imagenet_1_fraction.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.parse_args(["--ratio", "10"]).split_file == os.path.join(REPO, "data", "10percent.txt")
-    assert module.parse_args([]).split_file == os.path.join(REPO, "data", "1percent.txt")
-    assert module.parse_args(["--ratio", "10", "--balanced"]).split_file is None
+    src = ["--source", tiny_data]  # the default, data/builtin, may not exist yet
+    assert module.parse_args(src + ["--ratio", "10"]).split_file == os.path.join(REPO, "data", "10percent.txt")
+    assert module.parse_args(src).split_file == os.path.join(REPO, "data", "1percent.txt")
+    assert module.parse_args(src + ["--ratio", "10", "--balanced"]).split_file is None
     with pytest.raises(UserError, match="--ratio 34"):
-        module.parse_args(["--ratio", "34"])
+        module.parse_args(src + ["--ratio", "34"])
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
