@@ -391,7 +391,6 @@ def swav_script(distill):
     """(parse_args, main) of main_swav.py / main_swav_distill.py, which differ
     only in whether a teacher is distilled."""
     from .errors import cli_main
-    from .swav_launch import finish_distributed, init_distributed
 
     def parse_args(argv=None):
         p = build_parser("SwAV + DisCo distillation" if distill else "SwAV pretraining", distill=distill)
