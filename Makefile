@@ -26,11 +26,11 @@ digits: env
 	$(PY) data/prepare_digits.py
 
 demo: data
-	$(PY) -u -m selfsup.demo
+	$(PY) -u tools/demo.py
 
 # The Table 1 analogue (a benchmark, about 40 min on 2 cores).
 tab1: data
-	$(PY) -u benchmarks/tab1_small.py
+	$(PY) -u tools/tab1_small.py
 
 # One OpenMP thread per process: the tests start scripts as subprocesses, and
 # more threads than the 2 cores of CI make OpenMP spin (10x slower).

@@ -2,7 +2,7 @@
 """Linear transfer to CIFAR-10/100 (Fig6) with a frozen pretrained backbone.
 DIR holds cifar-10-batches-py/ or cifar-100-python/ (or their .tar.gz).
 Images are resized with bicubic interpolation, as in the original."""
-from selfsup.lincls import cifar_datasets, lincls_script
+from selfsup.engine.lincls import cifar_datasets, lincls_script
 
 
 def add_cifar(p):

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfsup.analysis import embeddings, tsne  # noqa: E402
-from selfsup import checks  # noqa: E402
-from selfsup.errors import UserError, cli_main  # noqa: E402
+from selfsup.core import checks  # noqa: E402
+from selfsup.core.errors import UserError, cli_main  # noqa: E402
 
 
 def build_parser():

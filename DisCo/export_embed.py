@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfsup.analysis.embeddings import export_checkpoint  # noqa: E402
-from selfsup.cli import add_unsafe_load_arg, default_data  # noqa: E402
-from selfsup import checks  # noqa: E402
-from selfsup.errors import UserError, cli_main  # noqa: E402
+from selfsup.cli.flags import add_unsafe_load_arg, default_data  # noqa: E402
+from selfsup.core import checks  # noqa: E402
+from selfsup.core.errors import UserError, cli_main  # noqa: E402
 
 
 def build_parser():

@@ -3,11 +3,11 @@
 final embedding match a frozen self-supervised teacher's (Tab1, 4, 6)."""
 import functools
 
-from selfsup import cli
-from selfsup.disco import build_disco
-from selfsup.errors import cli_main
-from selfsup.launch import launch
-from selfsup.pretrain import run_pretraining
+from selfsup.cli import flags as cli
+from selfsup.methods.disco import build_disco
+from selfsup.core.errors import cli_main
+from selfsup.engine.runtime import launch
+from selfsup.engine.pretrain import run_pretraining
 
 
 def parse_args(argv=None):

@@ -3,8 +3,8 @@
 10% labelled subset. Either point DIR at a subset made by
 data/imagenet_1_fraction.py, or give --label 1|10 to draw a seeded
 class-balanced subset of DIR/train on the fly."""
-from selfsup.errors import UserError
-from selfsup.lincls import lincls_script
+from selfsup.core.errors import UserError
+from selfsup.engine.lincls import lincls_script
 
 
 def add_label(p):

@@ -2,11 +2,11 @@
 """MoCo-v2 + RKD distillation (Tab2); with --use-mse also DisCo's MSE term."""
 import functools
 
-from selfsup import cli
-from selfsup.disco import build_moco_rkd
-from selfsup.errors import cli_main
-from selfsup.launch import launch
-from selfsup.pretrain import run_pretraining
+from selfsup.cli import flags as cli
+from selfsup.methods.disco import build_moco_rkd
+from selfsup.core.errors import cli_main
+from selfsup.engine.runtime import launch
+from selfsup.engine.pretrain import run_pretraining
 
 
 def parse_args(argv=None):

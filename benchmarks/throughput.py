@@ -26,15 +26,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from selfsup import augment, data as D  # noqa: E402
-from selfsup.disco import DisCo  # noqa: E402
-from selfsup.errors import UserError, cli_main  # noqa: E402
-from selfsup.gpu_augment import moco_spec  # noqa: E402
-from selfsup.jpeg_data import two_view_loader  # noqa: E402
-from selfsup.moco import MoCo  # noqa: E402
-from selfsup.precision import Precision  # noqa: E402
-from selfsup.pretrain import build_query_encoder  # noqa: E402
-from selfsup.teacher import EmbeddingTeacher  # noqa: E402
+from selfsup.data import augment
+from selfsup.data import folders as D  # noqa: E402
+from selfsup.methods.disco import DisCo  # noqa: E402
+from selfsup.core.errors import UserError, cli_main  # noqa: E402
+from selfsup.data.gpu_augment import moco_spec  # noqa: E402
+from selfsup.data.jpeg import two_view_loader  # noqa: E402
+from selfsup.methods.moco import MoCo  # noqa: E402
+from selfsup.engine.precision import Precision  # noqa: E402
+from selfsup.models.encoders import build_query_encoder  # noqa: E402
+from selfsup.models.teacher import EmbeddingTeacher  # noqa: E402
 
 MODELS = {
     "moco_r50": ("MoCo-v2 ResNet-50", "resnet50", None),

@@ -16,8 +16,8 @@ sys.path.insert(0, str(REPO))
 
 from selfsup.analysis import bi, embeddings  # noqa: E402
 from selfsup.analysis.mutual_info import NORMALISATIONS, RANGES  # noqa: E402
-from selfsup import checks  # noqa: E402
-from selfsup.errors import UserError, cli_main  # noqa: E402
+from selfsup.core import checks  # noqa: E402
+from selfsup.core.errors import UserError, cli_main  # noqa: E402
 
 
 def build_parser():

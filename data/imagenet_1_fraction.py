@@ -16,8 +16,9 @@ import json
 import os
 import shutil
 
-from selfsup import checks as check, subset
-from selfsup.errors import UserError, cli_main
+from selfsup.core import checks as check
+from selfsup.data import subset
+from selfsup.core.errors import UserError, cli_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIMCLR_SPLITS = {1: os.path.join(HERE, "1percent.txt"), 10: os.path.join(HERE, "10percent.txt")}

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from selfsup.analysis.embeddings import load_npy  # noqa: E402
 from selfsup.analysis.mutual_info import NORMALISATIONS, RANGES, mi_by_binning  # noqa: E402
-from selfsup.errors import UserError, cli_main  # noqa: E402
+from selfsup.core.errors import UserError, cli_main  # noqa: E402
 
 
 @cli_main

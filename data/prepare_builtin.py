@@ -8,8 +8,8 @@ import argparse
 import os
 import time
 
-from selfsup.builtin_data import CLASSES, prepare
-from selfsup.errors import cli_main
+from selfsup.data.builtin import CLASSES, prepare
+from selfsup.core.errors import cli_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

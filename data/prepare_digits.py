@@ -9,8 +9,8 @@ import argparse
 import os
 import time
 
-from selfsup.digits_data import prepare_digits
-from selfsup.errors import UserError, cli_main
+from selfsup.data.digits import prepare_digits
+from selfsup.core.errors import UserError, cli_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -13,13 +13,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from selfsup.errors import cli_main  # noqa: E402
+from selfsup.core.errors import cli_main  # noqa: E402
 
 
 @cli_main
 def run():
     from selfsup.detection.convert import convert_file
-    from selfsup.cli import add_unsafe_load_arg
+    from selfsup.cli.flags import add_unsafe_load_arg
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="checkpoint written by main_moco.py / DisCo main.py")
     parser.add_argument("output", help="detectron2 pickle to write (e.g. ./output.pkl)")

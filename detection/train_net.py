@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from selfsup.errors import cli_main  # noqa: E402
+from selfsup.core.errors import cli_main  # noqa: E402
 
 
 @cli_main

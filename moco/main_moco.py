@@ -2,13 +2,14 @@
 """MoCo-v2 pretraining of teachers and student baselines (Tab1 of the paper).
 
 Flags and checkpoints are the original's (docs/flags.md); the work is done
-by selfsup.pretrain."""
+by selfsup.engine.pretrain."""
 import functools
 
-from selfsup import cli
-from selfsup.errors import cli_main
-from selfsup.launch import launch
-from selfsup.pretrain import build_moco, run_pretraining
+from selfsup.cli import flags as cli
+from selfsup.core.errors import cli_main
+from selfsup.engine.runtime import launch
+from selfsup.engine.pretrain import run_pretraining
+from selfsup.methods.moco import build_moco
 
 
 def parse_args(argv=None):

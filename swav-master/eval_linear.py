@@ -3,9 +3,9 @@
 
 Start with `python -m torch.distributed.launch --nproc_per_node=N`, `torchrun`,
 or plainly (one process; GPU or CPU). Flags and files: docs/swav.md."""
-from selfsup.errors import cli_main
-from selfsup.swav_eval import build_parser, finish_args, run_eval_linear
-from selfsup.swav_launch import finish_distributed, init_distributed
+from selfsup.core.errors import cli_main
+from selfsup.engine.swav_eval import build_parser, finish_args, run_eval_linear
+from selfsup.engine.swav_launch import finish_distributed, init_distributed
 
 
 def parse_args(argv=None):

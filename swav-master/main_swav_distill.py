@@ -3,7 +3,7 @@
 
 Start with `python -m torch.distributed.launch --nproc_per_node=N`, `torchrun`,
 or plainly. The teacher is --pretrained (or --teacher). Flags and files: docs/swav.md."""
-from selfsup.swav_train import swav_script
+from selfsup.engine.swav_train import swav_script
 
 parse_args, main = swav_script(distill=True)
 

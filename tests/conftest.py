@@ -19,7 +19,7 @@ TINY_LINCLS = "--epochs 1 -b 30 --image-size 16 -j 0 -p 1"
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """10 classes x (6 train, 2 val) procedural 32 px images."""
-    from selfsup.builtin_data import prepare
+    from selfsup.data.builtin import prepare
     root = str(tmp_path_factory.mktemp("tiny_data"))
     prepare(root, train_per_class=6, val_per_class=2, size=32, seed=1)
     return root

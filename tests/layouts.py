@@ -13,7 +13,7 @@ import torchvision
 
 def _trunk(arch):
     if arch == "resnet50w2":  # SwAV's RN50x2 trunk; widths checked in test_backbones
-        from selfsup.backbones import create_backbone
+        from selfsup.models.backbones import create_backbone
         model, _ = create_backbone("resnet50w2")
     else:
         model = getattr(torchvision.models, arch)(weights=None)

@@ -9,9 +9,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from moco_scripts import main_moco  # noqa: E402
-from selfsup.errors import cli_main  # noqa: E402
-from selfsup.launch import launch  # noqa: E402
-from selfsup.pretrain import build_moco, run_pretraining  # noqa: E402
+from selfsup.core.errors import cli_main  # noqa: E402
+from selfsup.engine.runtime import launch  # noqa: E402
+from selfsup.engine.pretrain import run_pretraining  # noqa: E402
+from selfsup.methods.moco import build_moco
 
 
 def train_and_dump(args):

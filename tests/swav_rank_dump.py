@@ -5,8 +5,8 @@ import sys
 
 import torch
 
-from selfsup.swav_launch import finish_distributed, init_distributed
-from selfsup.swav_train import build_parser, finish_args, run_swav
+from selfsup.engine.swav_launch import finish_distributed, init_distributed
+from selfsup.engine.swav_train import build_parser, finish_args, run_swav
 
 if __name__ == "__main__":
     args = init_distributed(finish_args(build_parser("rank dump").parse_args(sys.argv[1:])))

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 from selfsup.analysis import bi, curves, embeddings, tsne  # noqa: E402
 from selfsup.analysis.mutual_info import (  # noqa: E402
     bin_edges, conditional_entropy, discretise, entropy, mi_by_binning, softmax)
-from selfsup.errors import UserError  # noqa: E402
+from selfsup.core.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -323,8 +323,9 @@ def _pretraining_checkpoint(path, arch="resnet18"):
 
     import torch
 
-    from selfsup import checkpoint as ck
-    from selfsup.pretrain import build_moco, prefixed_state
+    from selfsup.core import checkpoint as ck
+    from selfsup.methods.moco import build_moco
+    from selfsup.core.checkpoint import prefixed_state
 
     torch.manual_seed(0)
     args = SimpleNamespace(arch=arch, small_images=True, moco_dim=16, mlp=True, hidden=-1,

@@ -9,11 +9,12 @@ import torch.nn as nn
 
 from conftest import REPO, run
 from moco_scripts import main_lincls, main_moco
-from selfsup.backbones import create_backbone, set_head
-from selfsup.errors import UserError
-from selfsup.launch import launch
-from selfsup.lincls import run_lincls
-from selfsup.pretrain import build_moco, run_pretraining
+from selfsup.models.backbones import create_backbone, set_head
+from selfsup.core.errors import UserError
+from selfsup.engine.runtime import launch
+from selfsup.engine.lincls import run_lincls
+from selfsup.engine.pretrain import run_pretraining
+from selfsup.methods.moco import build_moco
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 TINY = ["-b", "8", "--moco-k", "16", "--image-size", "32", "-j", "0", "-p", "100", "--seed", "0", "--epochs", "1"]
@@ -55,7 +56,7 @@ def test_any_student_pretrains_distils_and_evaluates(arch, small, tiny_data, tmp
 
     # DisCo: the same arch as student, and the MoCo-v2 checkpoint of it as the teacher.
     disco = _disco_main()
-    from selfsup.disco import build_disco
+    from selfsup.methods.disco import build_disco
     launch(lambda a: run_pretraining(a, build_disco),
            disco.parse_args(["-a", arch, "--teacher_arch", arch, "--teacher", teacher, "--mlp", "--ckpt-dir",
                              str(tmp_path / "disco"), tiny_data] + flags))

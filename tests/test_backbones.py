@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from selfsup.backbones import ARCH_NAMES, create_backbone, set_head
-from selfsup.errors import UserError
-from selfsup.heads import projection_head
+from selfsup.models.backbones import ARCH_NAMES, create_backbone, set_head
+from selfsup.core.errors import UserError
+from selfsup.models.heads import projection_head
 
 WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
           "SWAVresnet50": 2048, "DCresnet50": 2048, "SELAresnet50": 2048, "resnet50w2": 4096,

@@ -93,7 +93,6 @@ def test_gpu_flag_without_gpu(tiny_data):
 # ---- every flag checked up front: the table of docs/bad-input.md ----------
 import importlib.util  # noqa: E402
 import socket  # noqa: E402
-import sys  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 
@@ -219,8 +218,8 @@ def test_flag_is_one_line_before_any_work(capsys, places, tiny_data, monkeypatch
 
 
 def test_port_in_use_is_one_line_at_once():
-    from selfsup.errors import UserError
-    from selfsup.launch import check_rendezvous
+    from selfsup.core.errors import UserError
+    from selfsup.engine.runtime import check_rendezvous
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -242,15 +241,15 @@ def test_port_in_use_via_the_script(tiny_data, tmp_path):
 
 
 def test_unresolvable_host_is_one_line_at_once():
-    from selfsup.errors import UserError
-    from selfsup.launch import check_rendezvous
+    from selfsup.core.errors import UserError
+    from selfsup.engine.runtime import check_rendezvous
     with pytest.raises(UserError, match="'no-such-host.invalid' cannot be resolved"):
         check_rendezvous("tcp://no-such-host.invalid:23456", 1)
 
 
 def test_corrupt_cifar_archive(tmp_path):
-    from selfsup.cifar import cifar_folder
-    from selfsup.errors import UserError
+    from selfsup.data.cifar import cifar_folder
+    from selfsup.core.errors import UserError
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b" + os.urandom(200))  # gzip magic, then junk
     with pytest.raises(UserError, match="is corrupt or truncated"):
         cifar_folder(str(tmp_path), "cifar10")
@@ -305,8 +304,8 @@ def test_fraction_refuses_a_folder_it_did_not_make(capsys, tiny_data, tmp_path):
 
 def test_skip_bad_images_replaces_and_counts(broken_data, monkeypatch, capsys):
     import torch
-    from selfsup import data as D
-    from selfsup.checks import SKIP_BAD_IMAGES_ENV
+    from selfsup.data import folders as D
+    from selfsup.core.checks import SKIP_BAD_IMAGES_ENV
     root, victim = broken_data("corrupt")
     train = os.path.join(root, "train")
     plain = D.image_folder(train, None)

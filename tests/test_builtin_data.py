@@ -4,9 +4,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from selfsup import augment
-from selfsup import gpu_augment as G
-from selfsup.builtin_data import CLASSES, make_image, prepare
+from selfsup.data import augment
+from selfsup.data import gpu_augment as G
+from selfsup.data.builtin import CLASSES, make_image, prepare
 
 
 def test_prepare_is_seeded_balanced_and_skips_a_complete_tree(tmp_path):

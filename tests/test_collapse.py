@@ -3,8 +3,8 @@ import math
 
 import torch
 
-from selfsup.collapse import TEACHER_SPREAD_WARN, embedding_spread, infonce_warning, mean_pairwise_cosine, spread_report
-from selfsup.losses import info_nce
+from selfsup.engine.collapse import TEACHER_SPREAD_WARN, embedding_spread, infonce_warning, mean_pairwise_cosine, spread_report
+from selfsup.methods.losses import info_nce
 
 
 def test_constant_embeddings_give_infonce_ln_k_plus_1_and_warn():

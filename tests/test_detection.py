@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 from selfsup.detection.convert import convert_file, convert_state_dict, rename_key
-from selfsup.errors import UserError
+from selfsup.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 DETECTION = REPO / "detection"

@@ -1,11 +1,11 @@
-"""scikit-learn's digits written as an ImageFolder tree (benchmarks/tab1_small.py --data)."""
+"""scikit-learn's digits written as an ImageFolder tree (tools/tab1_small.py --data)."""
 import os
 
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from selfsup.digits_data import prepare_digits
+from selfsup.data.digits import prepare_digits
 
 
 def test_digits_tree_holds_every_image_once_stratified_and_upscaled(tmp_path):

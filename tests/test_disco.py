@@ -1,5 +1,4 @@
 """DisCo and RKD: losses, a frozen teacher, teacher checkpoint layouts."""
-import argparse
 
 import pytest
 import torch
@@ -8,10 +7,10 @@ import torch.nn.functional as F
 
 from conftest import run
 from layouts import moco_v2_checkpoint, swav_release_state
-from selfsup.disco import DisCo, MoCoRKD
-from selfsup.errors import UserError
-from selfsup.losses import rkd_angle, rkd_distance
-from selfsup.teacher import EmbeddingTeacher, load_teacher
+from selfsup.methods.disco import DisCo, MoCoRKD
+from selfsup.core.errors import UserError
+from selfsup.methods.losses import rkd_angle, rkd_distance
+from selfsup.models.teacher import EmbeddingTeacher, load_teacher
 
 
 def tiny_net(out=8, seed=0):
@@ -187,7 +186,7 @@ def test_disco_without_teacher_is_refused(tiny_data):
 def test_teacher_bn_train_reaches_swav_teachers(tmp_path):
     path = tmp_path / "swav.pth.tar"
     torch.save(swav_release_state("resnet18", 64, prototypes=10), path)
-    from selfsup.swav import load_swav_teacher  # a small trunk in the SwAV layout keeps the test fast
+    from selfsup.models.swav import load_swav_teacher  # a small trunk in the SwAV layout keeps the test fast
     for mode, training in (("eval", False), ("train", True)):
         t = load_swav_teacher("resnet18", str(path))
         model = DisCo(tiny_net(out=128), t, dim=128, K=16, T=0.2, bn_splits=1, teacher_bn=mode).train()

@@ -5,8 +5,9 @@ import socket
 import torch
 
 from moco_scripts import main_moco
-from selfsup.launch import launch
-from selfsup.pretrain import build_moco, run_pretraining
+from selfsup.engine.runtime import launch
+from selfsup.engine.pretrain import run_pretraining
+from selfsup.methods.moco import build_moco
 
 
 def free_port():

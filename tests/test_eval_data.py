@@ -7,9 +7,9 @@ import pytest
 
 from conftest import REPO, run
 from layouts import write_cifar
-from selfsup.cifar import CIFAR
-from selfsup.errors import UserError
-from selfsup.subset import balanced_subset, class_files, split_file_subset
+from selfsup.data.cifar import CIFAR
+from selfsup.core.errors import UserError
+from selfsup.data.subset import balanced_subset, class_files, split_file_subset
 
 
 def test_balanced_subset_is_balanced_and_reproducible():

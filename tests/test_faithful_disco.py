@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from conftest import REPO, TINY_PRETRAIN, run
 from layouts import deepcluster_v2_release_state, moco_v2_checkpoint, sela_v2_release_state
-from selfsup.disco import DisCo, MoCoRKD
-from selfsup.teacher import EmbeddingTeacher, load_teacher
+from selfsup.methods.disco import DisCo, MoCoRKD
+from selfsup.models.teacher import EmbeddingTeacher, load_teacher
 
 
 def tiny_net(out=8, seed=0):
@@ -176,7 +176,7 @@ def test_default_teacher_runs_on_batch_statistics_and_keeps_its_running_ones():
 
 def test_swav_layout_teacher_runs_on_batch_statistics_by_default(tmp_path):
     from layouts import swav_release_state
-    from selfsup.swav import load_swav_teacher
+    from selfsup.models.swav import load_swav_teacher
     path = tmp_path / "swav_r18.pth.tar"
     state = swav_release_state("resnet18", 64, prototypes=10)
     for k in state:  # non-trivial running statistics, so eval and train mode differ
@@ -254,7 +254,7 @@ def test_hidden_0_writes_fc0_and_both_head_layouts_load(tmp_path, tiny_data):
     sd = ckpt["state_dict"]
     w, b = sd["module.encoder_q.fc.0.weight"], sd["module.encoder_q.fc.0.bias"]
     x = torch.randn(3, 3, 16, 16)
-    from selfsup.lincls import build_classifier, load_pretrained
+    from selfsup.engine.lincls import build_classifier, load_pretrained
     embeddings = []
     for path in (new_path, old_path):
         teacher = load_teacher("resnet18", str(path)).eval()
@@ -292,7 +292,7 @@ def test_a_moco_teacher_with_the_originals_hidden_0_head_loads(tmp_path):
 
 def test_efficientb5_is_timms_b5_with_the_originals_image_size():
     import timm
-    from selfsup.backbones import create_backbone, default_image_size
+    from selfsup.models.backbones import create_backbone, default_image_size
     model, dim = create_backbone("efficientb5")
     reference = timm.create_model("efficientnet_b5", pretrained=False)
     assert dim == reference.num_features == 2048

@@ -16,8 +16,8 @@ from PIL import Image
 
 from conftest import REPO, run
 from layouts import write_cifar
-from selfsup.errors import UserError
-from selfsup.optim import epoch_lr
+from selfsup.core.errors import UserError
+from selfsup.engine.optim import epoch_lr
 
 ELEVEN = [5, 10, 15, 20, 25, 30, 35, 40, 45, 60, 80]
 SCRIPTS = ["moco/main_lincls.py", "DisCo/main_lincls.py", "DisCo/yt_main_lincls.py", "DisCo/main_lincls_semi.py",
@@ -114,7 +114,7 @@ def test_cifar_given_schedule_halves(tmp_path):
 
 
 def test_cos_ignores_the_schedule(tmp_path):
-    # The demo's `--lr 0.05 --cos` (selfsup/demo.py): a half cosine over --epochs.
+    # The demo's `--lr 0.05 --cos` (tools/demo.py): a half cosine over --epochs.
     got = lrs(load("moco/main_lincls.py").parse_args(["--lr", "0.05", "--cos", "--epochs", "6", str(tmp_path)]))
     assert got == pytest.approx([0.05 * 0.5 * (1 + math.cos(math.pi * e / 6)) for e in range(6)], rel=1e-12)
 
@@ -123,7 +123,7 @@ def cifar_sets(tmp_path, size):
     root = tmp_path / "cifar"
     _, test, _ = write_cifar(str(root), "cifar10", n_train=10, n_test=5)
     cifar = load("DisCo/cifar_main_lincls.py")
-    from selfsup.lincls import cifar_datasets
+    from selfsup.engine.lincls import cifar_datasets
     train_set, test_set = cifar_datasets(cifar.parse_args(["--image-size", str(size), str(root)]))
     return train_set, test_set, test
 
@@ -157,8 +157,8 @@ TINY = "-a resnet18 -b 30 --image-size 16 -j 0 -p 100 --seed 0"
 
 
 def test_resume_folder_reads_its_checkpoint(tiny_data, tmp_path):
-    from selfsup.launch import launch
-    from selfsup.lincls import run_lincls
+    from selfsup.engine.runtime import launch
+    from selfsup.engine.lincls import run_lincls
     # The first run in-process (quicker); the resumed one through the command line.
     launch(run_lincls, load("moco/main_lincls.py").parse_args(
         TINY.split() + ["--epochs", "1", "--ckpt-dir", str(tmp_path / "a"), tiny_data]))

@@ -13,9 +13,10 @@ import torch
 
 from conftest import REPO, run
 from moco_scripts import main_moco
-from selfsup.errors import UserError
-from selfsup.launch import launch
-from selfsup.pretrain import build_moco, run_pretraining
+from selfsup.core.errors import UserError
+from selfsup.engine.runtime import launch
+from selfsup.engine.pretrain import run_pretraining
+from selfsup.methods.moco import build_moco
 
 FLAGS = ("-a resnet18 --mlp --aug-plus --cos --moco-t 0.2 -b 8 --moco-k 24 --image-size 16 --small-images "
          "-j 0 -p 100 --seed 3 --epochs 4")

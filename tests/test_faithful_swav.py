@@ -16,10 +16,10 @@ import torchvision.transforms as T
 from PIL import Image
 
 from conftest import REPO
-from selfsup import swav_eval
-from selfsup.errors import UserError
-from selfsup.swav import SwAVModel, official_state_dict
-from selfsup.swav_train import batch_loss, load_distill_teacher
+from selfsup.engine import swav_eval
+from selfsup.core.errors import UserError
+from selfsup.models.swav import SwAVModel, official_state_dict
+from selfsup.engine.swav_train import batch_loss, load_distill_teacher
 
 
 def _script(name):

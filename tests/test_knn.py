@@ -1,7 +1,7 @@
 """The weighted kNN probe."""
 import torch
 
-from selfsup.knn import checkpoint_knn, knn_accuracy, knn_predict
+from selfsup.analysis.knn import checkpoint_knn, knn_accuracy, knn_predict
 
 
 def clusters(n_per_class, num_classes, dim=16, spread=0.05, seed=0):
@@ -35,9 +35,11 @@ def test_votes_are_weighted_by_similarity():
 
 
 def test_checkpoint_knn_uses_the_checkpoint_weights(tiny_data, tmp_path):
-    from selfsup import augment, checkpoint as ck, data as D
+    from selfsup.data import augment
+    from selfsup.core import checkpoint as ck
+    from selfsup.data import folders as D
     from selfsup.analysis.embeddings import extract
-    from selfsup.backbones import create_backbone
+    from selfsup.models.backbones import create_backbone
     torch.manual_seed(3)
     model, _ = create_backbone("resnet18")
     path = str(tmp_path / "ck.pth.tar")

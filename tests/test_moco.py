@@ -2,8 +2,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.losses import info_nce
-from selfsup.moco import MoCo, forward_in_groups
+from selfsup.methods.losses import info_nce
+from selfsup.methods.moco import MoCo, forward_in_groups
 
 
 def tiny_encoder(dim=8):

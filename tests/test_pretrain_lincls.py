@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from moco_scripts import main_lincls, main_moco
-from selfsup import checkpoint as ck
-from selfsup.errors import UserError
-from selfsup.launch import launch
-from selfsup.lincls import run_lincls
-from selfsup.pretrain import build_moco, run_pretraining
+from selfsup.core import checkpoint as ck
+from selfsup.core.errors import UserError
+from selfsup.engine.runtime import launch
+from selfsup.engine.lincls import run_lincls
+from selfsup.engine.pretrain import run_pretraining
+from selfsup.methods.moco import build_moco
 
 PRETRAIN = ["-a", "resnet18", "--mlp", "--aug-plus", "--cos", "--moco-t", "0.2", "-b", "8", "--moco-k", "24",
             "--image-size", "16", "--small-images", "-j", "0", "-p", "100", "--seed", "3"]

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from conftest import REPO, TINY_LINCLS, TINY_PRETRAIN, reproduction_commands, run, with_overrides
+from conftest import TINY_LINCLS, TINY_PRETRAIN, reproduction_commands, run, with_overrides
 from layouts import moco_v2_checkpoint, swav_release_state, write_cifar
 
 PLACEHOLDER = "/path/to/ckpt/checkpoint_0199.pth.tar"

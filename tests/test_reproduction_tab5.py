@@ -7,7 +7,7 @@ import socket
 import torch
 
 from conftest import REPO, reproduction_commands, run, with_overrides
-from selfsup.swav import SwAVModel, official_state_dict
+from selfsup.models.swav import SwAVModel, official_state_dict
 
 COMMANDS = reproduction_commands("tab5")
 TINY_SWAV = ("--epochs 1 --batch_size 4 --size_crops 16 8 --small_images true --nmb_prototypes 30 "

@@ -15,11 +15,12 @@ import torch
 
 from conftest import REPO, run
 from moco_scripts import main_moco
-from selfsup import runstate as rs
-from selfsup.errors import UserError
-from selfsup.launch import launch
-from selfsup.pretrain import build_moco, run_pretraining
-from selfsup.progress import MetricsWriter
+from selfsup.engine import runstate as rs
+from selfsup.core.errors import UserError
+from selfsup.engine.runtime import launch
+from selfsup.engine.pretrain import run_pretraining
+from selfsup.methods.moco import build_moco
+from selfsup.engine.progress import MetricsWriter
 
 MOCO = ("-a resnet18 --mlp --aug-plus --cos --moco-t 0.2 -b 8 --moco-k 24 --image-size 16 --small-images "
         "-j 0 -p 1 --seed 3 --epochs 2")

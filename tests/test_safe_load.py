@@ -120,7 +120,7 @@ def written(tmp_path_factory):
     """Checkpoints written by the project's own scripts (in-process, one tiny
     step each): MoCo, then DisCo with it as teacher, lincls of the DisCo
     student, SwAV with its queue. Every load on the way is a default one."""
-    from selfsup.builtin_data import prepare
+    from selfsup.data.builtin import prepare
     assert os.environ.get("SELFSUP_UNSAFE_LOAD") is None
     root = tmp_path_factory.mktemp("written")
     data = str(root / "data")
@@ -142,7 +142,7 @@ def written(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["moco", "disco", "lincls", "swav", "swav queue"])
 def test_files_the_project_writes_load_by_default(written, name):
-    from selfsup.checkpoint import load_file
+    from selfsup.core.checkpoint import load_file
     path = written[name]
     # torch's own weights_only list suffices (no allow-list entry is needed)...
     plain = torch.load(path, map_location="cpu", weights_only=True)
@@ -152,7 +152,8 @@ def test_files_the_project_writes_load_by_default(written, name):
 
 
 def test_official_release_layouts_load_by_default(tmp_path):
-    from selfsup.checkpoint import load_backbone, load_file
+    from selfsup.core.checkpoint import load_file
+    from selfsup.models.encoders import load_backbone
     moco = moco_v2_checkpoint("resnet18")
     # The 2020 MoCo release predates torch 1.6's zip format: write both formats.
     torch.save(moco, tmp_path / "moco_zip.pth.tar")
@@ -190,8 +191,8 @@ def test_unsafe_load_loads_a_trusted_file_with_an_unlisted_type(tmp_path, monkey
     loaded = run(cmd + " --unsafe-load")
     assert loaded.returncode == 0 and (tmp_path / "o.pkl").exists(), loaded.stdout
     # In-process, parsing the flag sets the policy that load_file follows.
-    from selfsup import cli
-    from selfsup.checkpoint import load_file
+    from selfsup.cli import flags as cli
+    from selfsup.core.checkpoint import load_file
     args = cli.common_parser("x", lr=0.1, epochs=1, schedule=(), wd=0.0).parse_args(["--unsafe-load"])
     assert args.unsafe_load and load_file(str(path))["note"] == fractions.Fraction(1, 3)
 
@@ -199,8 +200,8 @@ def test_unsafe_load_loads_a_trusted_file_with_an_unlisted_type(tmp_path, monkey
 # -- CIFAR: a restricted unpickler ----------------------------------------------
 
 def test_cifar_reads_genuine_archives_and_refuses_a_payload(tmp_path, monkeypatch):
-    from selfsup.cifar import CIFAR
-    from selfsup.errors import UserError
+    from selfsup.data.cifar import CIFAR
+    from selfsup.core.errors import UserError
     monkeypatch.delenv("SELFSUP_UNSAFE_LOAD", raising=False)
     parts, test, folder = write_cifar(str(tmp_path), "cifar10")
     # The authors' files are protocol-2 pickles naming numpy.core.multiarray

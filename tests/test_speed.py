@@ -2,9 +2,6 @@
 the batched augmentation's distribution against torchvision's recipe, its
 pixel operations against torchvision's, JPEG decode against PIL, fp32 loss
 numerics under bf16 autocast, and tiny end-to-end runs."""
-import io
-import math
-import os
 
 import numpy as np
 import pytest
@@ -14,10 +11,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from conftest import TINY_PRETRAIN, run
-from selfsup import gpu_augment as G
-from selfsup import jpeg_data as J
-from selfsup.errors import UserError
-from selfsup.precision import Precision
+from selfsup.data import gpu_augment as G
+from selfsup.data import jpeg as J
+from selfsup.core.errors import UserError
+from selfsup.engine.precision import Precision
 
 
 # -- distribution of the random parameters -----------------------------------------
@@ -187,10 +184,10 @@ def test_worker_crops_then_batched_colour(tmp_path):
 # -- numerics under autocast --------------------------------------------------------
 def _tiny_moco(teacher=False):
     import types
-    from selfsup.disco import DisCo
-    from selfsup.moco import MoCo
-    from selfsup.pretrain import build_query_encoder
-    from selfsup.teacher import EmbeddingTeacher
+    from selfsup.methods.disco import DisCo
+    from selfsup.methods.moco import MoCo
+    from selfsup.models.encoders import build_query_encoder
+    from selfsup.models.teacher import EmbeddingTeacher
     ns = types.SimpleNamespace(arch="resnet18", small_images=True, moco_dim=16, mlp=True, hidden=-1)
     torch.manual_seed(0)
     if not teacher:

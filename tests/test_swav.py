@@ -12,9 +12,9 @@ import torch.nn as nn
 import torchvision
 
 from conftest import REPO, run
-from selfsup.errors import UserError
-from selfsup.lars import LARS
-from selfsup.swav import SwAVModel, load_swav_teacher, official_state_dict, sinkhorn, swav_loss
+from selfsup.core.errors import UserError
+from selfsup.engine.lars import LARS
+from selfsup.models.swav import SwAVModel, load_swav_teacher, official_state_dict, sinkhorn, swav_loss
 
 # Small enough for a 2-core CPU: 16/8 px crops, ResNet-18 with the small stem.
 TINY = ["--arch", "resnet18", "--small_images", "true", "--size_crops", "16", "8", "--nmb_crops", "2", "2",

@@ -1,4 +1,4 @@
-"""benchmarks/tab1_small.py: the bar plot reads the demo pipeline's rows."""
+"""tools/tab1_small.py: the bar plot reads the demo pipeline's rows."""
 import importlib.util
 import os
 
@@ -6,7 +6,7 @@ from conftest import REPO
 
 
 def load_tab1():
-    spec = importlib.util.spec_from_file_location("tab1_small", os.path.join(REPO, "benchmarks", "tab1_small.py"))
+    spec = importlib.util.spec_from_file_location("tab1_small", os.path.join(REPO, "tools", "tab1_small.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

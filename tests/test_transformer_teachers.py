@@ -15,8 +15,8 @@ import torchvision
 
 import layouts as L
 from conftest import REPO, TINY_PRETRAIN, run
-from selfsup.errors import UserError
-from selfsup.teacher import load_teacher
+from selfsup.core.errors import UserError
+from selfsup.models.teacher import load_teacher
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -142,7 +142,7 @@ def disco_args(argv):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_release_teacher_embeds_as_the_release_and_trains_a_student(name, tmp_path, tiny_data):
-    from selfsup.disco import build_disco
+    from selfsup.methods.disco import build_disco
     arch, make, reference, size, crop = CASES[name]
     torch.manual_seed(0)
     contents = make()
@@ -177,7 +177,7 @@ def test_release_teacher_embeds_as_the_release_and_trains_a_student(name, tmp_pa
 
 
 def test_vit_tiny_at_224_px_patch_16_distils_from_dino_vits16(tmp_path, tiny_data):
-    from selfsup.disco import build_disco
+    from selfsup.methods.disco import build_disco
     path = str(tmp_path / "dino_deitsmall16_pretrain.pth")
     torch.save(L.vit_state(16), path)
     args = disco_args([tiny_data, "-a", "ViT-Tiny", "--teacher_arch", "dino_vits16", "--teacher", path,
@@ -205,7 +205,7 @@ def test_other_layouts_fail_in_one_line_naming_the_keys(tmp_path):
 
 
 def test_explicit_moco_dim_must_equal_the_teacher_width(tmp_path, tiny_data):
-    from selfsup.disco import build_disco
+    from selfsup.methods.disco import build_disco
     torch.save(L.resnet50_state(), tmp_path / "dino_resnet50_pretrain.pth")
     args = disco_args([tiny_data, "-a", "resnet18", "--teacher_arch", "dino_resnet50", "--teacher",
                        str(tmp_path / "dino_resnet50_pretrain.pth"), "--moco-dim", "128", "--image-size", "32",

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from selfsup.analysis.mutual_info import mi_by_binning
-from selfsup.errors import UserError
+from selfsup.core.errors import UserError
 
 FIELDS = ("name", "bins", "I_XT", "I_TY", "H_T", "H_Y", "n_distinct", "n")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.errors import UserError, cli_main
+from selfsup.core.errors import UserError, cli_main
 
 METRICS_FILE = "metrics.csv"
 _TITLES = {"loss": "loss", "lr": "learning rate", "acc1": "top-1 (%)", "acc5": "top-5 (%)"}

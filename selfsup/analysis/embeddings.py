@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.errors import UserError
+from selfsup.core.errors import UserError
 
 EMBED_SUFFIX = "_embed.npy"
 LABELS_SUFFIX = "_labels.npy"
@@ -128,13 +128,16 @@ def export_checkpoint(arch, checkpoint, data, out_dir, name, split="val", image_
     has none). Returns (embed path, labels path, number of images, width)."""
     import torch
 
-    from selfsup import augment, checkpoint as ck, data as D
+    from selfsup.data import augment
+    from selfsup.core import checkpoint as ck
+    from selfsup.data import folders as D
+    from selfsup.models.encoders import load_backbone
 
     if image_size is None:
         meta = ck.load_file(checkpoint, "--pretrained checkpoint")
         image_size = int(meta.get("image_size", 224)) if isinstance(meta, dict) else 224
         del meta
-    model = ck.load_backbone(arch, checkpoint)
+    model = load_backbone(arch, checkpoint)
     dataset = D.image_folder(str(image_root(data, split)), augment.eval_transform(image_size))
     subset = torch.utils.data.Subset(dataset, first_per_class(dataset.targets, max_per_class).tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,

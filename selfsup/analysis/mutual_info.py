@@ -16,7 +16,7 @@ All values are in bits. I(X;T) <= log2 N and I(T;Y) <= H(Y).
 """
 import numpy as np
 
-from selfsup.errors import UserError
+from selfsup.core.errors import UserError
 
 NORMALISATIONS = ("softmax", "l2", "none")
 RANGES = ("data", "unit")

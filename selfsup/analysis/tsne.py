@@ -5,7 +5,7 @@ Everything is seeded: the same inputs and seed give the same picture.
 """
 import numpy as np
 
-from selfsup.errors import UserError
+from selfsup.core.errors import UserError
 
 
 def select_classes(labels, classes=None, num_classes=10, per_class=50, seed=0):

@@ -1,7 +1,7 @@
 """Flags of detection/train_net.py and the checks that need no detectron2 import."""
 import argparse
 
-from selfsup.errors import UserError
+from selfsup.core.errors import UserError
 
 
 def get_parser():

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from selfsup.errors import UserError
+from selfsup.core.errors import UserError
 
 # blocks per stage (layer1..layer4) -> depth, for the two block types
 _DEPTHS = {
@@ -188,10 +188,10 @@ def convert_state_dict(obj, where="checkpoint"):
 
 def load_checkpoint(path):
     """The checkpoint, read with the project's one loader: weights_only=True
-    with its allow-list, or as is under --unsafe-load (selfsup.checkpoint)."""
+    with its allow-list, or as is under --unsafe-load (selfsup.core.checkpoint)."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: checkpoint file not found")
-    from selfsup.checkpoint import load_file
+    from selfsup.core.checkpoint import load_file
     return load_file(path, "input checkpoint")
 
 

@@ -12,7 +12,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import builtin
 
-from selfsup.errors import UserError
+from selfsup.core.errors import UserError
 
 
 def dataset_root():

@@ -12,7 +12,7 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from selfsup.detection import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from selfsup.detection.cli import check_gpus, get_parser  # noqa: F401
 from selfsup.detection.data import check_datasets, dataset_root, register_builtin_datasets
-from selfsup.errors import UserError
+from selfsup.core.errors import UserError
 
 logger = logging.getLogger("selfsup.detection")
 

@@ -1,0 +1,271 @@
+"""Checkpoints in the original's layout, written atomically, and the loaders
+that hand a pretrained backbone from one script to the next.
+
+Layout (MoCo's): ``{"epoch", "arch", "state_dict", "optimizer"}`` with
+``state_dict`` keys prefixed ``module.`` (``module.encoder_q.*``,
+``module.encoder_k.*``, ``module.queue``, ...). We add ``small_images`` so a
+later script rebuilds the same stem.
+"""
+import argparse
+import glob
+import os
+import pickle
+import pickletools
+import re
+import warnings
+
+import torch
+
+from selfsup.core import distributed as du
+from selfsup.core.errors import UserError
+
+CKPT_PATTERN = re.compile(r"checkpoint_(\d+)(?:_iter(\d+))?\.pth\.tar$")
+TMP_PATTERN = re.compile(r"\.tmp(\d+)$")
+
+
+def checkpoint_name(epoch, iteration=None):
+    """checkpoint_NNNN.pth.tar after epoch NNNN; checkpoint_NNNN_iterIIIIII.pth.tar
+    for a mid-epoch checkpoint (IIIIII batches of epoch NNNN done)."""
+    return f"checkpoint_{epoch:04d}.pth.tar" if iteration is None else f"checkpoint_{epoch:04d}_iter{iteration:06d}.pth.tar"
+
+
+def remove_stale_temporaries(folder):
+    """Delete `*.tmp<PID>` files whose writer is dead (killed mid-write)."""
+    from selfsup.core.processes import pid_alive
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = TMP_PATTERN.search(name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def save_checkpoint(state, path):
+    """torch.save to a temporary file, fsync, then rename: a crash never
+    leaves a half-written checkpoint under the real name, and a writer
+    killed mid-write leaves a .tmp<PID> that the next save removes. The one
+    checkpoint writer of the project."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename makes it the checkpoint
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):  # an exception (not a kill): clean up now
+            os.remove(tmp)
+        raise
+
+
+def checkpoint_progress(path):
+    """(epochs done, batches of the next epoch done) that a checkpoint_* name says."""
+    m = CKPT_PATTERN.search(os.path.basename(path))
+    if not m:
+        return None
+    epoch = int(m.group(1))
+    return (epoch, int(m.group(2))) if m.group(2) is not None else (epoch + 1, 0)
+
+
+def run_checkpoints(folder):
+    """checkpoint_*.pth.tar files in `folder`, oldest progress first."""
+    found = [(checkpoint_progress(p), p) for p in glob.glob(os.path.join(folder, "checkpoint_*.pth.tar"))]
+    return [p for key, p in sorted(f for f in found if f[0] is not None)]
+
+
+def latest_checkpoint(folder):
+    """Path of the checkpoint_NNNN[_iterIIIIII].pth.tar in `folder` furthest
+    into the run, or None."""
+    found = run_checkpoints(folder)
+    return found[-1] if found else None
+
+
+# --unsafe-load: a process-wide policy, kept in the environment so that the
+# workers mp.spawn starts (fresh interpreters) inherit it. Only the flag's
+# action (selfsup.cli.flags.add_unsafe_load_arg) sets it.
+UNSAFE_LOAD_ENV = "SELFSUP_UNSAFE_LOAD"
+UNSAFE_HINT = "if you trust the file, rerun with --unsafe-load (see docs/safety.md)"
+
+
+def set_unsafe_load(enabled=True):
+    if enabled:
+        os.environ[UNSAFE_LOAD_ENV] = "1"
+    else:
+        os.environ.pop(UNSAFE_LOAD_ENV, None)
+
+
+def unsafe_load_enabled():
+    return os.environ.get(UNSAFE_LOAD_ENV) == "1"
+
+
+def allowed_globals():
+    """Non-tensor types a checkpoint may hold beyond torch's own weights_only
+    list (tensors, torch dtypes/devices, dict/list/tuple/set, numbers, str,
+    bytes, OrderedDict, Counter), which already covers every file this
+    project writes (MoCo/DisCo/lincls: epoch, arch, state_dict, optimizer,
+    best_acc1 float, small_images bool, image_size int, GradScaler floats;
+    SwAV: the same plus size_crops list; SwAV eval: the LR scheduler's
+    state, MultiStepLR milestones being a Counter) and the official MoCo
+    (epoch, arch, state_dict, optimizer, best_acc1 tensor) and SwAV /
+    DeepCluster-v2 files (a bare state dict; training checkpoints add apex's
+    amp state, an OrderedDict of floats and ints)."""
+    return [
+        # DINO's training checkpoints (and SwAV/MoCo forks built on its
+        # utils) store the run's flags as "args": a Namespace of plain values.
+        argparse.Namespace,
+    ]
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
+def _scan_pickle(path):
+    """('module.name' of each global the file's first pickle imports, whether
+    that pickle parsed), read with pickletools: nothing is executed. Best
+    effort (STACK_GLOBAL names are tracked through the memo), for messages."""
+    found, strings, memo, last = [], [], {}, None
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                if op.name.endswith(("UNICODE", "UNICODE8", "STRING")) and isinstance(arg, str):
+                    last = arg
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = last
+                    continue
+                elif op.name.endswith("PUT"):
+                    memo[arg] = last
+                    continue
+                elif op.name.endswith("GET"):
+                    last = memo.get(arg)
+                else:
+                    last = None
+                if last is not None:
+                    strings.append(last)
+    except Exception:  # truncated or not a pickle
+        return list(dict.fromkeys(found)), False
+    return list(dict.fromkeys(found)), True
+
+
+def _refused_globals(path, exc):
+    """(the disallowed globals that made weights_only refuse `path`, whether
+    the file is a pickle at all)."""
+    names = _GLOBAL_RE.findall(str(exc))
+    try:  # a torch.save zip: every disallowed global, not only the first
+        return sorted(set(names + torch.serialization.get_unsafe_globals_in_checkpoint(path))), True
+    except Exception:  # legacy (pre-1.6) or raw pickle: scan it ourselves
+        ok = {f"{t.__module__}.{t.__qualname__}" for t in allowed_globals()}
+        scanned, parsed = _scan_pickle(path)
+        names += [g for g in scanned if not g.startswith("torch.") and g not in ok]
+        return sorted(set(names)), parsed
+
+
+def load_file(path, what="checkpoint", unsafe=None):
+    """torch.load on CPU, with one-line errors for a missing, unreadable or
+    unsafe file.
+
+    The default loads with weights_only=True: tensors, plain Python values
+    and allowed_globals() only, so a planted pickle cannot run code. With
+    `unsafe` (default: the --unsafe-load policy) torch.load runs the file's
+    pickle as is, for files the user trusts."""
+    if not path or not os.path.isfile(path):
+        raise UserError(f"{what} '{path}' does not exist")
+    unsafe = unsafe_load_enabled() if unsafe is None else unsafe
+    try:
+        if unsafe:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(allowed_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol")  # raw pickles: we explain below
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise UserError(f"{what} '{path}' is not a readable torch checkpoint ({type(exc).__name__}: "
+                            f"{exc})") from None
+        names, is_pickle = _refused_globals(path, exc)
+        if names:
+            raise UserError(f"{what} '{path}' needs {', '.join(names)}, which is not on the allow-list of "
+                            f"checkpoint types (loading it could run code); {UNSAFE_HINT}") from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]*)", str(exc))
+        if not is_pickle:  # garbage or a truncated file: nothing to trust
+            raise UserError(f"{what} '{path}' is not a readable torch checkpoint "
+                            f"({detail.group(1).strip() if detail else 'not a pickle'})") from None
+        raise UserError(f"{what} '{path}' cannot be read with weights_only=True "
+                        f"({detail.group(1).strip() if detail else 'not a torch.save file'}); {UNSAFE_HINT}") from None
+    except Exception as exc:  # zip and EOF errors all mean the same thing here
+        raise UserError(f"{what} '{path}' is not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def state_dict_of(ckpt, path="checkpoint"):
+    """The tensor dict inside a checkpoint: its 'state_dict' (or 'model') entry,
+    or the checkpoint itself when it already is one."""
+    if isinstance(ckpt, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(ckpt.get(key), dict):
+                return ckpt[key]
+        if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+            return ckpt
+    raise UserError(f"'{path}' holds no state dict (expected a dict with 'state_dict' or a dict of tensors)")
+
+
+def strip_prefix(state_dict, prefix):
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+ENCODER_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.encoder.", "encoder.", "module.backbone.",
+                    "backbone.", "module.")
+
+
+def backbone_state(state_dict, head_name):
+    """Backbone weights from a pretraining (``module.encoder_q.*``), DisCo,
+    SwAV or linear-eval (``module.*``) state dict, without the head."""
+    for prefix in ENCODER_PREFIXES:  # most specific first
+        sub = strip_prefix(state_dict, prefix)
+        if sub:
+            break
+    else:
+        sub = dict(state_dict)
+    drop = (f"{head_name}.", "projection_head.", "prototypes.")
+    return {k: v for k, v in sub.items() if not k.startswith(drop)}
+
+
+def describe_mismatch(model_state, loaded, limit=3):
+    """A short text naming the first missing, unexpected and mis-shaped keys."""
+    missing = [k for k in model_state if k not in loaded]
+    unexpected = [k for k in loaded if k not in model_state]
+    shapes = [f"{k} {tuple(loaded[k].shape)} vs {tuple(model_state[k].shape)}"
+              for k in model_state if k in loaded and loaded[k].shape != model_state[k].shape]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (checkpoint vs model)", shapes)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{label}: {', '.join(items[:limit])}{more}")
+    return "; ".join(parts)
+
+
+def load_into(model, state, path, arch, flag="-a"):
+    """Strictly load `state` into `model`, or raise one line naming what differs."""
+    model_state = model.state_dict()
+    problem = describe_mismatch(model_state, state)
+    if problem:
+        raise UserError(f"checkpoint '{path}' does not match {flag} {arch}: {problem}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def small_images_of(ckpt, default=False):
+    return bool(ckpt.get("small_images", default)) if isinstance(ckpt, dict) else default
+
+
+def prefixed_state(model):
+    """state_dict with the ``module.`` prefix, as DDP-trained originals have."""
+    return {f"module.{k}": v for k, v in du.unwrap(model).state_dict().items()}

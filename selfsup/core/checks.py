@@ -1,0 +1,139 @@
+"""Up-front checks of flag values, so that bad input fails before any work
+with one line naming the flag and what was expected. No torch import: the
+data/ scripts use these too."""
+import os
+import re
+import socket
+import tempfile
+import urllib.parse
+
+from selfsup.core.errors import UserError
+
+# --skip-bad-images: a process-wide policy in the environment, so that
+# spawned ranks and DataLoader workers inherit it (selfsup.data.folders reads it).
+SKIP_BAD_IMAGES_ENV = "SELFSUP_SKIP_BAD_IMAGES"
+
+
+def _fmt(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def at_least(value, low, flag, what=None):
+    if value is not None and value < low:
+        raise UserError(f"{flag} {_fmt(value)}: expected {what or f'a number >= {_fmt(low)}'}")
+
+
+def positive(value, flag, what="a positive number"):
+    if value is not None and not value > 0:  # also refuses NaN
+        raise UserError(f"{flag} {_fmt(value)}: expected {what}")
+
+
+def non_negative(value, flag, what="a number >= 0"):
+    if value is not None and not value >= 0:
+        raise UserError(f"{flag} {_fmt(value)}: expected {what}")
+
+
+def learning_rate(value, flag="--lr"):
+    # torch keeps the lr as a float32 in the update: beyond its range it fails mid-step
+    if not 0 <= value <= 3.4e38:
+        raise UserError(f"{flag} {_fmt(value)}: expected a learning rate >= 0 (and finite)")
+
+
+def in_unit_interval(value, flag):
+    if value is not None and not 0 <= value <= 1:
+        raise UserError(f"{flag} {_fmt(value)}: expected a number in [0, 1]")
+
+
+def seed(value, flag="--seed"):
+    # numpy's generator takes 0 .. 2**32-1; a negative seed would fail deep inside
+    if value is not None and not 0 <= value < 2 ** 32:
+        raise UserError(f"{flag} {value}: expected an integer in [0, 2**32)")
+
+
+def output_dir(path, flag):
+    """Refuse an output folder that could not be written, before any work:
+    the path must not be a file, and it (or, while it does not exist yet, its
+    nearest existing parent) must be a folder a file can be created in. A
+    real probe file, because os.access says yes to root on read-only places."""
+    if not path:
+        raise UserError(f"{flag} '': expected a folder")
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} '{path}' is a file: expected a folder (or a path where one can be made)")
+    probe_in = path
+    while not os.path.exists(probe_in):
+        probe_in = os.path.dirname(probe_in)
+    if not os.path.isdir(probe_in):
+        raise UserError(f"{flag} '{path}': '{probe_in}' is a file, so no folder can be made there")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write_probe", dir=probe_in)
+        os.close(fd)
+        os.remove(name)
+    except OSError as exc:
+        raise UserError(f"{flag} '{path}': cannot write in '{probe_in}' ({exc.strerror or exc})") from None
+    return path
+
+
+def output_file(path, flag):
+    """An output file: not a folder, and its folder writable (output_dir)."""
+    if os.path.isdir(path):
+        raise UserError(f"{flag} '{path}' is a folder: expected a file name")
+    output_dir(os.path.dirname(os.path.abspath(path)), flag)
+    return path
+
+
+# ---- launch settings -----------------------------------------------------
+
+def parse_dist_url(url, flag="--dist-url"):
+    """(scheme, host, port) of a torch.distributed init URL; host and port are
+    None for env:// and file://. Anything else is one line, at once."""
+    expected = "expected tcp://HOST:PORT, env:// or file:///PATH"
+    parsed = urllib.parse.urlparse(url or "")
+    if parsed.scheme == "env":
+        return "env", None, None
+    if parsed.scheme == "file":
+        if not parsed.path:
+            raise UserError(f"{flag} '{url}': {expected}")
+        return "file", None, None
+    if parsed.scheme != "tcp" or not parsed.netloc:
+        raise UserError(f"{flag} '{url}': {expected}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:  # a port that is not a number or out of range
+        host, port = None, None
+    if not host or port is None or not 0 < port < 65536 or not re.fullmatch(r"/?", parsed.path or ""):
+        raise UserError(f"{flag} '{url}': {expected} (port 1-65535)")
+    return "tcp", host, port
+
+
+def resolve_host(host, flag="--dist-url"):
+    """The host's address, or one line: an unknown name would otherwise make
+    every rank retry until the rendezvous times out."""
+    try:
+        return socket.getaddrinfo(host, None)[0][4][0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"{flag}: host '{host}' cannot be resolved ({exc}); give the rank-0 node's name "
+                        "or address") from None
+
+
+def is_local_address(address):
+    """Whether `address` belongs to this machine (the rank-0 store binds there)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
+
+
+def port_free(port, flag="--dist-url"):
+    """Refuse a port that something already listens on, before the rank-0
+    store tries to bind it (torch would raise a long error, or wait). The
+    store binds every interface, so the probe does too."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the store does: TIME_WAIT is fine
+        try:
+            s.bind(("", port))
+        except OSError as exc:
+            raise UserError(f"{flag}: port {port} is in use ({exc.strerror or exc}); "
+                            "pick another port") from None

@@ -1,0 +1,47 @@
+"""torch.distributed helpers that also work when no process group exists."""
+import torch
+import torch.nn as nn
+import torch.distributed as dist
+
+
+def is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size():
+    return dist.get_world_size() if is_dist() else 1
+
+
+def rank():
+    return dist.get_rank() if is_dist() else 0
+
+
+def is_main_process():
+    return rank() == 0
+
+
+@torch.no_grad()
+def concat_all_gather(tensor):
+    """All ranks' `tensor` concatenated on dim 0 (no gradient flows back)."""
+    if world_size() == 1:
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+def all_reduce_mean(tensor):
+    if world_size() == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor / world_size()
+
+
+def barrier():
+    if is_dist():
+        dist.barrier()
+
+
+def unwrap(model):
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

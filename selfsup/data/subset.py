@@ -1,0 +1,68 @@
+"""Labelled fractions of an ImageFolder train set (semi-supervised Fig5).
+
+SimCLR published the 1% and 10% ImageNet subsets as lists of file names
+(1percent.txt, 10percent.txt, one `n01440764_10026.JPEG` a line); with such a
+file the subset is exactly that list. Without one, a seeded class-balanced
+subset takes ceil(ratio% of each class) images."""
+import math
+import os
+import random
+import shutil
+
+from selfsup.data.folders import check_image_folder
+from selfsup.core.errors import UserError
+
+
+def class_files(root):
+    check_image_folder(root, "source train folder")
+    out = {}
+    for c in sorted(e.name for e in os.scandir(root) if e.is_dir()):
+        out[c] = sorted(f for f in os.listdir(os.path.join(root, c)) if not f.startswith("."))
+    return out
+
+
+def balanced_subset(files_by_class, ratio, seed=0):
+    """{class: chosen files}: ceil(ratio/100 * n) per class, seeded."""
+    if not 0 < ratio <= 100:
+        raise UserError(f"--ratio {ratio}: expected a percentage in (0, 100]")
+    rng = random.Random(seed)
+    chosen = {}
+    for c, files in files_by_class.items():
+        k = max(1, math.ceil(len(files) * ratio / 100))
+        chosen[c] = sorted(rng.sample(files, k))
+    return chosen
+
+
+def split_file_subset(files_by_class, split_file):
+    """{class: files} named by a SimCLR split file (class = name before '_')."""
+    if not os.path.isfile(split_file):
+        raise UserError(f"--split-file '{split_file}' does not exist")
+    wanted = [line.strip() for line in open(split_file) if line.strip()]
+    chosen, missing = {}, []
+    for name in wanted:
+        c = name.split("_")[0]
+        if name in files_by_class.get(c, ()):
+            chosen.setdefault(c, []).append(name)
+        else:
+            missing.append(name)
+    if missing:
+        raise UserError(f"--split-file '{split_file}' names {len(missing)} files not in the source "
+                        f"(first: {missing[0]})")
+    return chosen
+
+
+def write_subset(source, out, chosen, link=False):
+    """Copy (or symlink) the chosen files into `out`/<class>/."""
+    n = 0
+    for c, files in chosen.items():
+        os.makedirs(os.path.join(out, c), exist_ok=True)
+        for f in files:
+            src, dst = os.path.join(source, c, f), os.path.join(out, c, f)
+            if os.path.lexists(dst):
+                continue
+            if link:
+                os.symlink(os.path.abspath(src), dst)
+            else:
+                shutil.copy2(src, dst)
+            n += 1
+    return n

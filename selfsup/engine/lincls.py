@@ -1,0 +1,322 @@
+"""Linear evaluation: a frozen pretrained backbone and a trained linear classifier.
+
+Used by moco/main_lincls.py, DisCo/main_lincls.py, yt_main_lincls.py,
+main_lincls_semi.py and cifar_main_lincls.py, which differ only in their
+default schedule and in where the images come from (`build_datasets`).
+"""
+import os
+import time
+
+import torch
+import torch.nn as nn
+
+from selfsup.data import augment
+from selfsup.core import checkpoint as ck
+from selfsup.data import folders as D
+from selfsup.core import distributed as du
+from selfsup.engine import runstate as rs
+from selfsup.models.backbones import create_backbone, set_head
+from selfsup.data.cifar import CIFAR
+from selfsup.core.errors import UserError
+from selfsup.engine.optim import epoch_lr, set_lr
+from selfsup.engine.precision import Precision
+from selfsup.core.checkpoint import prefixed_state
+from selfsup.engine.runstate import seed_everything
+from selfsup.core.distributed import unwrap
+from selfsup.engine.progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
+from selfsup.data.subset import balanced_subset
+
+
+def imagefolder_datasets(args):
+    """(train, val) ImageFolder datasets from args.data/train and args.data/val;
+    with ``args.label`` (percent) the train set is a class-balanced subset."""
+    train = D.image_folder(D.split_folder(args.data, "train"), augment.linear_train_transform(args.image_size))
+    val = D.image_folder(D.split_folder(args.data, "val"), augment.eval_transform(args.image_size))
+    if train.classes != val.classes:
+        raise UserError(f"'{args.data}/train' and '{args.data}/val' have different class folders")
+    if getattr(args, "label", None):
+        by_class = {}
+        for path, target in train.samples:
+            by_class.setdefault(target, []).append(path)
+        chosen = balanced_subset(by_class, args.label, seed=args.seed or 0)
+        train.samples = [(p, t) for t in sorted(chosen) for p in chosen[t]]
+        train.targets = [t for _, t in train.samples]
+        train.imgs = train.samples
+    return train, val
+
+
+def cifar_datasets(args):
+    """(train, test) CIFAR-10/100 from the python archives in args.data, resized
+    with bicubic interpolation as the original (orig:DisCo/cifar_main_lincls.py:297-337)."""
+    bicubic = augment.T.InterpolationMode.BICUBIC
+    train = CIFAR(args.data, args.dataset, train=True,
+                  transform=augment.linear_train_transform(args.image_size, bicubic))
+    test = CIFAR(args.data, args.dataset, train=False, transform=augment.resize_transform(args.image_size, bicubic))
+    return train, test
+
+
+def build_classifier(arch, num_classes, small_images):
+    """Backbone with a fresh linear classifier: weight N(0, 0.01), bias 0."""
+    model, feat_dim = create_backbone(arch, small_images)
+    head = nn.Linear(feat_dim, num_classes)
+    nn.init.normal_(head.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(head.bias)
+    return set_head(model, head)
+
+
+def load_pretrained(model, path, arch):
+    """Backbone weights of a pretraining checkpoint into `model`; only the
+    classifier may be left missing."""
+    ckpt = ck.load_file(path, "--pretrained checkpoint")
+    state = ck.backbone_state(ck.state_dict_of(ckpt, path), model.head_name)
+    head = model.head_name
+    expected = {k for k in model.state_dict() if not k.startswith(f"{head}.")}
+    problem = ck.describe_mismatch({k: v for k, v in model.state_dict().items() if k in expected}, state)
+    if problem:
+        saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
+        hint = f" (it was trained as '{saved}')" if saved and saved != arch else ""
+        raise UserError(f"--pretrained '{path}' does not match -a {arch}{hint}: {problem}")
+    result = model.load_state_dict(state, strict=False)
+    assert set(result.missing_keys) == {f"{head}.weight", f"{head}.bias"}, result.missing_keys
+    return {k: v.clone() for k, v in state.items()}
+
+
+def freeze_backbone(model):
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith(f"{model.head_name}.")
+
+
+def sanity_check(model, pretrained_state, path):
+    """The frozen weights must equal the pretrained ones after training."""
+    current = model.state_dict()
+    for k, v in pretrained_state.items():
+        if "num_batches_tracked" in k:
+            continue
+        if not torch.equal(current[k].cpu(), v.cpu()):
+            raise RuntimeError(f"frozen weight {k} changed during linear evaluation of '{path}'")
+    print("=> sanity check passed: the backbone is unchanged", flush=True)
+
+
+# Flags that define a linear evaluation (stored as "run", compared on resume).
+RUN_KEYS = ("arch", "lr", "momentum", "weight_decay", "schedule", "gamma", "cos", "batch_size", "world_size",
+            "image_size", "small_images", "seed", "precision", "channels_last", "label", "dataset")
+RUN_OUTPUTS = ("checkpoint.pth.tar", "model_best.pth.tar", "metrics.csv", "tb")
+
+
+def lincls_resume_path(args):
+    """--resume as given; by default (None) --ckpt-dir's checkpoint.pth.tar
+    when there is one, so rerunning a command resumes it."""
+    if args.resume is not None:
+        return args.resume or None
+    if args.evaluate:  # -e reads only what --resume/--pretrained name
+        return None
+    path = os.path.join(args.ckpt_dir, "checkpoint.pth.tar")
+    found = os.path.isfile(path)
+    if du.is_main_process():
+        print(f"=> resuming from '{path}' (--resume '' starts from scratch)" if found
+              else f"=> no checkpoint found at '{args.ckpt_dir}': starting from scratch", flush=True)
+    return path if found else None
+
+
+def run_lincls(args, build_datasets=imagefolder_datasets):
+    if args.evaluate:
+        return _lincls(args, build_datasets)
+    with rs.owned_run(args.ckpt_dir):
+        return _lincls(args, build_datasets)
+
+
+def _lincls(args, build_datasets):
+    if args.seed is not None:
+        seed_everything(args.seed + args.rank)
+    main = du.is_main_process()
+    train_set, val_set = build_datasets(args)
+    num_classes = len(train_set.classes)
+    small = args.small_images
+    if small is None:
+        small = ck.small_images_of(ck.load_file(args.pretrained, "--pretrained checkpoint")) if args.pretrained else False
+    args.small_images = bool(small)
+    model = build_classifier(args.arch, num_classes, small)
+    pretrained_state = None
+    if args.pretrained:
+        if main:
+            print(f"=> loading pretrained backbone from '{args.pretrained}'", flush=True)
+        pretrained_state = load_pretrained(model, args.pretrained, args.arch)
+    freeze_backbone(model)
+    prec = Precision.from_args(args)
+    model = prec.model(model.to(args.device))
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if args.device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(params) == 2, "only the classifier's weight and bias are trained"
+    optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    criterion = nn.CrossEntropyLoss()
+    identity = rs.run_identity(args, RUN_KEYS, ("pretrained",))
+
+    best_acc1, mid = 0.0, None
+    resume = lincls_resume_path(args)
+    if not args.evaluate and main:
+        ck.remove_stale_temporaries(args.ckpt_dir)
+        if not (resume and os.path.dirname(os.path.abspath(resume)) == os.path.abspath(args.ckpt_dir)):
+            rs.archive_previous_run(args.ckpt_dir, RUN_OUTPUTS)  # another run's results are not ours
+    du.barrier()
+    if resume:
+        ckpt = ck.load_file(resume, "--resume checkpoint")
+        if not args.evaluate:
+            hint = ("use another --ckpt-dir, or --resume '' to start from scratch" if args.resume is None
+                    else "resume with the flags of that run, or leave out --resume")
+            # An explicit --resume may change the schedule (the original allowed it); a rerun may not.
+            checked = identity if args.resume is None else {k: v for k, v in identity.items()
+                                                            if k not in rs.SCHEDULE_KEYS}
+            rs.check_identity(ckpt.get("run"), checked, resume, hint, rs.moco_flag_name)
+        ck.load_into(unwrap(model), ck.strip_prefix(ck.state_dict_of(ckpt, resume), "module."),
+                     resume, args.arch)
+        if "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        args.start_epoch, best_acc1 = int(ckpt.get("epoch", 0)), float(ckpt.get("best_acc1", 0.0))
+        if ckpt.get("iteration") is not None:
+            mid = {"sampler": ckpt["sampler"], "rng": ckpt["rng"]}
+        if main:
+            where = f", iteration {ckpt['iteration']}" if mid else ""
+            print(f"=> resumed '{resume}' (epoch {args.start_epoch}{where})", flush=True)
+
+    train_loader = D.make_loader(train_set, args.batch_size, args.workers, shuffle=True, drop_last=False,
+                                 distributed=args.distributed, seed=args.seed)
+    val_loader = D.make_loader(val_set, args.batch_size, args.workers, shuffle=False, drop_last=False,
+                               distributed=False)
+    if args.evaluate:
+        acc1, acc5, _ = validate(val_loader, model, criterion, args, prec)
+        return {"acc1": acc1, "acc5": acc5}
+
+    metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
+    last = os.path.join(args.ckpt_dir, "checkpoint.pth.tar")
+
+    def state(epoch, **extra):
+        return {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state(model), "best_acc1": best_acc1,
+                "optimizer": optimizer.state_dict(), "small_images": bool(small), "image_size": args.image_size,
+                "run": identity, **extra}
+
+    def save_mid(epoch, i):
+        rng = rs.gather_objects(rs.capture_rng())
+        if main:
+            ck.save_checkpoint(state(epoch, iteration=i, sampler=train_loader.position(i), rng=rng), last)
+        return last
+
+    train_loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
+    acc1 = acc5 = 0.0
+    for epoch in range(args.start_epoch, args.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        if mid is not None:  # continue a mid-epoch checkpoint exactly
+            train_loader.resume_at(mid["sampler"])
+            rs.restore_rng(mid["rng"][args.rank])
+            mid = None
+        elif args.seed is not None:  # per-epoch seeds: a run resumed at an epoch repeats its batches
+            seed_everything(args.seed + 1000 * epoch + args.rank)
+        lr = epoch_lr(args.lr, epoch, args.epochs, getattr(args, "cos", False), args.schedule, args.gamma)
+        set_lr(optimizer, lr)
+        train_loss, train_acc1 = train_one_epoch(train_loader, model, criterion, optimizer, epoch, args, prec)
+        acc1, acc5, val_loss = validate(val_loader, model, criterion, args, prec)
+        is_best = acc1 > best_acc1
+        best_acc1 = max(acc1, best_acc1)
+        if main:
+            metrics.write(epoch, lr=lr, loss=train_loss, train_acc1=train_acc1, val_loss=val_loss,
+                          acc1=acc1, acc5=acc5, best_acc1=best_acc1)
+            ck.save_checkpoint(state(epoch + 1), last)
+            if is_best:
+                ck.save_checkpoint(state(epoch + 1), os.path.join(args.ckpt_dir, "model_best.pth.tar"))
+            if epoch == args.start_epoch and pretrained_state is not None:
+                sanity_check(unwrap(model), pretrained_state, args.pretrained)
+        if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
+            rs.announce_stop(last, epoch)
+    if main:
+        metrics.close()
+        print(f"=> best Acc@1 {best_acc1:.3f}", flush=True)
+    return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc1}
+
+
+def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None):
+    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
+    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1, top5], prefix=f"Epoch: [{epoch}]")
+    # eval(): BatchNorm keeps the pretrained statistics while the classifier trains.
+    prec = prec or Precision()
+    model.eval()
+    end = time.time()
+    for i, (images, target) in enumerate(loader):
+        data_time.update(time.time() - end)
+        images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
+        with prec.autocast():
+            output = model(prec.inputs(images)).float()
+        loss = criterion(output, target)
+        # Before the step, so the classifier keeps its last finite weights; under DDP every rank stops together.
+        rs.check_finite(loss, epoch, i, "lower --lr", args.ckpt_dir, args.device)
+        optimizer.zero_grad(set_to_none=True)
+        prec.backward_step(loss, optimizer)
+        record(losses, top1, top5, loss, output, target)
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
+            progress.display(i)
+    D.report_skipped(loader.dataset, epoch)
+    return losses.avg, top1.avg
+
+
+def record(losses, top1, top5, loss, output, target):
+    """Add one batch's loss and top-1/top-5 to the running meters."""
+    acc1, acc5 = accuracy(output, target, topk=(1, 5))
+    n = target.shape[0]
+    losses.update(loss.item(), n)
+    top1.update(acc1.item(), n)
+    top5.update(acc5.item(), n)
+
+
+@torch.no_grad()
+def validate(loader, model, criterion, args, prec=None):
+    """Top-1/top-5 on the whole validation set (every rank evaluates all of it)."""
+    batch_time = AverageMeter("Time", ":6.3f")
+    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    progress = ProgressMeter(len(loader), [batch_time, losses, top1, top5], prefix="Test: ")
+    net = unwrap(model)
+    net.eval()
+    prec = prec or Precision()
+    end = time.time()
+    for i, (images, target) in enumerate(loader):
+        images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
+        with prec.autocast():
+            output = net(prec.inputs(images)).float()
+        loss = criterion(output, target)
+        if not torch.isfinite(loss):  # the last step made the weights non-finite: no accuracy, no model_best
+            raise UserError(f"validation loss became {loss.item()}: the classifier's weights are not finite; "
+                            "lower --lr (checkpoints already written are unchanged)")
+        record(losses, top1, top5, loss, output, target)
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
+            progress.display(i)
+    if du.is_main_process():
+        print(f" * Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}", flush=True)
+    return top1.avg, top5.avg, losses.avg
+
+
+def lincls_script(description, lr=30.0, schedule=(60, 80), gamma=0.1, build_datasets=imagefolder_datasets,
+                  extra_args=None, check=None):
+    """(parse_args, main) of a linear-evaluation script: the scripts differ
+    only in their defaults, extra flags and where the images come from."""
+    import functools
+
+    from selfsup.cli import flags as cli
+    from selfsup.core.errors import cli_main
+    from selfsup.engine.runtime import launch
+
+    def parse_args(argv=None):
+        p = cli.lincls_parser(description, lr=lr, schedule=schedule, gamma=gamma)
+        if extra_args:
+            extra_args(p)
+        args = cli.finish_lincls(p.parse_args(argv))
+        return check(args) if check else args
+
+    @cli_main
+    def main(argv=None):
+        launch(functools.partial(run_lincls, build_datasets=build_datasets), parse_args(argv))
+
+    return parse_args, main

@@ -1,0 +1,264 @@
+"""The pretraining loop shared by MoCo-v2, DisCo and MoCo+RKD.
+
+A method is a module whose ``forward(im_q, im_k)`` returns a dict with
+``loss`` (what is optimised), ``logits``/``labels`` (for the contrastive
+accuracy) and optionally more ``loss_*`` terms to log. Everything else
+(processes, data, optimiser, schedule, checkpoints, resume, logs) is here.
+"""
+import os
+import time
+
+import torch
+import torch.nn as nn
+
+from selfsup.data import augment
+from selfsup.core import checkpoint as ck
+from selfsup.engine import collapse
+from selfsup.data import folders as D
+from selfsup.core import distributed as du
+from selfsup.engine import runstate as rs
+from selfsup.engine.runstate import seed_everything
+from selfsup.core.checkpoint import prefixed_state
+from selfsup.core.distributed import unwrap
+from selfsup.core.errors import UserError
+from selfsup.engine.optim import epoch_lr, set_lr
+from selfsup.engine.precision import Precision
+from selfsup.engine.progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
+
+
+def resume_path(args):
+    if getattr(args, "resume_ckpt", False):
+        path = ck.latest_checkpoint(args.ckpt_dir)
+        if path is None and du.is_main_process():
+            print(f"=> --resume-ckpt: no checkpoint in '{args.ckpt_dir}', starting from scratch", flush=True)
+        return path
+    if args.resume is None:  # moco/main_moco.py's default: the run's own folder, as the original's ./ckpt
+        path = ck.latest_checkpoint(args.ckpt_dir)
+        if du.is_main_process():
+            print(f"=> resuming from the newest checkpoint in '{args.ckpt_dir}' (--resume '' starts from scratch)"
+                  if path else f"=> no checkpoint found at '{args.ckpt_dir}': starting from scratch", flush=True)
+        return path
+    if args.resume and os.path.isdir(args.resume):
+        path = ck.latest_checkpoint(args.resume)
+        if path is None:
+            raise UserError(f"--resume '{args.resume}' is a folder without checkpoint_NNNN.pth.tar files")
+        return path
+    return args.resume or None
+
+
+def pretrain_loader(args):
+    """Two-view loader of args.data/train: PIL + torchvision in the workers
+    (the original's path), or with --gpu-aug files read by the workers and
+    decoded and augmented in batches on args.device (selfsup.data.jpeg)."""
+    train_dir = D.split_folder(args.data, "train")
+    if getattr(args, "gpu_aug", False):
+        from selfsup.data.gpu_augment import moco_spec
+        from selfsup.data.jpeg import two_view_loader
+        return two_view_loader(train_dir, moco_spec(args.aug_plus, args.image_size), args.batch_size,
+                               args.workers, args.device, distributed=args.distributed, seed=args.seed,
+                               decode=getattr(args, "gpu_aug_decode", "gpu"))
+    dataset = D.image_folder(train_dir, augment.TwoCropsTransform(
+        augment.pretrain_transform(args.aug_plus, args.image_size)))
+    return D.make_loader(dataset, args.batch_size, args.workers, shuffle=True, drop_last=True,
+                         distributed=args.distributed, seed=args.seed)
+
+
+# The flags that define a pretraining run (stored as the checkpoint's "run",
+# compared on resume). Not --epochs (a finished run may be extended), nor
+# paths, workers or print frequency (they do not change what is computed).
+RUN_KEYS = ("method", "arch", "moco_dim", "moco_k", "moco_m", "moco_t", "mlp", "hidden", "aug_plus", "image_size",
+            "small_images", "batch_size", "world_size", "bn_splits", "lr", "momentum", "weight_decay", "cos",
+            "schedule", "gamma", "seed", "precision", "channels_last", "gpu_aug", "teacher_arch", "nmb_prototypes",
+            "teacher_bn", "mse_reduction", "only_mse", "use_mse", "rkd_dist_weight", "rkd_angle_weight", "rkd_views")
+RUN_FILES = ("teacher",)
+# What a fresh run moves aside when the folder holds another run's files.
+RUN_OUTPUTS = ("metrics.csv", "tb")
+
+
+def run_identity(args):
+    return rs.run_identity(args, RUN_KEYS, RUN_FILES)
+
+
+def resume(model, optimizer, path, args, prec=None):
+    """Load model, queue, optimizer and scaler state after checking that the
+    checkpoint's run had the same flags; returns (epoch to start at, the
+    mid-epoch state or None)."""
+    ckpt = ck.load_file(path, "--resume checkpoint")
+    hint = ("use another --ckpt-dir, or --resume '' to start from scratch" if args.resume is None
+            else "resume with the flags of that run, or start from scratch without --resume")
+    if ckpt.get("arch") not in (None, args.arch):
+        raise UserError(f"--resume '{path}' holds arch '{ckpt.get('arch')}', not -a {args.arch}"
+                        f"{'; ' + hint if args.resume is None else ''}")
+    identity = run_identity(args)
+    if args.resume:  # an explicit --resume may change the schedule (the original allowed it); a rerun may not
+        identity = {k: v for k, v in identity.items() if k not in rs.SCHEDULE_KEYS}
+    rs.check_identity(ckpt.get("run"), identity, path, hint, rs.moco_flag_name)
+    state = ck.strip_prefix(ck.state_dict_of(ckpt, path), "module.")
+    ck.load_into(unwrap(model), state, path, args.arch)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if prec is not None:
+        prec.load_state_dict(ckpt.get("scaler"))
+    mid = None
+    if ckpt.get("iteration") is not None:
+        mid = {"iteration": int(ckpt["iteration"]), "sampler": ckpt["sampler"], "rng": ckpt["rng"]}
+    if du.is_main_process():
+        where = f", iteration {mid['iteration']}" if mid else ""
+        print(f"=> loaded checkpoint '{path}' (epoch {ckpt['epoch']}{where})", flush=True)
+    return int(ckpt["epoch"]), mid
+
+
+@torch.no_grad()
+def teacher_spread_line(model, args, n=256):
+    """How spread out the frozen teacher's embeddings of `n` training images
+    are (eval transform, every k-th image), in the BN mode it trains in."""
+    dataset = D.image_folder(D.split_folder(args.data, "train"), augment.eval_transform(args.image_size))
+    step = max(1, len(dataset) // n)
+    images = torch.stack([dataset[i][0] for i in range(0, len(dataset), step)][:n]).to(args.device)
+    model.train()  # DistilledMoCo.train puts the teacher in its --teacher-bn mode
+    spread = collapse.embedding_spread(model.embed_teacher, images, batch_size=args.batch_size)
+    return collapse.spread_report(spread, images.shape[0])
+
+
+def in_folder(path, folder):
+    return bool(path) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(folder)
+
+
+def prepare_folder(args, path):
+    """Rank 0: stale temporaries out; a run that does not continue this
+    folder's checkpoints moves the folder's previous files aside."""
+    if du.is_main_process():
+        ck.remove_stale_temporaries(args.ckpt_dir)
+        if not in_folder(path, args.ckpt_dir):
+            old = [os.path.basename(p) for p in ck.run_checkpoints(args.ckpt_dir)]
+            rs.archive_previous_run(args.ckpt_dir, old + list(RUN_OUTPUTS))
+    du.barrier()
+
+
+def prune(folder, keep):
+    """Only the newest checkpoint stays, as the original (which deleted the
+    previous epoch's); mid-epoch ones are superseded by any later one."""
+    for old in ck.run_checkpoints(folder):
+        if old != keep and ck.checkpoint_progress(old) < ck.checkpoint_progress(keep):
+            os.remove(old)
+
+
+def run_pretraining(args, build_model):
+    """Worker body (one per process): train `build_model(args)` on args.data/train."""
+    with rs.owned_run(args.ckpt_dir):
+        return _pretrain(args, build_model)
+
+
+def _pretrain(args, build_model):
+    if args.seed is not None:
+        seed_everything(args.seed + args.rank)
+    if args.small_images is None:
+        args.small_images = False
+    args.method = getattr(build_model, "__name__", type(build_model).__name__)
+    main = du.is_main_process()
+    if main:
+        print(f"=> creating model '{args.arch}' on {args.device}"
+              f"{f' ({args.world_size} processes)' if args.distributed else ''}", flush=True)
+    prec = Precision.from_args(args)
+    model = prec.model(build_model(args).to(args.device))
+    if main and (prec.dtype is not None or prec.channels_last or getattr(args, "gpu_aug", False)):
+        print(f"=> precision {prec.name}{', GPU data pipeline' if getattr(args, 'gpu_aug', False) else ''}",
+              flush=True)
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if args.device.type == "cuda" else None,
+            find_unused_parameters=getattr(model, "find_unused_parameters", False))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+    path = resume_path(args)
+    prepare_folder(args, path)
+    mid = None
+    if path:
+        args.start_epoch, mid = resume(model, optimizer, path, args, prec)
+
+    loader = pretrain_loader(args)
+    metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
+    identity = run_identity(args)
+
+    def state(epoch, **extra):
+        return {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state(model),
+                "optimizer": optimizer.state_dict(), "small_images": bool(args.small_images),
+                "image_size": args.image_size, "run": identity,
+                **({"scaler": prec.state_dict()} if prec.scaler.is_enabled() else {}), **extra}
+
+    def save_mid(epoch, i):
+        rng = rs.gather_objects(rs.capture_rng())
+        name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch, i))
+        if main:
+            ck.save_checkpoint(state(epoch, iteration=i, sampler=loader.position(i), rng=rng), name)
+            prune(args.ckpt_dir, name)
+        return name
+
+    if main and hasattr(unwrap(model), "teacher") and args.start_epoch == 0:
+        print(teacher_spread_line(unwrap(model), args), flush=True)
+
+    if hasattr(loader, "hook"):  # not the --gpu-aug loader: no mid-epoch checkpoints there
+        loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
+    for epoch in range(args.start_epoch, args.epochs):
+        loader.sampler.set_epoch(epoch)
+        if mid is not None:  # continue a mid-epoch checkpoint exactly: its batch, its RNG states
+            loader.resume_at(mid["sampler"])
+            rs.restore_rng(mid["rng"][args.rank])
+            mid = None
+        elif args.seed is not None:  # per-epoch seeds make a resumed run repeat the same batches
+            seed_everything(args.seed + 1000 * epoch + args.rank)
+        lr = epoch_lr(args.lr, epoch, args.epochs, args.cos, args.schedule, args.gamma)
+        set_lr(optimizer, lr)
+        stats = train_one_epoch(loader, model, optimizer, epoch, args, prec)
+        warning = collapse.infonce_warning(stats.get("loss_nce", stats["loss"]), args.moco_k, epoch)
+        if main and warning:
+            print(warning, flush=True)
+        name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch))
+        if main:
+            metrics.write(epoch, lr=lr, **stats)  # first: a kill between the two redoes this epoch's row
+            ck.save_checkpoint(state(epoch + 1), name)
+            prune(args.ckpt_dir, name)
+        if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
+            rs.announce_stop(name, epoch)
+    if main:
+        metrics.close()
+        print(f"=> done: {os.path.join(args.ckpt_dir, ck.checkpoint_name(args.epochs - 1))}", flush=True)
+    return unwrap(model)
+
+
+def train_one_epoch(loader, model, optimizer, epoch, args, prec=None):
+    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
+    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    extra = {}
+    progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1, top5], prefix=f"Epoch: [{epoch}]")
+    prec = prec or Precision()
+    model.train()
+    start = end = time.time()
+    for i, (images, _) in enumerate(loader, getattr(loader, "start", 0)):  # i: the batch's index in the epoch
+        data_time.update(time.time() - end)
+        im_q = prec.inputs(images[0].to(args.device, non_blocking=True))
+        im_k = prec.inputs(images[1].to(args.device, non_blocking=True))
+        with prec.autocast():  # the forward only; the losses inside cast to fp32
+            out = model(im_q, im_k)
+        loss = out["loss"]
+        rs.check_finite(loss, epoch, i, "lower --lr", args.ckpt_dir, args.device)
+        optimizer.zero_grad(set_to_none=True)
+        prec.backward_step(loss, optimizer)
+
+        n = im_q.shape[0]
+        acc1, acc5 = accuracy(out["logits"], out["labels"], topk=(1, 5))
+        losses.update(loss.item(), n)
+        top1.update(acc1.item(), n)
+        top5.update(acc5.item(), n)
+        for key, value in out.items():
+            if key.startswith("loss_"):
+                extra.setdefault(key, AverageMeter(key, ":.4e")).update(float(value), n)
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
+            progress.meters = [batch_time, data_time, losses, *extra.values(), top1, top5]
+            progress.display(i)
+    seconds = time.time() - start
+    pairs = len(loader) * loader.batch_size * du.world_size()  # a resumed epoch: all of it
+    return {"loss": losses.avg, **{k: m.avg for k, m in extra.items()}, "acc1": top1.avg, "acc5": top5.avg,
+            "epoch_time": seconds, "pairs_per_s": pairs / seconds if seconds > 0 else 0.0}

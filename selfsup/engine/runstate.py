@@ -1,0 +1,373 @@
+"""What makes a run folder safe to kill and to share (docs/resume.md):
+
+- RunLock: one run per folder; the lock file holds pid, host and the pid's
+  start time, so the lock of a dead (or recycled) pid is taken over;
+- run identity: the flags that define a run, stored in its checkpoints and
+  compared when a rerun would resume one;
+- pre-emption: SIGTERM/SIGUSR1 only set a flag; the training loop saves at
+  the next iteration boundary and exits 0;
+- RNG states of every rank, and agreement between DDP ranks on a flag.
+"""
+import contextlib
+import os
+import random
+import socket
+import sys
+
+import numpy as np
+import torch
+
+from selfsup.core import distributed as du
+from selfsup.core.errors import UserError
+from selfsup.core.processes import (install_signal_handlers, pid_alive, pid_start_time,  # noqa: F401
+                                    restore_signal_handlers, stop_signal)
+
+LOCK_NAME = "run.lock"
+
+
+def _me():
+    return f"{os.getpid()} {socket.gethostname()} {pid_start_time(os.getpid())}"
+
+
+class RunLock:
+    """`<folder>/run.lock`, created exclusively. `flag` names the folder's
+    option in messages (--ckpt-dir, --dump_path)."""
+
+    def __init__(self, folder, flag="--ckpt-dir"):
+        self.folder, self.flag = folder, flag
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.held = False
+
+    def _holder(self):
+        try:
+            with open(self.path) as f:
+                parts = f.read().split()
+        except FileNotFoundError:
+            return None
+        pid = int(parts[0]) if parts and parts[0].isdigit() else None
+        host = parts[1] if len(parts) > 1 else "?"
+        start = parts[2] if len(parts) > 2 else "None"
+        return pid, host, start
+
+    def _is_live(self, holder):
+        pid, host, start = holder
+        if pid is None:
+            return False  # an empty or garbled lock: a writer died mid-write
+        if host != socket.gethostname():
+            return True  # cannot look at another machine's processes
+        if pid == os.getpid():
+            return False  # ours, left by an earlier run in this process
+        if not pid_alive(pid):
+            return False
+        now = pid_start_time(pid)
+        return start in ("None", None) or now is None or now == start
+
+    def acquire(self):
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{self.flag} '{self.folder}' cannot be created ({exc.strerror})") from None
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:
+                    continue  # released meanwhile
+                if self._is_live(holder):
+                    pid, host, _ = holder
+                    raise UserError(f"{self.flag} '{self.folder}' is in use by another run (pid {pid} on {host}, "
+                                    f"{self.path}): wait for it or use another {self.flag}; if no run is "
+                                    "using it, delete the lock file") from None
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                if holder[0] != os.getpid():
+                    print(f"=> took over the stale lock of pid {holder[0]} in '{self.folder}'", flush=True)
+                continue
+            except OSError as exc:
+                raise UserError(f"{self.flag} '{self.folder}' is not writable ({exc.strerror})") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(_me() + "\n")
+            self.held = True
+            return self
+        raise UserError(f"could not take the lock {self.path}: another run keeps replacing it")
+
+    def release(self):
+        if not self.held:
+            return
+        self.held = False
+        holder = self._holder()
+        if holder and holder[0] == os.getpid():
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class NoLock:
+    """Stands in for RunLock on ranks other than 0 (rank 0 holds the folder)."""
+
+    def acquire(self):
+        return self
+
+    def release(self):
+        pass
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        pass
+
+
+def folder_lock(folder, flag="--ckpt-dir"):
+    """The lock of `folder` on rank 0; every rank stops if rank 0 cannot take it."""
+    lock, error = NoLock(), None
+    if du.is_main_process():
+        try:
+            lock = RunLock(folder, flag).acquire()
+        except UserError as exc:
+            error = exc
+    if du.world_size() > 1 and any_rank(error is not None, _device()):
+        stop_all(error or UserError(f"rank 0 could not lock {flag} '{folder}'"))
+    if error is not None:
+        raise error
+    return lock
+
+
+# -- run identity ---------------------------------------------------------------
+
+def file_identity(path):
+    """Path, size and mtime of a file a run depends on (a teacher, a
+    pretrained backbone): enough to tell another or a rewritten file."""
+    if not path:
+        return ""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.abspath(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.device):
+        return str(value)
+    return value
+
+
+def run_identity(args, keys, files=()):
+    """{flag: value} of the flags in `keys` that args has, plus the identity
+    of each file flag in `files`: what a checkpoint stores as "run"."""
+    ident = {k: _plain(getattr(args, k)) for k in keys if hasattr(args, k)}
+    for k in files:
+        if hasattr(args, k):
+            ident[k] = file_identity(getattr(args, k))
+    return ident
+
+
+# Optimisation flags: a rerun (the default resume) must repeat them; a
+# --resume PATH named by hand may change them, as the original allowed.
+SCHEDULE_KEYS = ("lr", "momentum", "weight_decay", "schedule", "gamma", "cos", "base_lr", "final_lr", "wd")
+
+
+def _show(value):
+    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and os.path.isabs(value[0]):
+        return f"'{value[0]}'"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_identity(saved, current, path, hint, flag_name=lambda k: "--" + k.replace("_", "-")):
+    """One line naming every flag whose value differs from the run that
+    wrote `path`. Checkpoints without a "run" entry (older ones, official
+    releases) are not checked."""
+    if not isinstance(saved, dict):
+        return
+    diffs = []
+    for key, now in current.items():
+        if key not in saved or saved[key] == now:
+            continue
+        was = saved[key]
+        if isinstance(was, list) and isinstance(now, list) and len(was) == len(now) == 3 and was[0] == now[0]:
+            diffs.append(f"{flag_name(key)} '{now[0]}' changed since (size or modification time differ)")
+        else:
+            diffs.append(f"{flag_name(key)} {_show(was)} (now {_show(now)})")
+    if diffs:
+        raise UserError(f"'{path}' was written by a run with other flags: {', '.join(diffs)}; {hint}")
+
+
+def moco_flag_name(key):
+    return {"arch": "-a", "batch_size": "-b", "weight_decay": "--wd", "method": "the script"}.get(
+        key, "--" + key.replace("_", "-"))
+
+
+# -- previous runs ----------------------------------------------------------------
+
+def archive_previous_run(folder, names, flag="--ckpt-dir"):
+    """Move `names` (files of a run this one does not continue) into
+    `folder`/previous-N, so nothing of it is overwritten or read as ours."""
+    present = [n for n in names if os.path.exists(os.path.join(folder, n))]
+    if not present:
+        return None
+    n = 1
+    while os.path.exists(os.path.join(folder, f"previous-{n}")):
+        n += 1
+    dest = os.path.join(folder, f"previous-{n}")
+    os.makedirs(dest)
+    for name in present:
+        os.replace(os.path.join(folder, name), os.path.join(dest, name))
+    print(f"=> {flag} '{folder}' held another run's files ({', '.join(present)}): moved to '{dest}'", flush=True)
+    return dest
+
+
+@contextlib.contextmanager
+def owned_run(folder, flag="--ckpt-dir"):
+    """For the duration of one run: the folder's lock, and the stop signals
+    turned into a flag the training loop reads at iteration boundaries."""
+    lock = folder_lock(folder, flag)
+    install_signal_handlers()
+    try:
+        yield
+    finally:
+        restore_signal_handlers()
+        lock.release()
+
+
+# -- ranks --------------------------------------------------------------------------
+
+def _device():
+    if torch.cuda.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def any_rank(flag, device=None):
+    """True on every rank when `flag` is true on any (one scalar all-reduce)."""
+    if du.world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device or _device())
+    torch.distributed.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def stop_all(error):
+    """Every rank stops together: one line from rank 0 (a UserError in a
+    single process), exit status 2 everywhere."""
+    if du.world_size() == 1:
+        raise error
+    if du.is_main_process():
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    du.barrier()  # rank 0 has printed before any rank exits
+    raise SystemExit(2)
+
+
+def gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if du.world_size() == 1:
+        return [obj]
+    out = [None] * du.world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+# -- RNG states ---------------------------------------------------------------------
+
+def capture_rng():
+    """Python, numpy, torch CPU and CUDA generator states, as plain values
+    and tensors (loadable with weights_only=True)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                       "gauss": float(np_state["gauss"])}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32),
+                                                               "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- the iteration boundary -------------------------------------------------------------
+
+class Preempted(SystemExit):
+    """Raised on every rank after the stop checkpoint is written: exit 0."""
+
+    def __init__(self):
+        super().__init__(0)
+
+
+def boundary_hook(save, save_freq, device=None):
+    """hook(epoch, i) for ResumableLoader: called when `i` batches of `epoch`
+    are done (0 < i < len). Every `save_freq` batches, and on a stop signal
+    (agreed by all ranks), `save(epoch, i)` writes a mid-epoch checkpoint
+    (a collective: every rank calls it) and returns its path."""
+    def hook(epoch, i):
+        stop = any_rank(stop_signal() is not None, device)
+        if stop or (save_freq and i % save_freq == 0):
+            path = save(epoch, i)
+            if stop:
+                announce_stop(path, epoch, i)
+    return hook
+
+
+def announce_stop(path, epoch, i=None):
+    if du.is_main_process():
+        where = f"epoch {epoch} iteration {i}" if i is not None else f"the end of epoch {epoch}"
+        print(f"=> {stop_signal() or 'stop signal'}: saved '{path}' at {where}; rerun the same command "
+              "to continue", flush=True)
+    raise Preempted()
+
+
+# -- non-finite losses ------------------------------------------------------------------
+
+# Debug hook for the tests of docs/resume.md: SELFSUP_DEBUG_NAN=RANK:EPOCH:BATCH
+# makes that rank's loss NaN at that batch (read once; off when unset).
+_POISON = tuple(int(x) for x in os.environ["SELFSUP_DEBUG_NAN"].split(":")) \
+    if os.environ.get("SELFSUP_DEBUG_NAN") else None
+
+
+def check_finite(loss, epoch, i, hint, folder, device=None):
+    """Before the backward pass: stop every rank together, with one line,
+    when the loss is not finite on any of them; no step is taken and the
+    checkpoints already written stay as they are."""
+    if _POISON is not None and _POISON == (du.rank(), epoch, i):
+        loss = loss * float("nan")
+    bad = not bool(torch.isfinite(loss.detach()).all())
+    if du.world_size() > 1:
+        t = torch.tensor([float(bad)], device=device or _device())
+        torch.distributed.all_reduce(t)
+        count = int(t.item())
+    else:
+        count = int(bad)
+    if count:
+        where = f" on {count} of {du.world_size()} processes" if du.world_size() > 1 else ""
+        value = f" {loss.item()}" if bad else " non-finite"
+        from selfsup.core.checkpoint import latest_checkpoint
+        last = latest_checkpoint(folder) if folder else None
+        kept = f"; the last checkpoint '{last}' is unchanged" if last else ""
+        stop_all(UserError(f"loss became{value}{where} at epoch {epoch} batch {i}: {hint}{kept}"))
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

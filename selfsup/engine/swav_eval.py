@@ -1,0 +1,317 @@
+"""SwAV's linear evaluation (swav-master/eval_linear.py): a frozen backbone
+in eval mode, its features pooled globally (or, --global_pooling false, a
+6x6 average pool of the final map, optionally BatchNorm'd), one linear
+layer trained with SGD and a cosine or step schedule; top-1/top-5 on val/
+after every epoch; `checkpoint.pth.tar` in --dump_path and automatic restart."""
+import argparse
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torchvision.transforms as T
+
+from selfsup.core import checkpoint as ck
+from selfsup.data import folders as D
+from selfsup.core import distributed as du
+from selfsup.engine import runstate as rs
+from selfsup.models.backbones import backbone_spec, create_backbone
+from selfsup.core.errors import UserError
+from selfsup.data.multicrop import SWAV_MEAN, SWAV_STD
+from selfsup.engine.runstate import seed_everything
+from selfsup.core.distributed import unwrap
+from selfsup.engine.progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
+from selfsup.engine.swav_launch import add_dist_args, bool_flag, check_args
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Linear evaluation of a SwAV / SwAV+DisCo backbone")
+    a = p.add_argument
+    a("--data_path", type=str, default="/path/to/imagenet", help="folder holding train/ and val/")
+    a("--arch", default="resnet50", type=str)
+    a("--pretrained", default="", type=str, help="SwAV checkpoint (ours or the official release)")
+    a("--global_pooling", default=True, type=bool_flag, help="global average pooling of the last feature map")
+    a("--use_bn", default=False, type=bool_flag,
+      help="BatchNorm2d on the pooled map before the linear layer; as in the original, only with "
+           "--global_pooling false (see --pooled_bn)")
+    a("--epochs", default=100, type=int)
+    a("--batch_size", default=32, type=int, help="images per process")
+    a("--lr", default=0.3, type=float)
+    a("--wd", default=1e-6, type=float)
+    a("--nesterov", default=False, type=bool_flag)
+    a("--scheduler_type", default="cosine", choices=["step", "cosine"])
+    a("--decay_epochs", type=int, nargs="+", default=[60, 80], help="step schedule milestones")
+    a("--gamma", type=float, default=0.1, help="step schedule factor")
+    a("--final_lr", type=float, default=0, help="cosine schedule's last lr")
+    a("--workers", default=10, type=int)
+    a("--dump_path", type=str, default="./ckpt/linear",
+      help="checkpoint.pth.tar and metrics.csv (original default: '.'; ./ckpt is git-ignored)")
+    a("--seed", type=int, default=31)
+    a("--restart", type=bool_flag, default=True,
+      help="ours: continue the evaluation in --dump_path (default, as the original); false starts from "
+           "scratch and moves its files to --dump_path/previous-N")
+    add_dist_args(p)
+    # ours
+    a("--image_size", type=int, default=224, help="ours: crop size (val: resize size*256/224, centre crop)")
+    a("--small_images", type=bool_flag, default=None, help="ours: default taken from the checkpoint")
+    a("--print_freq", type=int, default=50, help="ours")
+    a("--pooled_bn", type=bool_flag, default=False,
+      help="ours: BatchNorm1d on the globally pooled features (what --use_bn true did here before)")
+    return p
+
+
+def finish_args(args):
+    if not args.global_pooling:
+        if backbone_spec(args.arch).family != "resnet":
+            raise UserError(f"--global_pooling false pools a ResNet's final feature map (the original: resnet50 "
+                            f"only); --arch {args.arch} needs --global_pooling true")
+        if args.pooled_bn:
+            raise UserError("--pooled_bn true needs --global_pooling true (use --use_bn without global pooling)")
+    if args.batch_size < 1 or args.epochs < 1:
+        raise UserError("--batch_size and --epochs must be positive")
+    check_args(args)
+    args.workers = max(0, min(args.workers, os.cpu_count() or 1))
+    return args
+
+
+def linear_transforms(size=224):
+    """(train, val) transforms of the original eval_linear.py (orig:swav-master/eval_linear.py:115-130):
+    SwAV's normalisation, std 0.228 for red (not ImageNet's 0.229); val resizes to size*256/224."""
+    norm = T.Normalize(mean=SWAV_MEAN, std=SWAV_STD)
+    train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    val = T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.ToTensor(), norm])
+    return train, val
+
+
+class ResNetFeatureMap(nn.Module):
+    """A ResNet trunk's final feature map, before the global average pool
+    (SwAV's ``eval_mode=True``)."""
+
+    def __init__(self, resnet):
+        super().__init__()
+        self.resnet = resnet
+
+    def forward(self, x):
+        m = self.resnet
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+
+
+class LinearHead(nn.Module):
+    """SwAV's RegLog (orig:swav-master/eval_linear.py, class RegLog), then
+    Linear (weight N(0, 0.01), bias 0).
+
+    global_pooling: the input is the globally pooled feature (width), and
+    --use_bn has no effect, as in the original; pooled_bn (ours) adds
+    BatchNorm1d there. Otherwise the input is the final map (width, h, w):
+    AvgPool2d(6, stride 1), BatchNorm2d if use_bn, flatten, Linear of
+    width * (h - 5) * (w - 5) inputs (8192 for a 224 px ResNet-50)."""
+
+    def __init__(self, width, num_classes, use_bn=False, global_pooling=True, map_size=None, pooled_bn=False):
+        super().__init__()
+        self.pool, self.bn = None, None
+        if global_pooling:
+            inputs = width
+            if pooled_bn:
+                self.bn = nn.BatchNorm1d(width)
+        else:
+            h, w = map_size
+            if h < 6 or w < 6:
+                raise UserError(f"--global_pooling false needs a final feature map of at least 6x6, got {h}x{w}: "
+                                "raise --image_size or use --global_pooling true")
+            self.pool = nn.AvgPool2d(6, stride=1)
+            inputs = width * (h - 5) * (w - 5)
+            if use_bn:
+                self.bn = nn.BatchNorm2d(width)
+        self.linear = nn.Linear(inputs, num_classes)
+        nn.init.normal_(self.linear.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x):
+        if self.pool is not None:
+            x = self.pool(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.linear(torch.flatten(x, 1))
+
+
+def make_head(args, model, width, num_classes):
+    """The linear head for --global_pooling/--use_bn/--pooled_bn; the map
+    size without global pooling comes from a dry run at --image_size."""
+    map_size = None
+    if not args.global_pooling:
+        with torch.no_grad():
+            shape = model(torch.zeros(1, 3, args.image_size, args.image_size)).shape
+        map_size = tuple(shape[-2:])
+    return LinearHead(width, num_classes, args.use_bn, args.global_pooling, map_size, args.pooled_bn)
+
+
+def make_scheduler(optimizer, args):
+    """Per-epoch lr, stepped after each epoch (orig:swav-master/eval_linear.py, "set scheduler")."""
+    if args.scheduler_type == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.final_lr)
+
+
+def load_frozen_backbone(args):
+    small = args.small_images
+    ckpt = ck.load_file(args.pretrained, "--pretrained checkpoint") if args.pretrained else None
+    if small is None:
+        small = False
+        if ckpt is not None:
+            state = ck.state_dict_of(ckpt, args.pretrained)
+            w = state.get("module.conv1.weight", state.get("conv1.weight"))
+            small = ck.small_images_of(ckpt, bool(w is not None and w.dim() == 4 and w.shape[-1] == 3))
+    model, width = create_backbone(args.arch, small)
+    if ckpt is not None:
+        state = ck.backbone_state(ck.state_dict_of(ckpt, args.pretrained), model.head_name)
+        problem = ck.describe_mismatch(model.state_dict(), state)
+        if problem:
+            saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
+            hint = f" (it was trained as '{saved}')" if saved and saved != args.arch else ""
+            raise UserError(f"--pretrained '{args.pretrained}' does not match --arch {args.arch}{hint}: {problem}")
+        model.load_state_dict(state, strict=True)
+    elif du.is_main_process():
+        print("=> no --pretrained: evaluating a randomly initialised backbone", flush=True)
+    for p in model.parameters():
+        p.requires_grad = False
+    return model.eval(), width, small
+
+
+# Flags that define an evaluation (the checkpoint's "run", compared on restart).
+RUN_KEYS = ("arch", "global_pooling", "use_bn", "pooled_bn", "batch_size", "world_size", "lr", "wd", "nesterov",
+            "scheduler_type", "decay_epochs", "gamma", "final_lr", "seed", "image_size", "small_images")
+
+
+def run_eval_linear(args):
+    with rs.owned_run(args.dump_path, "--dump_path"):
+        return _eval_linear(args)
+
+
+def _eval_linear(args):
+    seed_everything(args.seed + args.rank)
+    main = du.is_main_process()
+    train_tf, val_tf = linear_transforms(args.image_size)
+    train_set = D.image_folder(D.split_folder(args.data_path, "train"), train_tf, what="--data_path train folder")
+    val_set = D.image_folder(D.split_folder(args.data_path, "val"), val_tf, what="--data_path val folder")
+    if train_set.classes != val_set.classes:
+        raise UserError(f"'{args.data_path}/train' and '{args.data_path}/val' have different class folders")
+    train_loader = D.make_loader(train_set, args.batch_size, args.workers, shuffle=True, drop_last=False,
+                                 distributed=args.distributed, seed=args.seed)
+    val_loader = D.make_loader(val_set, args.batch_size, args.workers, shuffle=False, drop_last=False,
+                               distributed=False)
+    model, width, small = load_frozen_backbone(args)
+    if not args.global_pooling:
+        model = ResNetFeatureMap(model).eval()
+    head = make_head(args, model, width, len(train_set.classes))
+    model = model.to(args.device)
+    if args.distributed and args.device.type == "cuda":
+        head = nn.SyncBatchNorm.convert_sync_batchnorm(head)  # as the original; only matters with --use_bn
+    head = head.to(args.device)
+    if args.distributed:
+        head = nn.parallel.DistributedDataParallel(
+            head, device_ids=[args.gpu] if args.device.type == "cuda" else None)
+    if main:
+        print(f"=> {args.arch} (frozen, small_images={small}) + linear "
+              f"{unwrap(head).linear.in_features}->{len(train_set.classes)}; "
+              f"{len(train_set)} train / {len(val_set)} val images", flush=True)
+    optimizer = torch.optim.SGD(head.parameters(), lr=args.lr, nesterov=args.nesterov, momentum=0.9,
+                                weight_decay=args.wd)
+    scheduler = make_scheduler(optimizer, args)
+
+    start_epoch, best_acc = 0, 0.0
+    last = os.path.join(args.dump_path, "checkpoint.pth.tar")
+    identity = rs.run_identity(args, RUN_KEYS, ("pretrained",))
+    if main:
+        ck.remove_stale_temporaries(args.dump_path)
+        if not (args.restart and os.path.isfile(last)):
+            rs.archive_previous_run(args.dump_path, ["checkpoint.pth.tar", "metrics.csv", "tb"], "--dump_path")
+    du.barrier()
+    if os.path.isfile(last):
+        ckpt = ck.load_file(last, "restart checkpoint")
+        # Another --pretrained (or flags) would report the old model's accuracy as the new one's.
+        rs.check_identity(ckpt.get("run"), identity, last,
+                          "use another --dump_path, or --restart false to start from scratch")
+        ck.load_into(unwrap(head), ck.strip_prefix(ck.state_dict_of(ckpt, last), "module."), last, args.arch,
+                     flag="--arch")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt.get("best_acc", 0.0))
+        if main:
+            print(f"=> restarting from '{last}' at epoch {start_epoch}", flush=True)
+
+    metrics = MetricsWriter(args.dump_path, start_epoch) if main else None
+    criterion = nn.CrossEntropyLoss()
+    acc1 = acc5 = 0.0
+    for epoch in range(start_epoch, args.epochs):
+        if args.distributed:
+            train_loader.sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        loss, train_acc1 = train_one_epoch(model, head, train_loader, optimizer, criterion, epoch, args)
+        scheduler.step()
+        acc1, acc5, val_loss = validate(model, unwrap(head), val_loader, criterion, args)
+        best_acc = max(best_acc, acc1)
+        if main:
+            print(f"Test: Epoch [{epoch}]\tAcc@1 {acc1:.3f}\tAcc@5 {acc5:.3f}\tBest Acc@1 so far {best_acc:.3f}",
+                  flush=True)
+            ck.save_checkpoint({"epoch": epoch + 1, "state_dict": {f"module.{k}": v for k, v in
+                                                                  unwrap(head).state_dict().items()},
+                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "best_acc": best_acc, "arch": args.arch, "run": identity}, last)
+            metrics.write(epoch, lr=lr, loss=loss, train_acc1=train_acc1, val_loss=val_loss, acc1=acc1, acc5=acc5,
+                          best_acc1=best_acc)
+    if main:
+        metrics.close()
+        print(f"=> linear evaluation done: best Acc@1 {best_acc:.3f}", flush=True)
+    return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc}
+
+
+def train_one_epoch(model, head, loader, optimizer, criterion, epoch, args):
+    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
+    losses, top1 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f")
+    progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1], prefix=f"Epoch: [{epoch}]")
+    model.eval()
+    head.train()
+    end = time.time()
+    for i, (images, target) in enumerate(loader):
+        data_time.update(time.time() - end)
+        images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
+        with torch.no_grad():
+            feats = model(images)
+        output = head(feats)
+        loss = criterion(output, target)
+        # Before the step, so the head keeps its last finite weights; under DDP every rank stops together.
+        rs.check_finite(loss, epoch, i, "lower --lr", args.dump_path, args.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.update(loss.item(), images.shape[0])
+        top1.update(accuracy(output, target)[0].item(), images.shape[0])
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
+            progress.display(i)
+    D.report_skipped(loader.dataset, epoch)
+    return losses.avg, top1.avg
+
+
+@torch.no_grad()
+def validate(model, head, loader, criterion, args):
+    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    model.eval()
+    head.eval()
+    for images, target in loader:
+        images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
+        output = head(model(images))
+        loss = criterion(output, target)
+        if not torch.isfinite(loss):  # the last step made the weights non-finite: no accuracy, no checkpoint
+            raise UserError(f"validation loss became {loss.item()}: the linear head's weights are not finite; "
+                            "lower --lr (the checkpoint already written is unchanged)")
+        acc1, acc5 = accuracy(output, target, topk=(1, 5))
+        n = images.shape[0]
+        losses.update(loss.item(), n)
+        top1.update(acc1.item(), n)
+        top5.update(acc5.item(), n)
+    if du.is_main_process():
+        print(f" * Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}", flush=True)
+    return top1.avg, top5.avg, losses.avg
