@@ -96,3 +96,17 @@ def test_node_without_its_peer_stops_at_dist_timeout(tiny_data, tmp_path):
     lines = [line for line in r.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "--dist-timeout 3" in lines[0], r.stdout
     assert took < 40
+
+
+def test_torchrun_node_without_its_peer_stops_at_the_rendezvous_timeout_docs_flags_names(tiny_data, tmp_path):
+    # docs/flags.md: under torchrun the wait happens before the script runs and
+    # is bounded by torchrun's own --rdzv-conf timeout, not --dist-timeout.
+    t0 = time.time()
+    proc = start([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", "0",
+                  "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                  "--rdzv-conf", "timeout=3", NODE, *TINY, "--ckpt-dir", str(tmp_path), tiny_data], REPO)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode != 0
+    assert "Timed out" in out and "1/2 clients joined" in out, out[-2000:]
+    assert time.time() - t0 < 45
+    assert not os.listdir(tmp_path)  # the script never started
