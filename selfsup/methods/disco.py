@@ -4,9 +4,12 @@ comparison (Park et al., CVPR 2019) on the same embeddings."""
 import torch
 
 from selfsup.core import distributed as du
+from selfsup.core.errors import UserError
 from selfsup.methods.losses import distill_mse, rkd_angle, rkd_distance
-from selfsup.methods.moco import MoCo, bn_groups, forward_in_groups
-from selfsup.models.teacher import freeze_bn_statistics
+from selfsup.methods.moco import MoCo, one_process_bn_groups
+from selfsup.models.encoders import build_query_encoder
+from selfsup.models.split_bn import bn_groups, bn_groups_set
+from selfsup.models.teacher import freeze_bn_statistics, load_teacher
 
 
 class DistilledMoCo(MoCo):
@@ -24,11 +27,11 @@ class DistilledMoCo(MoCo):
         super().__init__(encoder_q, **moco_kwargs)
         if teacher_bn not in ("eval", "train"):
             raise ValueError(f"teacher_bn must be 'eval' or 'train', not {teacher_bn!r}")
+        if teacher_bn == "train":  # batch statistics: per BN group, as in the student
+            teacher = one_process_bn_groups(teacher, self.bn_splits)
         self.teacher, self.teacher_bn = teacher, teacher_bn
         for p in self.teacher.parameters():
             p.requires_grad = False
-        if hasattr(teacher, "keep_eval"):  # SwAV teachers pin eval mode unless told otherwise
-            teacher.keep_eval = teacher_bn == "eval"
         if teacher_bn == "train":
             freeze_bn_statistics(self.teacher)
 
@@ -49,8 +52,8 @@ class DistilledMoCo(MoCo):
 
     @torch.no_grad()
     def embed_teacher(self, im):
-        groups = self.bn_splits if (self.teacher_bn == "train" and du.world_size() == 1) else 1
-        return forward_in_groups(self.teacher, im, groups).float()
+        with bn_groups_set(self.teacher, self.bn_splits):  # split layers only with teacher_bn 'train'
+            return self.teacher(im).float()
 
     def forward(self, im_q, im_k):
         q1, q2 = self.embed_query(im_q), self.embed_query(im_k)
@@ -119,8 +122,6 @@ def _teacher_for(args):
     """The frozen teacher, and --moco-dim sized to its embedding: a width left
     at its default follows the teacher (printed); one given explicitly must
     equal it."""
-    from selfsup.core.errors import UserError
-    from selfsup.models.teacher import load_teacher
     teacher = load_teacher(args.teacher_arch, args.teacher, nmb_prototypes=args.nmb_prototypes)
     size = args.image_size
     try:
@@ -141,19 +142,17 @@ def _teacher_for(args):
 
 
 def _moco_kwargs(args):
-    return dict(dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t, bn_splits=args.bn_splits,
-                teacher_bn=args.teacher_bn)
+    return {"dim": args.moco_dim, "K": args.moco_k, "m": args.moco_m, "T": args.moco_t,
+            "bn_splits": args.bn_splits, "teacher_bn": args.teacher_bn}
 
 
 def build_disco(args):
-    from selfsup.models.encoders import build_query_encoder
     teacher = _teacher_for(args)  # first: it may set --moco-dim
     return DisCo(build_query_encoder(args), teacher, only_mse=args.only_mse,
                  mse_reduction=args.mse_reduction, **_moco_kwargs(args))
 
 
 def build_moco_rkd(args):
-    from selfsup.models.encoders import build_query_encoder
     teacher = _teacher_for(args)  # first: it may set --moco-dim
     return MoCoRKD(build_query_encoder(args), teacher, dist_weight=args.rkd_dist_weight,
                    angle_weight=args.rkd_angle_weight, views=args.rkd_views, use_mse=args.use_mse,

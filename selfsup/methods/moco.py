@@ -3,29 +3,23 @@ InfoNCE against a momentum key encoder and a queue of past keys."""
 import copy
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from selfsup.core import distributed as du
 from selfsup.methods.losses import info_nce
 from selfsup.models.encoders import build_query_encoder
+from selfsup.models.split_bn import bn_groups_set, convert_split_bn
 
 
-def bn_groups(batch_size, bn_splits):
-    """How many groups forward_in_groups cuts a batch into: `bn_splits`, but
-    never groups of fewer than 2 samples (BN needs 2)."""
-    return max(1, min(bn_splits, batch_size // 2))
-
-
-def forward_in_groups(encoder, x, groups):
-    """encoder(x) with BatchNorm statistics computed per group of the batch.
-
-    One process sees the whole batch, where several GPUs would each see a
-    slice; running the slices separately gives BN the same per-GPU view."""
-    groups = bn_groups(x.shape[0], groups)
-    if groups == 1:
-        return encoder(x)
-    return torch.cat([encoder(part) for part in torch.tensor_split(x, groups)])
+def one_process_bn_groups(module: nn.Module, bn_splits: int) -> nn.Module:
+    """`module` with split-BN layers swapped in for its BatchNorms when one
+    process stands for `bn_splits` GPUs (torch.distributed's shuffle-BN
+    replaces them otherwise). The layers stay plain BN except inside
+    bn_groups_set, i.e. inside the method's own forwards."""
+    if du.world_size() == 1 and bn_splits > 1:
+        return convert_split_bn(module)
+    return module
 
 
 class MoCo(nn.Module):
@@ -35,8 +29,8 @@ class MoCo(nn.Module):
         across processes replaces it when torch.distributed runs)."""
         super().__init__()
         self.K, self.m, self.T, self.bn_splits = K, m, T, bn_splits
-        self.encoder_q = encoder_q
-        self.encoder_k = copy.deepcopy(encoder_q)
+        self.encoder_q = one_process_bn_groups(encoder_q, bn_splits)
+        self.encoder_k = copy.deepcopy(self.encoder_q)  # with the same layers: the same state_dict keys
         for p in self.encoder_k.parameters():
             p.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
@@ -64,7 +58,8 @@ class MoCo(nn.Module):
         if du.world_size() > 1:
             return self._keys_shuffled_across_ranks(im_k)
         perm = torch.randperm(im_k.shape[0], device=im_k.device)
-        k = forward_in_groups(self.encoder_k, im_k[perm], self.bn_splits)
+        with bn_groups_set(self.encoder_k, self.bn_splits):
+            k = self.encoder_k(im_k[perm])
         k = F.normalize(k.float(), dim=1)  # fp32 keys under autocast too: they go into the queue
         return k[torch.argsort(perm)]
 
@@ -81,8 +76,8 @@ class MoCo(nn.Module):
 
     # -- query encoder ---------------------------------------------------
     def embed_query(self, im):
-        groups = self.bn_splits if du.world_size() == 1 else 1
-        return F.normalize(forward_in_groups(self.encoder_q, im, groups).float(), dim=1)
+        with bn_groups_set(self.encoder_q, self.bn_splits):  # no split layers under torch.distributed
+            return F.normalize(self.encoder_q(im).float(), dim=1)
 
     def contrast(self, q, k):
         """InfoNCE of queries against their keys and the queue; enqueues k."""
