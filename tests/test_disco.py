@@ -186,7 +186,7 @@ def test_disco_without_teacher_is_refused(tiny_data):
 def test_teacher_bn_train_reaches_swav_teachers(tmp_path):
     path = tmp_path / "swav.pth.tar"
     torch.save(swav_release_state("resnet18", 64, prototypes=10), path)
-    from selfsup.models.swav import load_swav_teacher  # a small trunk in the SwAV layout keeps the test fast
+    from selfsup.models.teacher import load_swav_teacher  # a small trunk in the SwAV layout keeps the test fast
     for mode, training in (("eval", False), ("train", True)):
         t = load_swav_teacher("resnet18", str(path))
         model = DisCo(tiny_net(out=128), t, dim=128, K=16, T=0.2, bn_splits=1, teacher_bn=mode).train()

@@ -176,7 +176,7 @@ def test_default_teacher_runs_on_batch_statistics_and_keeps_its_running_ones():
 
 def test_swav_layout_teacher_runs_on_batch_statistics_by_default(tmp_path):
     from layouts import swav_release_state
-    from selfsup.models.swav import load_swav_teacher
+    from selfsup.models.teacher import load_swav_teacher
     path = tmp_path / "swav_r18.pth.tar"
     state = swav_release_state("resnet18", 64, prototypes=10)
     for k in state:  # non-trivial running statistics, so eval and train mode differ

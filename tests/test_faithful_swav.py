@@ -13,13 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as T
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-from selfsup.engine import swav_eval
 from selfsup.core.errors import UserError
+from selfsup.engine import swav_eval
+from selfsup.methods.swav import build_swav, load_distill_teacher
 from selfsup.models.swav import SwAVModel, official_state_dict
-from selfsup.engine.swav_train import batch_loss, load_distill_teacher
 
 
 def _script(name):
@@ -71,6 +71,13 @@ def original_distill_loss(student, source_teacher, crops, crops_for_assign=(0, 1
     return (loss + mse) / len(crops_for_assign), loss, mse, t
 
 
+def batch_loss(student, teacher, crops, args):
+    """(loss, SwAV part, MSE part) of SwAV + DisCo on one batch of crops."""
+    out = build_swav(args, student, teacher)(crops)
+    assert set(out) == {"loss", "loss_swav", "loss_mse"}
+    return out["loss"], out["loss_swav"], out["loss_mse"]
+
+
 def test_distill_loss_with_a_raw_teacher_is_the_originals(tmp_path):
     torch.manual_seed(0)
     source = SwAVModel("resnet18", hidden_mlp=16, feat_dim=8, nmb_prototypes=5, small_images=True).eval()
@@ -86,7 +93,7 @@ def test_distill_loss_with_a_raw_teacher_is_the_originals(tmp_path):
     student.normalize_prototypes()
     crops = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.randn(4, 3, 8, 8)]
 
-    loss, swav, mse, _ = batch_loss(student, teacher, crops, None, False, args)
+    loss, swav, mse = batch_loss(student, teacher, crops, args)
     expected, swav_sum, expected_mse, t = original_distill_loss(student, source, crops)
     norms = t.norm(dim=1)
     assert norms.min() > 2  # far from unit norm: a normalised teacher would give another MSE
@@ -101,7 +108,7 @@ def test_distill_loss_with_a_raw_teacher_is_the_originals(tmp_path):
     args = _script("main_swav_distill").parse_args(
         TINY_MODEL + ["--pretrained", str(path), "--data_path", str(tmp_path), "--teacher_normalize", "true",
                       "--mse_weight", "2"])
-    loss2, _, _, _ = batch_loss(student, load_distill_teacher(args), crops, None, False, args)
+    loss2, _, _ = batch_loss(student, load_distill_teacher(args), crops, args)
     torch.testing.assert_close(loss2.double(), former, rtol=1e-5, atol=0)
 
 

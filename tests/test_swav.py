@@ -10,11 +10,15 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-
 from conftest import REPO, run
+
 from selfsup.core.errors import UserError
 from selfsup.engine.lars import LARS
-from selfsup.models.swav import SwAVModel, load_swav_teacher, official_state_dict, sinkhorn, swav_loss
+from selfsup.engine.precision import Precision
+from selfsup.methods.losses import sinkhorn, swav_loss
+from selfsup.methods.swav import SwAVDisCo
+from selfsup.models.swav import SwAVModel, official_state_dict
+from selfsup.models.teacher import load_swav_teacher
 
 # Small enough for a 2-core CPU: 16/8 px crops, ResNet-18 with the small stem.
 TINY = ["--arch", "resnet18", "--small_images", "true", "--size_crops", "16", "8", "--nmb_crops", "2", "2",
@@ -119,6 +123,83 @@ def test_lars_scales_each_gradient_by_its_trust_ratio():
     assert lars.param_groups[0]["weight_decay"] == 0.1  # restored after the step
 
 
+def _lars_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    net.unused = nn.Parameter(torch.ones(2))         # no gradient at all: skipped
+    net.dead = nn.Parameter(torch.ones(3))           # a zero gradient: plain step, no weight decay
+    return net
+
+
+def _lars_loss(net, x, prec):
+    with prec.autocast():
+        out = net(x) + 0.0 * net.dead
+    return out.float().pow(2).mean()
+
+
+def old_swav_step(net, lars, scaler, loss, frozen):
+    """swav_train's step before LARS went through Precision: scaled backward,
+    the frozen parameter's gradient dropped, the inner SGD's gradients
+    unscaled, LARS's trust ratios by hand, SGD stepped (or skipped) by the
+    scaler with its weight decay switched off, then the scale updated."""
+    scaler.scale(loss).backward()
+    frozen.grad = None
+    if not scaler.is_enabled():
+        lars.step()
+        return
+    scaler.unscale_(lars.optim)
+    with torch.no_grad():
+        for group in lars.optim.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                w_norm, g_norm = torch.norm(p), torch.norm(p.grad)
+                if w_norm != 0 and g_norm != 0:
+                    rate = 0.001 * w_norm / (g_norm + w_norm * group["weight_decay"] + 1e-8)
+                    p.grad.add_(p, alpha=group["weight_decay"]).mul_(rate)
+    saved = [g["weight_decay"] for g in lars.optim.param_groups]
+    for g in lars.optim.param_groups:
+        g["weight_decay"] = 0.0
+    scaler.step(lars.optim)
+    for g, wd in zip(lars.optim.param_groups, saved):
+        g["weight_decay"] = wd
+    scaler.update()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_lars_through_precision_equals_the_old_manual_unscale_path(precision):
+    x = torch.randn(8, 6)
+    nets, opts, precs = [], [], []
+    for _ in range(2):
+        net = _lars_net()
+        nets.append(net)
+        opts.append(LARS(torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)))
+        prec = Precision(precision, "cpu")
+        # A first scale that overflows fp16: the scaler must skip that step and back off (fp16 only).
+        prec.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 30, backoff_factor=2.0 ** -25,
+                                           enabled=prec.scaler.is_enabled())
+        precs.append(prec)
+    skipped = 0
+    for _ in range(5):
+        before = [p.detach().clone() for p in nets[0].parameters()]
+        for net, lars, prec in zip(nets, opts, precs):
+            lars.zero_grad(set_to_none=True)
+            loss = _lars_loss(net, x, prec)
+            frozen = net[2].bias
+            if net is nets[0]:
+                old_swav_step(net, lars, prec.scaler, loss, frozen)
+            else:
+                prec.backward_step(loss, lars, before_step=lambda f=frozen: setattr(f, "grad", None))
+        skipped += all(torch.equal(a, b) for a, b in zip(before, nets[0].parameters()))
+        for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+            assert torch.equal(a, b)
+        assert opts[1].param_groups[0]["weight_decay"] == 1e-2
+    assert precs[0].scaler.get_scale() == precs[1].scaler.get_scale()
+    assert skipped == (1 if precision == "fp16" else 0)  # the overflowing first step, only with a scaler
+    assert not torch.equal(nets[1][0].weight, _lars_net()[0].weight)  # the other steps moved the weights
+    torch.testing.assert_close(nets[1][2].bias, _lars_net()[2].bias, rtol=0, atol=0)  # frozen throughout
+
+
 # -- checkpoint layout and teachers -----------------------------------------
 
 def test_checkpoint_layout_is_the_official_one():
@@ -145,8 +226,8 @@ def test_teacher_from_official_layout_checkpoint(tmp_path):
         expected = src.embed(x)
     torch.testing.assert_close(teacher(x), expected)
     assert teacher(x).shape == (2, 128)
-    nn.Sequential(teacher).train()  # a parent's .train() leaves the teacher in eval mode
-    assert not teacher.training
+    method = SwAVDisCo(SwAVModel("resnet18", hidden_mlp=16, feat_dim=128, nmb_prototypes=5), teacher).train()
+    assert method.model.training and not teacher.training  # SwAV + DisCo's .train() leaves the teacher in eval
     # Our own SwAV checkpoints ({"epoch", "state_dict", ...}) load the same way.
     torch.save({"epoch": 3, "state_dict": official_state_dict(src), "optimizer": {}}, tmp_path / "ours.pth")
     torch.testing.assert_close(load_swav_teacher("resnet50", str(tmp_path / "ours.pth"))(x), expected)

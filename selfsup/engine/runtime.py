@@ -1,19 +1,33 @@
-"""Start one process per GPU (or per --cpu-procs on CPU), or join the group
-that torchrun / torch.distributed.launch made, then call the worker.
+"""The process runtime of every script: which device a process uses, its
+CPU threads and denormal handling, and the process group it joins.
 
-Three ways in, one worker signature ``worker(args)``, where args carries
-``rank``, ``world_size``, ``gpu``, ``device`` and ``distributed``:
+Three ways in, one setup (`start_process`) underneath:
 - torchrun / ``python -m torch.distributed.launch``: env:// from RANK,
-  WORLD_SIZE and LOCAL_RANK;
-- ``--multiprocessing-distributed``: spawns the processes itself (NCCL on
-  GPUs, gloo on CPU); one process in all runs in place, without a group;
-- neither: one process on ``--gpu`` (or the first GPU, or the CPU).
+  WORLD_SIZE and LOCAL_RANK (or, on old torch.distributed.launch, the
+  script's ``--local_rank`` flag);
+- ``--multiprocessing-distributed`` (the MoCo scripts): `launch` spawns the
+  processes itself (NCCL on GPUs, gloo on CPU); one process in all runs in
+  place, without a group;
+- neither: one process on ``--gpu`` / ``--device`` (or the first GPU, or
+  the CPU).
+
+The MoCo-family scripts call ``launch(worker, args)``: their ``-b`` and
+``-j`` are per node and are divided among its processes. The SwAV scripts
+call ``launch_in_place(worker, args)``: they never spawn, their
+``--batch_size`` is per process, and their flags are spelt ``--dist_url``,
+``--world_size``, ``--rank``, ``--local_rank``, ``--device``.
+Either way the worker sees args.rank, world_size, gpu, device and distributed.
 """
+from __future__ import annotations
+
 import contextlib
 import copy
 import datetime
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,25 +37,85 @@ from selfsup.core import checks
 from selfsup.core.errors import UserError, exit_with, one_line
 
 
-def launched_by_torchrun():
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ and "RANK" in os.environ
+@dataclass(frozen=True)
+class Placement:
+    """Where one process sits among all of a run's processes."""
+    rank: int          # among all processes
+    world_size: int    # all processes
+    local_rank: int    # among this node's processes: its GPU index
+    per_node: int      # processes on this node
 
 
-def launch(worker, args):
-    if launched_by_torchrun():
-        args.world_size = int(os.environ["WORLD_SIZE"])
-        args.dist_url = "env://"
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
-        return _run(int(os.environ["LOCAL_RANK"]), per_node, worker, args, rank=int(os.environ["RANK"]))
+@dataclass(frozen=True)
+class GroupFlags:
+    """The spelling of the launch flags in a script family, for messages."""
+    url: str = "--dist-url"
+    timeout: str = "--dist-timeout"
+
+
+MOCO_FLAGS = GroupFlags()
+SWAV_FLAGS = GroupFlags("--dist_url", "--dist_timeout")
+
+
+def launcher_placement(local_rank_flag: int | None = None) -> Placement | None:
+    """The placement torchrun or torch.distributed.launch gave this process
+    (None: not started by a launcher). $LOCAL_RANK wins over the flag that
+    old torch.distributed.launch passes (--local_rank N)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    local = os.environ.get("LOCAL_RANK")
+    if local is None and local_rank_flag is None:
+        return None
+    world_size = int(os.environ["WORLD_SIZE"])
+    return Placement(int(os.environ["RANK"]), world_size, int(local if local is not None else local_rank_flag),
+                     int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+
+
+def start_process(args: Any, place: Placement, gpu: int | None, backend: str, url: str,
+                  flags: GroupFlags = MOCO_FLAGS) -> Any:
+    """Set this process up: device (GPU `gpu`, or the CPU when None), CPU
+    threads and denormals, then the process group when there are several
+    processes. Fills args.rank, world_size, gpu, device and distributed."""
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+        args.gpu, args.device = gpu, torch.device("cuda", gpu)
+    else:
+        args.gpu, args.device = None, torch.device("cpu")
+        # Denormal floats make CPU kernels many times slower (near-uniform SwAV
+        # predictions produce many of them) and do not change results here.
+        torch.set_flush_denormal(True)
+        if place.per_node > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // place.per_node))
+    args.rank, args.world_size = place.rank, place.world_size
+    args.distributed = place.world_size > 1
+    if args.distributed:
+        init_group(backend if gpu is not None else "gloo", url, place.world_size, place.rank,
+                   getattr(args, "dist_timeout", 300.0), flag=flags.url, timeout_flag=flags.timeout)
+    return args
+
+
+def finish_process(args: Any) -> None:
+    """Leave the process group start_process joined, if any."""
+    if getattr(args, "distributed", False) and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# -- the MoCo-family scripts: they may spawn their processes ---------------------
+
+def launch(worker: Callable[[Any], Any], args: Any) -> Any:
+    """Run `worker(args)` in every process of the run (see the module docstring)."""
+    place = launcher_placement()
+    if place is not None:
+        args.world_size, args.dist_url = place.world_size, "env://"
+        return _run(place, worker, args)
     n_gpus = torch.cuda.device_count()
     if args.multiprocessing_distributed:
         if n_gpus == 0 and args.cpu_procs < 1:
             raise UserError(f"--cpu-procs {args.cpu_procs}: expected at least 1")
         per_node = n_gpus or args.cpu_procs
-        nodes = max(args.world_size, 1)
-        args.world_size = per_node * nodes
+        args.world_size = per_node * max(args.world_size, 1)
         if args.world_size == 1:
-            return _run(0, 1, worker, args, rank=0)
+            return _run(Placement(0, 1, 0, 1), worker, args)
         check_rendezvous(args.dist_url, max(args.rank, 0))
         try:
             mp.spawn(_spawned, nprocs=per_node, args=(per_node, worker, args))
@@ -49,48 +123,69 @@ def launch(worker, args):
             sys.exit(exc.exit_code if exc.exit_code and exc.exit_code > 0 else 1)
         return None
     args.world_size = max(args.world_size, 1)
-    return _run(0, 1, worker, args, rank=max(args.rank, 0), single=True)
+    return _run(Placement(max(args.rank, 0), args.world_size, 0, 1), worker, args, single=True)
 
 
 def _spawned(local_rank, per_node, worker, args):
     error = None
     try:
-        _run(local_rank, per_node, worker, args, rank=max(args.rank, 0) * per_node + local_rank)
+        node = max(args.rank, 0)
+        _run(Placement(node * per_node + local_rank, args.world_size, local_rank, per_node), worker, args)
     except UserError as exc:
         error = exc
     if error is not None:
         exit_with(error)
 
 
-def _run(local_rank, per_node, worker, args, rank, single=False):
+def _run(place, worker, args, single=False):
     args = copy.copy(args)
     cuda = torch.cuda.is_available()
     if args.gpu is not None and not cuda:
         raise UserError(f"--gpu {args.gpu} given, but no CUDA GPU is visible")
+    gpu = None
     if cuda:
-        args.gpu = (args.gpu if args.gpu is not None else 0) if single else local_rank
-        torch.cuda.set_device(args.gpu)
-        args.device = torch.device("cuda", args.gpu)
-    else:
-        args.device = torch.device("cpu")
-        # Denormal floats make CPU kernels many times slower and do not change results here.
-        torch.set_flush_denormal(True)
-        if per_node > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
-    args.rank = rank
-    args.distributed = args.world_size > 1
-    if args.distributed:
-        backend = args.dist_backend if cuda else "gloo"
-        init_group(backend, args.dist_url, args.world_size, rank, getattr(args, "dist_timeout", 300.0))
-    args.batch_size = args.batch_size // per_node
+        gpu = (args.gpu if args.gpu is not None else 0) if single else place.local_rank
+    start_process(args, place, gpu, args.dist_backend, args.dist_url)
+    # -b and -j are per node (the original's): each of its processes takes its share.
+    args.batch_size = args.batch_size // place.per_node
     if args.batch_size < 1:
-        raise UserError(f"-b/--batch-size is smaller than the {per_node} processes per node")
-    args.workers = (args.workers + per_node - 1) // per_node
+        raise UserError(f"-b/--batch-size is smaller than the {place.per_node} processes per node")
+    args.workers = (args.workers + place.per_node - 1) // place.per_node
     try:
         return worker(args)
     finally:
-        if args.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        finish_process(args)
+
+
+# -- the SwAV scripts: started by a launcher, or one process ----------------------
+
+def init_distributed(args: Any) -> Any:
+    """Join the launcher's process group (or run as the only process) on
+    --device: auto = a GPU when one is visible. Also fills args.local_rank."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda given, but no CUDA GPU is visible")
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    place = launcher_placement(args.local_rank)
+    if place is None:
+        if args.world_size > 1:
+            raise UserError(f"--world_size {args.world_size} without a launcher: start the processes with "
+                            "torchrun or python -m torch.distributed.launch")
+        place = Placement(0, 1, max(args.local_rank, 0), 1)
+    if cuda and place.local_rank >= torch.cuda.device_count():
+        raise UserError(f"local rank {place.local_rank} but only {torch.cuda.device_count()} GPU(s) visible: "
+                        "lower --nproc_per_node")
+    args.local_rank = place.local_rank
+    # SwAV's --dist_url is env:// only: the launcher's environment is the rendezvous.
+    return start_process(args, place, place.local_rank if cuda else None, "nccl", "env://", SWAV_FLAGS)
+
+
+def launch_in_place(worker: Callable[[Any], Any], args: Any) -> Any:
+    """init_distributed, `worker(args)`, then leave the group."""
+    args = init_distributed(args)
+    try:
+        return worker(args)
+    finally:
+        finish_process(args)
 
 
 def check_rendezvous(url, node_rank, flag="--dist-url"):

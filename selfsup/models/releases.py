@@ -22,14 +22,17 @@ has the table and the reasons for each choice of embedding.
 - DINOv2 (facebookresearch/dinov2): the backbone files embed into the
   normalised class token (``x_norm_clstoken``); ``mask_token`` is dropped.
 """
+from __future__ import annotations
+
 import re
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from selfsup.core import checkpoint as ck
 from selfsup.core.errors import UserError
+from selfsup.models.backbones import create_backbone, set_head
 
 
 @dataclass(frozen=True)
@@ -66,13 +69,12 @@ def is_release(arch):
 
 # -- the trunks ---------------------------------------------------------------
 
-def build_trunk(release):
+def build_trunk(release: Release) -> tuple[nn.Module, str]:
     """The release's trunk with its head slot empty (Identity): (model, head slot name)."""
     if release.model == "resnet50":
-        from selfsup.models.backbones import create_backbone
         model, _ = create_backbone("resnet50")
         return model, "fc"
-    import timm
+    import timm  # optional and slow to import: only for the transformer releases
     kwargs = dict(release.kwargs)
     if release.model.startswith("vit_"):
         # Any crop size: the position embeddings are resampled (bicubic) off the
@@ -205,7 +207,7 @@ def _dino_head(head_state):
     return DinoBottleneck(mlp) if mlp is not None else None
 
 
-def load_release_encoder(arch, path):
+def load_release_encoder(arch: str, path: str) -> tuple[nn.Module, Release, str]:
     """The encoder (trunk + projection head, or trunk alone) of a release file,
     its weights checked key by key against the mapped layout."""
     release = RELEASES[arch]
@@ -229,7 +231,6 @@ def load_release_encoder(arch, path):
         state = trunk_keys(release, state)
         head = None
     if head is not None:
-        from selfsup.models.backbones import set_head
         set_head(model, head)
     problem = ck.describe_mismatch(model.state_dict(), state)
     if problem:

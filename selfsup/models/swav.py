@@ -1,5 +1,6 @@
-"""SwAV (Caron et al. 2020): model, Sinkhorn-Knopp, swapped-prediction loss,
-and a loader for SwAV teachers (official release or our own checkpoints).
+"""SwAV (Caron et al. 2020): the model and its checkpoint layout. The losses
+(Sinkhorn-Knopp, swapped prediction) are in selfsup.methods.losses, the
+method in selfsup.methods.swav, the frozen teacher in selfsup.models.teacher.
 
 Checkpoint layout (the official release's): a flat state dict whose trunk
 keys are the backbone's own names at top level (``conv1.weight``,
@@ -11,17 +12,13 @@ a ``module.`` prefix. :func:`official_state_dict` writes it and
 :func:`load_official_state` reads it, so our checkpoints and released SwAV
 weights are interchangeable.
 """
-import math
-
 import torch
-import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from selfsup.core import checkpoint as ck
-from selfsup.core import distributed as du
-from selfsup.models.backbones import canonical_arch, create_backbone
 from selfsup.core.errors import UserError
+from selfsup.models.backbones import canonical_arch, create_backbone
 
 HEAD_PREFIXES = ("projection_head.", "prototypes.")
 
@@ -103,8 +100,7 @@ def official_state_dict(model, prefix="module."):
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     out = {}
     for k, v in model.state_dict().items():
-        if k.startswith("backbone."):
-            k = k[len("backbone."):]
+        k = k.removeprefix("backbone.")
         out[prefix + k] = v
     return out
 
@@ -120,7 +116,7 @@ def _strip_module(state):
 
 def flat_model_state(model):
     """SwAVModel's state dict with official (flat) key names, for messages."""
-    return {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in model.state_dict().items()}
+    return {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}
 
 
 def describe_official_mismatch(model, state, limit=3):
@@ -141,37 +137,12 @@ def load_official_state(model, state, path, what="checkpoint", ignore=()):
     return model
 
 
-# -- teacher ----------------------------------------------------------------
+class SwAVEncoder(SwAVModel):
+    """A SwAVModel whose ``forward(x)`` is the embedding alone (``embed``):
+    the encoder of a frozen SwAV-layout teacher. Same parameters and keys."""
 
-class FrozenSwAVTeacher(nn.Module):
-    """A frozen SwAV model whose ``forward(x)`` returns the L2-normalised
-    embedding (after the projection head); DisCo/main.py's SwAV teachers are
-    normalised. ``set_normalize(False)`` makes it return the raw projection
-    instead, as the teacher of the original main_swav_distill.py (built
-    without ``normalize=True``). It stays in eval mode when the
-    module holding it is switched to train mode; set ``keep_eval = False``
-    to let ``.train()`` reach it (BatchNorm then uses batch statistics, as
-    the original DisCo does by accident)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.keep_eval = True
-        for p in self.model.parameters():
-            p.requires_grad = False
-        self.train(False)
-
-    def train(self, mode=True):
-        return super().train(False if self.keep_eval else mode)
-
-    def set_normalize(self, normalize):
-        """L2-normalise the embedding (True) or return the raw projection."""
-        self.model.normalize = bool(normalize)
-        return self
-
-    @torch.no_grad()
-    def forward(self, x):
-        return self.model.embed(x)
+    def forward(self, crops):
+        return self.embed(crops)
 
 
 def _infer_hidden(state):
@@ -189,10 +160,10 @@ def _infer_small(state, ckpt):
     return bool(w is not None and w.dim() == 4 and w.shape[-1] == 3)
 
 
-def load_swav_teacher(arch: str, path: str, hidden_mlp=None, feat_dim: int = 128, nmb_prototypes: int = 0,
-                      small_images=None) -> nn.Module:
-    """A frozen SwAV teacher in eval mode from an official SwAV release (plain
-    state dict, ``module.`` prefix) or one of our SwAV checkpoints. The
+def load_swav_encoder(arch: str, path: str, hidden_mlp=None, feat_dim: int = 128, nmb_prototypes: int = 0,
+                      small_images=None, normalize: bool = True, what: str = "teacher checkpoint") -> SwAVEncoder:
+    """A SwAVEncoder with the weights of an official SwAV release (plain state
+    dict, ``module.`` prefix) or one of our SwAV checkpoints. The
     DeepCluster-v2 and SeLa-v2 releases (arch ``DCresnet50``/``SELAresnet50``)
     share that layout; their several prototype heads
     (``prototypes.prototypes0.*``, ...) are ignored like any prototypes.
@@ -200,8 +171,10 @@ def load_swav_teacher(arch: str, path: str, hidden_mlp=None, feat_dim: int = 128
     hidden_mlp None: read from the checkpoint (2048 for ResNet-50, 8192 for
     ResNet-50x2). nmb_prototypes 0: the checkpoint's prototypes are ignored.
     small_images None: the checkpoint's setting (ours) or the stem's shape.
+    normalize: L2-normalise the embedding (the official model's
+    ``normalize=True``) or return the raw projection.
     Raises UserError naming the first mismatched keys/shapes."""
-    ckpt = ck.load_file(path, "teacher checkpoint")
+    ckpt = ck.load_file(path, what)
     state = _strip_module(ck.state_dict_of(ckpt, path))
     if hidden_mlp is None:
         hidden_mlp = _infer_hidden(state)
@@ -209,98 +182,9 @@ def load_swav_teacher(arch: str, path: str, hidden_mlp=None, feat_dim: int = 128
             hidden_mlp = default_hidden_mlp(arch)
     if small_images is None:
         small_images = _infer_small(state, ckpt)
-    model = SwAVModel(arch, hidden_mlp=hidden_mlp, feat_dim=feat_dim, nmb_prototypes=nmb_prototypes,
-                      small_images=small_images)
+    model = SwAVEncoder(arch, hidden_mlp=hidden_mlp, feat_dim=feat_dim, nmb_prototypes=nmb_prototypes,
+                        small_images=small_images, normalize=bool(normalize))
     ignore = () if nmb_prototypes else ("prototypes.",)
-    # Our checkpoints may hold other entries (e.g. a distillation teacher is never saved, but be lenient
-    # with nothing else): only the SwAV model's keys are compared.
-    load_official_state(model, state, path, "teacher checkpoint", ignore=ignore)
-    return FrozenSwAVTeacher(model)
-
-
-# -- Sinkhorn-Knopp and the swapped-prediction loss -------------------------
-
-def _all_reduce(t, op=None):
-    if du.world_size() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
-def _row_logsumexp_all_ranks(log_q):
-    """logsumexp over dim 1 (the samples), whose columns are split over ranks."""
-    m = log_q.max(dim=1, keepdim=True).values
-    _all_reduce(m, dist.ReduceOp.MAX if du.world_size() > 1 else None)
-    s = torch.exp(log_q - m).sum(dim=1, keepdim=True)
-    _all_reduce(s)
-    return m + torch.log(s)
-
-
-@torch.no_grad()
-def sinkhorn(scores, epsilon=0.05, iterations=3):
-    """Equal-partition soft assignment of the samples to the prototypes.
-
-    scores: (B, K) prototype scores of this rank's B samples (the batch is
-    split over the ranks of the process group). Returns (B, K) codes, each
-    row summing to 1, each prototype getting about B_total/K of the mass.
-
-    The same iterations as SwAV's (exp(scores/eps), then alternate
-    normalisation of prototype rows and sample columns) carried out in log
-    space in fp32: nothing overflows or underflows whatever the dtype or
-    scale of `scores`."""
-    log_q = scores.detach().float().t() / epsilon          # (K, B)
-    k = log_q.shape[0]
-    b_total = log_q.shape[1] * du.world_size()
-    for _ in range(iterations):
-        log_q = log_q - _row_logsumexp_all_ranks(log_q) - math.log(k)      # each prototype: mass 1/K
-        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(b_total)  # each sample: 1/B
-    return torch.exp(log_q + math.log(b_total)).t()
-
-
-def swav_loss(embedding, scores, batch_size, crops_for_assign=(0, 1), temperature=0.1, epsilon=0.05,
-              sinkhorn_iterations=3, queue=None, prototypes=None, use_the_queue=False):
-    """SwAV's swapped prediction over multi-crop outputs.
-
-    embedding (N*B, D) and scores (N*B, K) hold the N crops of B images,
-    crop-major (crop 0 of every image, then crop 1, ...). For each crop in
-    `crops_for_assign` its codes (Sinkhorn of its scores, with the queue's
-    scores stacked on top once the queue is filled) are predicted from every
-    other crop's softmax(scores / temperature).
-
-    queue: None or a (len(crops_for_assign), L, D) tensor of past embeddings,
-    updated in place (newest first); prototypes: the (K, D) prototype weights
-    used to score it. Returns (loss, use_the_queue)."""
-    n_crops = scores.shape[0] // batch_size
-    if n_crops < 2:
-        raise ValueError("swav_loss needs at least two crops per image")
-    embedding = embedding.detach()
-    loss = 0.0
-    for i, crop_id in enumerate(crops_for_assign):
-        with torch.no_grad():
-            out = scores[batch_size * crop_id: batch_size * (crop_id + 1)].detach().float()
-            if queue is not None:
-                if use_the_queue or not torch.all(queue[i, -1, :] == 0):
-                    use_the_queue = True
-                    out = torch.cat((queue[i].float() @ prototypes.detach().float().t(), out))
-                queue[i, batch_size:] = queue[i, :-batch_size].clone()
-                queue[i, :batch_size] = embedding[crop_id * batch_size: (crop_id + 1) * batch_size].to(queue.dtype)
-            q = sinkhorn(out, epsilon, sinkhorn_iterations)[-batch_size:]
-        subloss = 0.0
-        others = [v for v in range(n_crops) if v != crop_id]
-        for v in others:
-            x = scores[batch_size * v: batch_size * (v + 1)].float() / temperature
-            subloss = subloss - torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
-        loss = loss + subloss / len(others)
-    return loss / len(crops_for_assign), use_the_queue
-
-
-def swav_disco_loss(swav, student_embedding, teacher_embedding, n_assign, mse_weight=1.0):
-    """SwAV + DisCo loss of the original main_swav_distill.py:
-    ``(sum over crops_for_assign of the swapped losses + mse_weight * MSE) / n_assign``.
-
-    swav: :func:`swav_loss`'s value, already divided by n_assign, so only the
-    MSE gets the division (x0.5 with two crops for assignment). The MSE is
-    the mean over all crops and dimensions of the squared difference between
-    the student's (normalised) and the teacher's embedding of every crop.
-    Returns (loss, mse)."""
-    mse = F.mse_loss(student_embedding.float(), teacher_embedding.float())
-    return swav + mse_weight * mse / n_assign, mse
+    # Our checkpoints may hold other entries (e.g. the run's flags): only the SwAV model's keys are compared.
+    load_official_state(model, state, path, what, ignore=ignore)
+    return model

@@ -1,23 +1,29 @@
-"""Frozen self-supervised teachers for DisCo and RKD.
+"""Frozen self-supervised teachers for DisCo, RKD and SwAV + DisCo.
 
-A teacher maps images to L2-normalised embeddings after its own projection
-head (EmbeddingTeacher, for every family but SwAV's). The families:
+One wrapper, EmbeddingTeacher, for every family: images -> the embedding
+after the teacher's own projection head, L2-normalised (SwAV + DisCo's
+teacher may return the raw projection instead). It holds no training
+logic: the method holding it decides its BatchNorm mode (DisCo's
+``--teacher-bn``; SwAV + DisCo keeps it in eval mode). The families:
 - MoCo-v2 checkpoints (ours, the official release, DisCo students): the
   query encoder ``module.encoder_q.*``; the head's shape is read from the
   checkpoint, so any ``--mlp``/``--hidden`` setting loads;
 - SwAV-layout checkpoints (``--teacher_arch SWAVresnet50``, ``resnet50w2``,
   ``DCresnet50``, ``SELAresnet50``): the official SwAV, DeepCluster-v2 and
-  SeLa-v2 releases or our own SwAV runs, via selfsup.models.swav;
+  SeLa-v2 releases or our own SwAV runs (layout: selfsup.models.swav);
 - the DINO, MoCo-v3 and DINOv2 releases (``--teacher_arch dino_vits16``,
   ``mocov3_resnet50``, ``dinov2_vits14``, ...), via selfsup.models.releases.
 """
-import torch.nn as nn
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 from selfsup.core import checkpoint as ck
-from selfsup.models.backbones import create_backbone, set_head
 from selfsup.core.errors import UserError
+from selfsup.models.backbones import create_backbone, set_head
 from selfsup.models.heads import projection_head
+from selfsup.models.releases import is_release, load_release_encoder
+from selfsup.models.swav import load_swav_encoder
 
 # SwAV-layout releases: SwAV's R-50 and R-50x2, and DeepCluster-v2 / SeLa-v2
 # (released from the SwAV repo with the same model definition; orig DisCo/main.py:193-201).
@@ -25,14 +31,30 @@ SWAV_TEACHERS = {"SWAVresnet50", "resnet50w2", "DCresnet50", "SELAresnet50"}
 
 
 class EmbeddingTeacher(nn.Module):
-    """encoder(x) L2-normalised, never trained."""
+    """A frozen encoder's embedding: ``encoder(x)``, L2-normalised in fp32
+    when `normalize` (the embedding an encoder returns as it is otherwise).
 
-    def __init__(self, encoder):
+    `slot` names the encoder's attribute, which is part of DisCo's
+    checkpoint layout (``module.teacher.<slot>.*``): ``encoder`` for MoCo
+    and release teachers, ``model`` for SwAV-layout ones. A SwAV-layout
+    encoder normalises inside its own head (SwAVModel.normalize, as the
+    official model), so its wrapper does not normalise again."""
+
+    def __init__(self, encoder: nn.Module, normalize: bool = True, slot: str = "encoder"):
         super().__init__()
-        self.encoder = encoder
+        self.slot, self.normalize = slot, bool(normalize)
+        self.add_module(slot, encoder)
+        for p in encoder.parameters():
+            p.requires_grad = False
 
-    def forward(self, x):
-        return F.normalize(self.encoder(x).float(), dim=1)
+    @property
+    def net(self) -> nn.Module:
+        """The wrapped encoder, whatever its slot."""
+        return getattr(self, self.slot)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.net(x)
+        return F.normalize(z.float(), dim=1) if self.normalize else z
 
 
 def _head_from_state(state, head_name, feat_dim, path):
@@ -51,7 +73,17 @@ def _head_from_state(state, head_name, feat_dim, path):
                     "(expected a MoCo pretraining checkpoint with module.encoder_q.*)")
 
 
-def load_moco_teacher(arch, path, small_images=None):
+def load_swav_teacher(arch: str, path: str, hidden_mlp=None, feat_dim: int = 128, nmb_prototypes: int = 0,
+                      small_images=None, normalize: bool = True) -> EmbeddingTeacher:
+    """A frozen SwAV-layout teacher in eval mode (selfsup.models.swav.load_swav_encoder
+    says which files and what the arguments mean). normalize False: the raw
+    projection, the teacher of the original main_swav_distill.py."""
+    encoder = load_swav_encoder(arch, path, hidden_mlp=hidden_mlp, feat_dim=feat_dim,
+                                nmb_prototypes=nmb_prototypes, small_images=small_images, normalize=normalize)
+    return EmbeddingTeacher(encoder, normalize=False, slot="model").eval()
+
+
+def load_moco_teacher(arch: str, path: str, small_images=None) -> EmbeddingTeacher:
     ckpt = ck.load_file(path, "--teacher checkpoint")
     state = ck.state_dict_of(ckpt, path)
     for prefix in ("module.encoder_q.", "encoder_q.", "module.encoder.", "encoder."):
@@ -69,23 +101,19 @@ def load_moco_teacher(arch, path, small_images=None):
     head_name = backbone.head_name
     head_weight = state.get(f"{head_name}.weight", state.get(f"{head_name}.0.weight"))
     if head_weight is not None and head_weight.shape[1] != feat_dim:
-        saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
-        raise UserError(f"teacher '{path}' does not match --teacher_arch {arch}"
-                        f"{f' (it was trained as {saved!r})' if saved else ''}: head input "
-                        f"{head_weight.shape[1]} vs feature width {feat_dim}")
+        raise ck.arch_mismatch("teacher", path, "--teacher_arch", arch,
+                               f"head input {head_weight.shape[1]} vs feature width {feat_dim}", ckpt)
     encoder = set_head(backbone, _head_from_state(state, head_name, feat_dim, path))
     ck.load_into(encoder, state, path, arch, flag="--teacher_arch")
     return EmbeddingTeacher(encoder)
 
 
-def load_teacher(arch, path, small_images=None, nmb_prototypes=0):
-    """A frozen teacher of `arch` with the weights of `path`."""
+def load_teacher(arch: str, path: str, small_images=None, nmb_prototypes: int = 0) -> EmbeddingTeacher:
+    """A frozen teacher of `arch` with the weights of `path`, in eval mode."""
     if not path:
         raise UserError("--teacher PATH is required (a MoCo-v2, SwAV, DINO, MoCo-v3 or DINOv2 file of "
                         "--teacher_arch)")
-    from selfsup.models.releases import is_release, load_release_encoder
     if arch in SWAV_TEACHERS:
-        from selfsup.models.swav import load_swav_teacher
         teacher = load_swav_teacher(arch, path, nmb_prototypes=nmb_prototypes, small_images=small_images)
     elif is_release(arch):  # built at the release's own stem: small_images does not apply
         encoder, release, layout = load_release_encoder(arch, path)
