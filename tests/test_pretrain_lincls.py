@@ -3,13 +3,14 @@ import os
 
 import pytest
 import torch
-
 from moco_scripts import main_lincls, main_moco
+
 from selfsup.core import checkpoint as ck
 from selfsup.core.errors import UserError
-from selfsup.engine.runtime import launch
+from selfsup.data.builtin import prepare
 from selfsup.engine.lincls import run_lincls
 from selfsup.engine.pretrain import run_pretraining
+from selfsup.engine.runtime import launch
 from selfsup.methods.moco import build_moco
 
 PRETRAIN = ["-a", "resnet18", "--mlp", "--aug-plus", "--cos", "--moco-t", "0.2", "-b", "8", "--moco-k", "24",
@@ -92,3 +93,33 @@ def test_pretrained_of_another_arch_is_a_one_line_error(tiny_data, tmp_path):
                                    str(tmp_path / "checkpoint_0000.pth.tar"), tiny_data])
     with pytest.raises(UserError, match="does not match -a resnet34.*trained as 'resnet18'"):
         launch(run_lincls, args)
+
+
+def test_linear_eval_saves_and_restores_the_grad_scaler(tmp_path):
+    """fp16 (a grad scaler): the checkpoint holds the scaler's state and a
+    rerun continues from it. The planted state is one no fresh scaler has
+    (growth interval 777, not 2000; scale 1024, below what two steps of
+    halving from 65536 reach), so only a restored scaler saves it again."""
+    data = str(tmp_path / "data")
+    prepare(data, train_per_class=1, val_per_class=1, size=16, seed=1)  # 10 + 10 images: one batch each
+    folder = tmp_path / "lin"
+
+    def lincls(epochs):
+        # 8 px: fp16 convolutions are slow on a CPU.
+        return launch(run_lincls, main_lincls.parse_args(
+            ["-a", "resnet18", "--small-images", "-b", "10", "--image-size", "8", "-j", "0", "-p", "100",
+             "--seed", "0", "--lr", "0.1", "--precision", "fp16", "--epochs", str(epochs), "--ckpt-dir",
+             str(folder), data]))
+
+    lincls(1)
+    path = folder / "checkpoint.pth.tar"
+    saved = torch.load(path, weights_only=True)
+    assert {"epoch", "arch", "state_dict", "best_acc1", "optimizer"} <= set(saved)  # the original's keys
+    assert set(saved["scaler"]) >= {"scale", "growth_interval", "_growth_tracker"}
+    saved["scaler"].update(scale=1024.0, growth_interval=777, _growth_tracker=0)
+    torch.save(saved, path)
+    lincls(2)  # reruns in the same --ckpt-dir resume its checkpoint.pth.tar
+    resumed = torch.load(path, weights_only=True)
+    assert resumed["epoch"] == 2
+    assert resumed["scaler"]["growth_interval"] == 777
+    assert resumed["scaler"]["scale"] <= 1024.0

@@ -3,28 +3,31 @@
 Used by moco/main_lincls.py, DisCo/main_lincls.py, yt_main_lincls.py,
 main_lincls_semi.py and cifar_main_lincls.py, which differ only in their
 default schedule and in where the images come from (`build_datasets`).
+
+Checkpoint (the original's keys): ``{"epoch", "arch", "state_dict",
+"best_acc1", "optimizer"}`` plus ``small_images``, ``image_size``, ``run``
+and, with a grad scaler (fp16), ``scaler``.
 """
 import os
-import time
 
 import torch
 import torch.nn as nn
 
-from selfsup.data import augment
 from selfsup.core import checkpoint as ck
-from selfsup.data import folders as D
 from selfsup.core import distributed as du
-from selfsup.engine import runstate as rs
-from selfsup.models.backbones import create_backbone, set_head
-from selfsup.data.cifar import CIFAR
+from selfsup.core.distributed import unwrap
 from selfsup.core.errors import UserError
+from selfsup.data import augment
+from selfsup.data import folders as D
+from selfsup.data.cifar import CIFAR
+from selfsup.data.subset import balanced_subset
+from selfsup.engine import runstate as rs
+from selfsup.engine.checkpointing import CheckpointWriter
 from selfsup.engine.optim import epoch_lr, set_lr
 from selfsup.engine.precision import Precision
-from selfsup.core.checkpoint import prefixed_state
+from selfsup.engine.progress import EpochMeters, MetricsWriter
 from selfsup.engine.runstate import seed_everything
-from selfsup.core.distributed import unwrap
-from selfsup.engine.progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
-from selfsup.data.subset import balanced_subset
+from selfsup.models.backbones import create_backbone, set_head
 
 
 def imagefolder_datasets(args):
@@ -73,9 +76,7 @@ def load_pretrained(model, path, arch):
     expected = {k for k in model.state_dict() if not k.startswith(f"{head}.")}
     problem = ck.describe_mismatch({k: v for k, v in model.state_dict().items() if k in expected}, state)
     if problem:
-        saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
-        hint = f" (it was trained as '{saved}')" if saved and saved != arch else ""
-        raise UserError(f"--pretrained '{path}' does not match -a {arch}{hint}: {problem}")
+        raise ck.arch_mismatch("--pretrained", path, "-a", arch, problem, ckpt)
     result = model.load_state_dict(state, strict=False)
     assert set(result.missing_keys) == {f"{head}.weight", f"{head}.bias"}, result.missing_keys
     return {k: v.clone() for k, v in state.items()}
@@ -152,6 +153,8 @@ def _lincls(args, build_datasets):
     optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     criterion = nn.CrossEntropyLoss()
     identity = rs.run_identity(args, RUN_KEYS, ("pretrained",))
+    writer = CheckpointWriter(model, optimizer, args.arch, prec, small_images=bool(small),
+                              image_size=args.image_size, run=identity)
 
     best_acc1, mid = 0.0, None
     resume = lincls_resume_path(args)
@@ -171,8 +174,7 @@ def _lincls(args, build_datasets):
             rs.check_identity(ckpt.get("run"), checked, resume, hint, rs.moco_flag_name)
         ck.load_into(unwrap(model), ck.strip_prefix(ck.state_dict_of(ckpt, resume), "module."),
                      resume, args.arch)
-        if "optimizer" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
+        writer.restore(ckpt, optimizer_required=False)
         args.start_epoch, best_acc1 = int(ckpt.get("epoch", 0)), float(ckpt.get("best_acc1", 0.0))
         if ckpt.get("iteration") is not None:
             mid = {"sampler": ckpt["sampler"], "rng": ckpt["rng"]}
@@ -191,16 +193,8 @@ def _lincls(args, build_datasets):
     metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
     last = os.path.join(args.ckpt_dir, "checkpoint.pth.tar")
 
-    def state(epoch, **extra):
-        return {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state(model), "best_acc1": best_acc1,
-                "optimizer": optimizer.state_dict(), "small_images": bool(small), "image_size": args.image_size,
-                "run": identity, **extra}
-
     def save_mid(epoch, i):
-        rng = rs.gather_objects(rs.capture_rng())
-        if main:
-            ck.save_checkpoint(state(epoch, iteration=i, sampler=train_loader.position(i), rng=rng), last)
-        return last
+        return writer.save_mid_epoch(last, epoch, train_loader, i, best_acc1=best_acc1)
 
     train_loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
     acc1 = acc5 = 0.0
@@ -214,16 +208,16 @@ def _lincls(args, build_datasets):
             seed_everything(args.seed + 1000 * epoch + args.rank)
         lr = epoch_lr(args.lr, epoch, args.epochs, getattr(args, "cos", False), args.schedule, args.gamma)
         set_lr(optimizer, lr)
-        train_loss, train_acc1 = train_one_epoch(train_loader, model, criterion, optimizer, epoch, args, prec)
+        train = train_one_epoch(train_loader, model, criterion, optimizer, epoch, args, prec)
         acc1, acc5, val_loss = validate(val_loader, model, criterion, args, prec)
         is_best = acc1 > best_acc1
         best_acc1 = max(acc1, best_acc1)
         if main:
-            metrics.write(epoch, lr=lr, loss=train_loss, train_acc1=train_acc1, val_loss=val_loss,
+            metrics.write(epoch, lr=lr, loss=train["loss"], train_acc1=train["acc1"], val_loss=val_loss,
                           acc1=acc1, acc5=acc5, best_acc1=best_acc1)
-            ck.save_checkpoint(state(epoch + 1), last)
+            writer.save(last, epoch + 1, best_acc1=best_acc1)
             if is_best:
-                ck.save_checkpoint(state(epoch + 1), os.path.join(args.ckpt_dir, "model_best.pth.tar"))
+                writer.save(os.path.join(args.ckpt_dir, "model_best.pth.tar"), epoch + 1, best_acc1=best_acc1)
             if epoch == args.start_epoch and pretrained_state is not None:
                 sanity_check(unwrap(model), pretrained_state, args.pretrained)
         if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
@@ -235,15 +229,14 @@ def _lincls(args, build_datasets):
 
 
 def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None):
-    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
-    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
-    progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1, top5], prefix=f"Epoch: [{epoch}]")
+    """One epoch of the classifier; returns the epoch's meters summary
+    ({"loss", "acc1", "acc5", "epoch_time"})."""
+    meters = EpochMeters(len(loader), f"Epoch: [{epoch}]", args.print_freq)
     # eval(): BatchNorm keeps the pretrained statistics while the classifier trains.
     prec = prec or Precision()
     model.eval()
-    end = time.time()
     for i, (images, target) in enumerate(loader):
-        data_time.update(time.time() - end)
+        meters.data_loaded()
         images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
         with prec.autocast():
             output = model(prec.inputs(images)).float()
@@ -252,34 +245,19 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None)
         rs.check_finite(loss, epoch, i, "lower --lr", args.ckpt_dir, args.device)
         optimizer.zero_grad(set_to_none=True)
         prec.backward_step(loss, optimizer)
-        record(losses, top1, top5, loss, output, target)
-        batch_time.update(time.time() - end)
-        end = time.time()
-        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
-            progress.display(i)
+        meters.update({"loss": loss, "logits": output, "labels": target}, target.shape[0])
+        meters.batch_done(i)
     D.report_skipped(loader.dataset, epoch)
-    return losses.avg, top1.avg
-
-
-def record(losses, top1, top5, loss, output, target):
-    """Add one batch's loss and top-1/top-5 to the running meters."""
-    acc1, acc5 = accuracy(output, target, topk=(1, 5))
-    n = target.shape[0]
-    losses.update(loss.item(), n)
-    top1.update(acc1.item(), n)
-    top5.update(acc5.item(), n)
+    return meters.summary()
 
 
 @torch.no_grad()
 def validate(loader, model, criterion, args, prec=None):
-    """Top-1/top-5 on the whole validation set (every rank evaluates all of it)."""
-    batch_time = AverageMeter("Time", ":6.3f")
-    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
-    progress = ProgressMeter(len(loader), [batch_time, losses, top1, top5], prefix="Test: ")
+    """(top-1, top-5, loss) on the whole validation set (every rank evaluates all of it)."""
+    meters = EpochMeters(len(loader), "Test: ", args.print_freq, data_time=False)
     net = unwrap(model)
     net.eval()
     prec = prec or Precision()
-    end = time.time()
     for i, (images, target) in enumerate(loader):
         images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
         with prec.autocast():
@@ -288,35 +266,9 @@ def validate(loader, model, criterion, args, prec=None):
         if not torch.isfinite(loss):  # the last step made the weights non-finite: no accuracy, no model_best
             raise UserError(f"validation loss became {loss.item()}: the classifier's weights are not finite; "
                             "lower --lr (checkpoints already written are unchanged)")
-        record(losses, top1, top5, loss, output, target)
-        batch_time.update(time.time() - end)
-        end = time.time()
-        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
-            progress.display(i)
+        meters.update({"loss": loss, "logits": output, "labels": target}, target.shape[0])
+        meters.batch_done(i)
+    row = meters.summary()
     if du.is_main_process():
-        print(f" * Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}", flush=True)
-    return top1.avg, top5.avg, losses.avg
-
-
-def lincls_script(description, lr=30.0, schedule=(60, 80), gamma=0.1, build_datasets=imagefolder_datasets,
-                  extra_args=None, check=None):
-    """(parse_args, main) of a linear-evaluation script: the scripts differ
-    only in their defaults, extra flags and where the images come from."""
-    import functools
-
-    from selfsup.cli import flags as cli
-    from selfsup.core.errors import cli_main
-    from selfsup.engine.runtime import launch
-
-    def parse_args(argv=None):
-        p = cli.lincls_parser(description, lr=lr, schedule=schedule, gamma=gamma)
-        if extra_args:
-            extra_args(p)
-        args = cli.finish_lincls(p.parse_args(argv))
-        return check(args) if check else args
-
-    @cli_main
-    def main(argv=None):
-        launch(functools.partial(run_lincls, build_datasets=build_datasets), parse_args(argv))
-
-    return parse_args, main
+        print(f" * Acc@1 {row['acc1']:.3f} Acc@5 {row['acc5']:.3f}", flush=True)
+    return row["acc1"], row["acc5"], row["loss"]

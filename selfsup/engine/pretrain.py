@@ -6,24 +6,25 @@ accuracy) and optionally more ``loss_*`` terms to log. Everything else
 (processes, data, optimiser, schedule, checkpoints, resume, logs) is here.
 """
 import os
-import time
 
 import torch
 import torch.nn as nn
 
-from selfsup.data import augment
 from selfsup.core import checkpoint as ck
-from selfsup.engine import collapse
-from selfsup.data import folders as D
 from selfsup.core import distributed as du
-from selfsup.engine import runstate as rs
-from selfsup.engine.runstate import seed_everything
-from selfsup.core.checkpoint import prefixed_state
 from selfsup.core.distributed import unwrap
 from selfsup.core.errors import UserError
+from selfsup.data import augment
+from selfsup.data import folders as D
+from selfsup.data.gpu_augment import moco_spec
+from selfsup.data.jpeg import two_view_loader
+from selfsup.engine import collapse
+from selfsup.engine import runstate as rs
+from selfsup.engine.checkpointing import CheckpointWriter
 from selfsup.engine.optim import epoch_lr, set_lr
 from selfsup.engine.precision import Precision
-from selfsup.engine.progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
+from selfsup.engine.progress import EpochMeters, MetricsWriter
+from selfsup.engine.runstate import seed_everything
 
 
 def resume_path(args):
@@ -52,8 +53,6 @@ def pretrain_loader(args):
     decoded and augmented in batches on args.device (selfsup.data.jpeg)."""
     train_dir = D.split_folder(args.data, "train")
     if getattr(args, "gpu_aug", False):
-        from selfsup.data.gpu_augment import moco_spec
-        from selfsup.data.jpeg import two_view_loader
         return two_view_loader(train_dir, moco_spec(args.aug_plus, args.image_size), args.batch_size,
                                args.workers, args.device, distributed=args.distributed, seed=args.seed,
                                decode=getattr(args, "gpu_aug_decode", "gpu"))
@@ -79,10 +78,10 @@ def run_identity(args):
     return rs.run_identity(args, RUN_KEYS, RUN_FILES)
 
 
-def resume(model, optimizer, path, args, prec=None):
-    """Load model, queue, optimizer and scaler state after checking that the
-    checkpoint's run had the same flags; returns (epoch to start at, the
-    mid-epoch state or None)."""
+def resume(writer, path, args):
+    """Load model, queue, optimizer and scaler state (into what `writer`
+    saves) after checking that the checkpoint's run had the same flags;
+    returns (epoch to start at, the mid-epoch state or None)."""
     ckpt = ck.load_file(path, "--resume checkpoint")
     hint = ("use another --ckpt-dir, or --resume '' to start from scratch" if args.resume is None
             else "resume with the flags of that run, or start from scratch without --resume")
@@ -94,10 +93,8 @@ def resume(model, optimizer, path, args, prec=None):
         identity = {k: v for k, v in identity.items() if k not in rs.SCHEDULE_KEYS}
     rs.check_identity(ckpt.get("run"), identity, path, hint, rs.moco_flag_name)
     state = ck.strip_prefix(ck.state_dict_of(ckpt, path), "module.")
-    ck.load_into(unwrap(model), state, path, args.arch)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if prec is not None:
-        prec.load_state_dict(ckpt.get("scaler"))
+    ck.load_into(unwrap(writer.model), state, path, args.arch)
+    writer.restore(ckpt)
     mid = None
     if ckpt.get("iteration") is not None:
         mid = {"iteration": int(ckpt["iteration"]), "sampler": ckpt["sampler"], "rng": ckpt["rng"]}
@@ -169,28 +166,21 @@ def _pretrain(args, build_model):
             find_unused_parameters=getattr(model, "find_unused_parameters", False))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    writer = CheckpointWriter(model, optimizer, args.arch, prec, small_images=bool(args.small_images),
+                              image_size=args.image_size, run=run_identity(args))
 
     path = resume_path(args)
     prepare_folder(args, path)
     mid = None
     if path:
-        args.start_epoch, mid = resume(model, optimizer, path, args, prec)
+        args.start_epoch, mid = resume(writer, path, args)
 
     loader = pretrain_loader(args)
     metrics = MetricsWriter(args.ckpt_dir, args.start_epoch) if main else None
-    identity = run_identity(args)
-
-    def state(epoch, **extra):
-        return {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state(model),
-                "optimizer": optimizer.state_dict(), "small_images": bool(args.small_images),
-                "image_size": args.image_size, "run": identity,
-                **({"scaler": prec.state_dict()} if prec.scaler.is_enabled() else {}), **extra}
 
     def save_mid(epoch, i):
-        rng = rs.gather_objects(rs.capture_rng())
-        name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch, i))
+        name = writer.save_mid_epoch(os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch, i)), epoch, loader, i)
         if main:
-            ck.save_checkpoint(state(epoch, iteration=i, sampler=loader.position(i), rng=rng), name)
             prune(args.ckpt_dir, name)
         return name
 
@@ -216,7 +206,7 @@ def _pretrain(args, build_model):
         name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch))
         if main:
             metrics.write(epoch, lr=lr, **stats)  # first: a kill between the two redoes this epoch's row
-            ck.save_checkpoint(state(epoch + 1), name)
+            writer.save(name, epoch + 1)
             prune(args.ckpt_dir, name)
         if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
             rs.announce_stop(name, epoch)
@@ -227,15 +217,13 @@ def _pretrain(args, build_model):
 
 
 def train_one_epoch(loader, model, optimizer, epoch, args, prec=None):
-    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
-    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
-    extra = {}
-    progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1, top5], prefix=f"Epoch: [{epoch}]")
+    """One epoch of `model` (a method: forward returns "loss", "logits",
+    "labels" and "loss_*" parts); returns its metrics.csv row."""
+    meters = EpochMeters(len(loader), f"Epoch: [{epoch}]", args.print_freq)
     prec = prec or Precision()
     model.train()
-    start = end = time.time()
     for i, (images, _) in enumerate(loader, getattr(loader, "start", 0)):  # i: the batch's index in the epoch
-        data_time.update(time.time() - end)
+        meters.data_loaded()
         im_q = prec.inputs(images[0].to(args.device, non_blocking=True))
         im_k = prec.inputs(images[1].to(args.device, non_blocking=True))
         with prec.autocast():  # the forward only; the losses inside cast to fp32
@@ -244,21 +232,9 @@ def train_one_epoch(loader, model, optimizer, epoch, args, prec=None):
         rs.check_finite(loss, epoch, i, "lower --lr", args.ckpt_dir, args.device)
         optimizer.zero_grad(set_to_none=True)
         prec.backward_step(loss, optimizer)
-
-        n = im_q.shape[0]
-        acc1, acc5 = accuracy(out["logits"], out["labels"], topk=(1, 5))
-        losses.update(loss.item(), n)
-        top1.update(acc1.item(), n)
-        top5.update(acc5.item(), n)
-        for key, value in out.items():
-            if key.startswith("loss_"):
-                extra.setdefault(key, AverageMeter(key, ":.4e")).update(float(value), n)
-        batch_time.update(time.time() - end)
-        end = time.time()
-        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
-            progress.meters = [batch_time, data_time, losses, *extra.values(), top1, top5]
-            progress.display(i)
-    seconds = time.time() - start
+        meters.update(out, im_q.shape[0])
+        meters.batch_done(i)
+    stats = meters.summary()
     pairs = len(loader) * loader.batch_size * du.world_size()  # a resumed epoch: all of it
-    return {"loss": losses.avg, **{k: m.avg for k, m in extra.items()}, "acc1": top1.avg, "acc5": top5.avg,
-            "epoch_time": seconds, "pairs_per_s": pairs / seconds if seconds > 0 else 0.0}
+    seconds = stats["epoch_time"]
+    return {**stats, "pairs_per_s": pairs / seconds if seconds > 0 else 0.0}

@@ -1,11 +1,17 @@
 """What a run shows and leaves behind: MoCo-style progress lines with rate
-and ETA, and per-epoch metrics in CSV (and TensorBoard when installed)."""
+and ETA (EpochMeters, the one set of meters of every epoch loop), and
+per-epoch metrics in CSV (and TensorBoard when installed)."""
+from __future__ import annotations
+
 import csv
 import datetime
 import os
 import time
+from collections.abc import Mapping, Sequence
 
 import torch
+
+from selfsup.core import distributed as du
 
 
 class AverageMeter:
@@ -45,6 +51,95 @@ class ProgressMeter:
         entries += [str(m) for m in self.meters]
         entries.append(f"{rate:.2f} batch/s  ETA {datetime.timedelta(seconds=int(eta))}")
         print("\t".join(entries), flush=True)
+
+
+class EpochMeters:
+    """The meters of one pass over a loader: Time, Data, Loss, the method's
+    ``loss_*`` parts (in the order they first appear), Acc@k and any values
+    shown as they are (e.g. the lr), printed as ProgressMeter lines and
+    summarised as one metrics.csv row. A loop uses it as::
+
+        meters = EpochMeters(len(loader), f"Epoch: [{epoch}]", args.print_freq)
+        for i, batch in enumerate(loader):
+            meters.data_loaded()
+            ...                       # forward, backward, step
+            meters.update(out, n)     # "loss", "logits"+"labels" (Acc@k), "loss_*" parts
+            meters.batch_done(i)      # Time; a line every print_freq batches and at the last
+        row = meters.summary()        # {"loss", parts, "acc1", ..., "epoch_time"}
+    """
+
+    def __init__(self, num_batches: int, prefix: str = "", print_freq: int | None = None,
+                 topk: Sequence[int] = (1, 5), data_time: bool = True, part_names: Mapping[str, str] | None = None):
+        """print_freq None: never print (a loop that only summarises);
+        data_time False: no Data column (validation); part_names: the column
+        title of a ``loss_*`` key (default: the key itself)."""
+        self.batch_time = AverageMeter("Time", ":6.3f")
+        self.data_time = AverageMeter("Data", ":6.3f") if data_time else None
+        self.loss = AverageMeter("Loss", ":.4e")
+        self.parts: dict[str, AverageMeter] = {}
+        self.part_names = dict(part_names or {})
+        self.topk = tuple(topk)
+        self.acc = [AverageMeter(f"Acc@{k}", ":6.2f") for k in self.topk]
+        self.shown: dict[str, AverageMeter] = {}
+        self.print_freq = print_freq
+        self.progress = ProgressMeter(num_batches, [], prefix=prefix)
+        self.start = self.end = time.time()
+
+    def data_loaded(self) -> None:
+        """The batch has arrived: the time since the last batch ended is Data."""
+        if self.data_time is not None:
+            self.data_time.update(time.time() - self.end)
+
+    def update(self, values: Mapping, n: int) -> None:
+        """Add one batch of `n` samples: values["loss"] (a number or 0-d tensor),
+        every ``loss_*`` entry that is not None, and with "logits" and "labels"
+        the top-k accuracies. Other entries are ignored."""
+        self.loss.update(_number(values["loss"]), n)
+        for key, value in values.items():
+            if key.startswith("loss_") and value is not None:
+                name = self.part_names.get(key, key)
+                self.parts.setdefault(key, AverageMeter(name, ":.4e")).update(_number(value), n)
+        if self.acc and values.get("logits") is not None:
+            for meter, acc in zip(self.acc, accuracy(values["logits"], values["labels"], topk=self.topk)):
+                meter.update(acc.item(), n)
+
+    def show(self, name: str, value: float, fmt: str = ":.4f") -> None:
+        """A value printed as it is (``name value (value)``) after the others."""
+        meter = AverageMeter(name, fmt)
+        meter.update(value)
+        self.shown[name] = meter
+
+    def batch_done(self, i: int) -> None:
+        """Batch `i` is done: its Time, and its line on the main process every
+        print_freq batches and at the epoch's last batch."""
+        now = time.time()
+        self.batch_time.update(now - self.end)
+        self.end = now
+        last = i == self.progress.num_batches - 1
+        if self.print_freq and du.is_main_process() and (i % self.print_freq == 0 or last):
+            self.display(i)
+
+    def columns(self) -> list:
+        data = [self.data_time] if self.data_time is not None else []
+        return [self.batch_time, *data, self.loss, *self.parts.values(), *self.acc, *self.shown.values()]
+
+    def display(self, i: int) -> None:
+        self.progress.meters = self.columns()
+        self.progress.display(i)
+
+    def summary(self) -> dict:
+        """The epoch's averages for metrics.csv: loss, each ``loss_*`` part,
+        acc1/acc5/..., and epoch_time (seconds since the meters were made)."""
+        row = {"loss": self.loss.avg, **{key: m.avg for key, m in self.parts.items()}}
+        row.update({f"acc{k}": m.avg for k, m in zip(self.topk, self.acc)})
+        row["epoch_time"] = time.time() - self.start
+        return row
+
+
+def _number(value) -> float:
+    """A Python float of a number or a one-element tensor (a loss still
+    attached to its graph included)."""
+    return value.item() if torch.is_tensor(value) else float(value)
 
 
 def accuracy(output, target, topk=(1,)):

@@ -2,10 +2,9 @@
 in eval mode, its features pooled globally (or, --global_pooling false, a
 6x6 average pool of the final map, optionally BatchNorm'd), one linear
 layer trained with SGD and a cosine or step schedule; top-1/top-5 on val/
-after every epoch; `checkpoint.pth.tar` in --dump_path and automatic restart."""
-import argparse
+after every epoch; `checkpoint.pth.tar` in --dump_path and automatic restart.
+Its flags: swav-master/eval_linear.py and selfsup.cli.swav_flags."""
 import os
-import time
 
 import torch
 import torch.nn as nn
@@ -15,63 +14,13 @@ from selfsup.core import checkpoint as ck
 from selfsup.data import folders as D
 from selfsup.core import distributed as du
 from selfsup.engine import runstate as rs
-from selfsup.models.backbones import backbone_spec, create_backbone
+from selfsup.models.backbones import create_backbone
 from selfsup.core.errors import UserError
 from selfsup.data.multicrop import SWAV_MEAN, SWAV_STD
 from selfsup.engine.runstate import seed_everything
 from selfsup.core.distributed import unwrap
-from selfsup.engine.progress import AverageMeter, MetricsWriter, ProgressMeter, accuracy
-from selfsup.engine.swav_launch import add_dist_args, bool_flag, check_args
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description="Linear evaluation of a SwAV / SwAV+DisCo backbone")
-    a = p.add_argument
-    a("--data_path", type=str, default="/path/to/imagenet", help="folder holding train/ and val/")
-    a("--arch", default="resnet50", type=str)
-    a("--pretrained", default="", type=str, help="SwAV checkpoint (ours or the official release)")
-    a("--global_pooling", default=True, type=bool_flag, help="global average pooling of the last feature map")
-    a("--use_bn", default=False, type=bool_flag,
-      help="BatchNorm2d on the pooled map before the linear layer; as in the original, only with "
-           "--global_pooling false (see --pooled_bn)")
-    a("--epochs", default=100, type=int)
-    a("--batch_size", default=32, type=int, help="images per process")
-    a("--lr", default=0.3, type=float)
-    a("--wd", default=1e-6, type=float)
-    a("--nesterov", default=False, type=bool_flag)
-    a("--scheduler_type", default="cosine", choices=["step", "cosine"])
-    a("--decay_epochs", type=int, nargs="+", default=[60, 80], help="step schedule milestones")
-    a("--gamma", type=float, default=0.1, help="step schedule factor")
-    a("--final_lr", type=float, default=0, help="cosine schedule's last lr")
-    a("--workers", default=10, type=int)
-    a("--dump_path", type=str, default="./ckpt/linear",
-      help="checkpoint.pth.tar and metrics.csv (original default: '.'; ./ckpt is git-ignored)")
-    a("--seed", type=int, default=31)
-    a("--restart", type=bool_flag, default=True,
-      help="ours: continue the evaluation in --dump_path (default, as the original); false starts from "
-           "scratch and moves its files to --dump_path/previous-N")
-    add_dist_args(p)
-    # ours
-    a("--image_size", type=int, default=224, help="ours: crop size (val: resize size*256/224, centre crop)")
-    a("--small_images", type=bool_flag, default=None, help="ours: default taken from the checkpoint")
-    a("--print_freq", type=int, default=50, help="ours")
-    a("--pooled_bn", type=bool_flag, default=False,
-      help="ours: BatchNorm1d on the globally pooled features (what --use_bn true did here before)")
-    return p
-
-
-def finish_args(args):
-    if not args.global_pooling:
-        if backbone_spec(args.arch).family != "resnet":
-            raise UserError(f"--global_pooling false pools a ResNet's final feature map (the original: resnet50 "
-                            f"only); --arch {args.arch} needs --global_pooling true")
-        if args.pooled_bn:
-            raise UserError("--pooled_bn true needs --global_pooling true (use --use_bn without global pooling)")
-    if args.batch_size < 1 or args.epochs < 1:
-        raise UserError("--batch_size and --epochs must be positive")
-    check_args(args)
-    args.workers = max(0, min(args.workers, os.cpu_count() or 1))
-    return args
+from selfsup.engine.checkpointing import CheckpointWriter
+from selfsup.engine.progress import EpochMeters, MetricsWriter
 
 
 def linear_transforms(size=224):
@@ -167,9 +116,7 @@ def load_frozen_backbone(args):
         state = ck.backbone_state(ck.state_dict_of(ckpt, args.pretrained), model.head_name)
         problem = ck.describe_mismatch(model.state_dict(), state)
         if problem:
-            saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
-            hint = f" (it was trained as '{saved}')" if saved and saved != args.arch else ""
-            raise UserError(f"--pretrained '{args.pretrained}' does not match --arch {args.arch}{hint}: {problem}")
+            raise ck.arch_mismatch("--pretrained", args.pretrained, "--arch", args.arch, problem, ckpt)
         model.load_state_dict(state, strict=True)
     elif du.is_main_process():
         print("=> no --pretrained: evaluating a randomly initialised backbone", flush=True)
@@ -222,6 +169,7 @@ def _eval_linear(args):
     start_epoch, best_acc = 0, 0.0
     last = os.path.join(args.dump_path, "checkpoint.pth.tar")
     identity = rs.run_identity(args, RUN_KEYS, ("pretrained",))
+    writer = CheckpointWriter(head, optimizer, args.arch, run=identity)
     if main:
         ck.remove_stale_temporaries(args.dump_path)
         if not (args.restart and os.path.isfile(last)):
@@ -234,7 +182,7 @@ def _eval_linear(args):
                           "use another --dump_path, or --restart false to start from scratch")
         ck.load_into(unwrap(head), ck.strip_prefix(ck.state_dict_of(ckpt, last), "module."), last, args.arch,
                      flag="--arch")
-        optimizer.load_state_dict(ckpt["optimizer"])
+        writer.restore(ckpt)
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt.get("best_acc", 0.0))
         if main:
@@ -247,19 +195,16 @@ def _eval_linear(args):
         if args.distributed:
             train_loader.sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        loss, train_acc1 = train_one_epoch(model, head, train_loader, optimizer, criterion, epoch, args)
+        train = train_one_epoch(model, head, train_loader, optimizer, criterion, epoch, args)
         scheduler.step()
         acc1, acc5, val_loss = validate(model, unwrap(head), val_loader, criterion, args)
         best_acc = max(best_acc, acc1)
         if main:
             print(f"Test: Epoch [{epoch}]\tAcc@1 {acc1:.3f}\tAcc@5 {acc5:.3f}\tBest Acc@1 so far {best_acc:.3f}",
                   flush=True)
-            ck.save_checkpoint({"epoch": epoch + 1, "state_dict": {f"module.{k}": v for k, v in
-                                                                  unwrap(head).state_dict().items()},
-                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "best_acc": best_acc, "arch": args.arch, "run": identity}, last)
-            metrics.write(epoch, lr=lr, loss=loss, train_acc1=train_acc1, val_loss=val_loss, acc1=acc1, acc5=acc5,
-                          best_acc1=best_acc)
+            writer.save(last, epoch + 1, scheduler=scheduler.state_dict(), best_acc=best_acc)
+            metrics.write(epoch, lr=lr, loss=train["loss"], train_acc1=train["acc1"], val_loss=val_loss, acc1=acc1,
+                          acc5=acc5, best_acc1=best_acc)
     if main:
         metrics.close()
         print(f"=> linear evaluation done: best Acc@1 {best_acc:.3f}", flush=True)
@@ -267,14 +212,12 @@ def _eval_linear(args):
 
 
 def train_one_epoch(model, head, loader, optimizer, criterion, epoch, args):
-    batch_time, data_time = AverageMeter("Time", ":6.3f"), AverageMeter("Data", ":6.3f")
-    losses, top1 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f")
-    progress = ProgressMeter(len(loader), [batch_time, data_time, losses, top1], prefix=f"Epoch: [{epoch}]")
+    """One epoch of the head; returns the meters summary ({"loss", "acc1", "epoch_time"})."""
+    meters = EpochMeters(len(loader), f"Epoch: [{epoch}]", args.print_freq, topk=(1,))
     model.eval()
     head.train()
-    end = time.time()
     for i, (images, target) in enumerate(loader):
-        data_time.update(time.time() - end)
+        meters.data_loaded()
         images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
         with torch.no_grad():
             feats = model(images)
@@ -285,19 +228,16 @@ def train_one_epoch(model, head, loader, optimizer, criterion, epoch, args):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.update(loss.item(), images.shape[0])
-        top1.update(accuracy(output, target)[0].item(), images.shape[0])
-        batch_time.update(time.time() - end)
-        end = time.time()
-        if du.is_main_process() and (i % args.print_freq == 0 or i == len(loader) - 1):
-            progress.display(i)
+        meters.update({"loss": loss, "logits": output, "labels": target}, images.shape[0])
+        meters.batch_done(i)
     D.report_skipped(loader.dataset, epoch)
-    return losses.avg, top1.avg
+    return meters.summary()
 
 
 @torch.no_grad()
 def validate(model, head, loader, criterion, args):
-    losses, top1, top5 = AverageMeter("Loss", ":.4e"), AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
+    """(top-1, top-5, loss) on the whole val set; no per-batch lines, as the original."""
+    meters = EpochMeters(len(loader))
     model.eval()
     head.eval()
     for images, target in loader:
@@ -307,11 +247,8 @@ def validate(model, head, loader, criterion, args):
         if not torch.isfinite(loss):  # the last step made the weights non-finite: no accuracy, no checkpoint
             raise UserError(f"validation loss became {loss.item()}: the linear head's weights are not finite; "
                             "lower --lr (the checkpoint already written is unchanged)")
-        acc1, acc5 = accuracy(output, target, topk=(1, 5))
-        n = images.shape[0]
-        losses.update(loss.item(), n)
-        top1.update(acc1.item(), n)
-        top5.update(acc5.item(), n)
+        meters.update({"loss": loss, "logits": output, "labels": target}, images.shape[0])
+    row = meters.summary()
     if du.is_main_process():
-        print(f" * Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}", flush=True)
-    return top1.avg, top5.avg, losses.avg
+        print(f" * Acc@1 {row['acc1']:.3f} Acc@5 {row['acc5']:.3f}", flush=True)
+    return row["acc1"], row["acc5"], row["loss"]
