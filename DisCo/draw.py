@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """t-SNE pictures of several models' embeddings, side by side.
 
     cd DisCo && python -u draw.py
@@ -8,15 +9,13 @@ of the first 10 classes, runs t-SNE per model and writes ../results/tsne.png.
 See docs/analysis.md.
 """
 import argparse
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from selfsup.analysis import embeddings, tsne
+from selfsup.core import checks
+from selfsup.core.errors import UserError, cli_main
 
-from selfsup.analysis import embeddings, tsne  # noqa: E402
-from selfsup.core import checks  # noqa: E402
-from selfsup.core.errors import UserError, cli_main  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where results/ goes
 
 
 def build_parser():

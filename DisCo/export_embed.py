@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Export embeddings and labels of a validation set from a checkpoint.
 
     cd DisCo
@@ -11,16 +12,14 @@ pretraining, DisCo, SwAV or linear evaluation. See docs/analysis.md.
 """
 import argparse
 import os
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from selfsup.analysis.export import export_checkpoint
+from selfsup.cli.flags import add_unsafe_load_arg, default_data
+from selfsup.core import checks
+from selfsup.core.errors import UserError, cli_main
 
-from selfsup.analysis.embeddings import export_checkpoint  # noqa: E402
-from selfsup.cli.flags import add_unsafe_load_arg, default_data  # noqa: E402
-from selfsup.core import checks  # noqa: E402
-from selfsup.core.errors import UserError, cli_main  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where results/ goes
 
 
 def build_parser():
@@ -48,7 +47,7 @@ def build_parser():
 @cli_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    data = args.data or default_data()
+    data = args.data or default_data(__file__)
     if args.batch_size < 1:
         raise UserError(f"-b/--batch-size {args.batch_size}: expected a positive number")
     if args.max_images is not None and args.max_images < 1:

@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -32,19 +33,24 @@ from selfsup.methods.moco import build_moco
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def script_parser(relpath):
-    """parse_args of one of the repository's scripts (they are not a package)."""
-    spec = importlib.util.spec_from_file_location(relpath.replace("/", "_")[:-3], os.path.join(REPO, relpath))
+def load_script(relpath, name=None):
+    """One of the repository's scripts as a module (they are not a package);
+    `name` also registers it in sys.modules, for a sibling that imports it."""
+    name = name or relpath.replace("/", "_")[:-3]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
-    return module.parse_args
+    return module
+
+
+def script_parser(relpath):
+    return load_script(relpath).parse_args
 
 
 def demo_config():
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "tools", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.CONFIG
+    load_script("tools/pipeline.py", "pipeline")  # tools/demo.py imports its sibling by that name
+    return load_script("tools/demo.py", "demo").CONFIG
 
 
 def one_process(args):

@@ -17,25 +17,22 @@ CPU:  python benchmarks/throughput.py --tiny            (seconds; for CI)
 import argparse
 import os
 import platform
-import sys
 import time
 import types
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from selfsup.data import augment
-from selfsup.data import folders as D  # noqa: E402
-from selfsup.methods.disco import DisCo  # noqa: E402
-from selfsup.core.errors import UserError, cli_main  # noqa: E402
-from selfsup.data.gpu_augment import moco_spec  # noqa: E402
-from selfsup.data.jpeg import two_view_loader  # noqa: E402
-from selfsup.methods.moco import MoCo  # noqa: E402
-from selfsup.engine.precision import Precision  # noqa: E402
-from selfsup.models.encoders import build_query_encoder  # noqa: E402
-from selfsup.models.teacher import EmbeddingTeacher  # noqa: E402
+from selfsup.data import folders as D
+from selfsup.methods.disco import DisCo
+from selfsup.core.errors import UserError, cli_main
+from selfsup.data.gpu_augment import moco_spec
+from selfsup.data.jpeg import two_view_loader
+from selfsup.methods.moco import MoCo
+from selfsup.engine.precision import Precision
+from selfsup.models.encoders import build_query_encoder
+from selfsup.models.teacher import EmbeddingTeacher
 
 MODELS = {
     "moco_r50": ("MoCo-v2 ResNet-50", "resnet50", None),

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """BI analysis: binning estimates of I(X;T) and I(T;Y) for several models.
 
     python data/cal_mi.py            # every pair in results/embeddings/
@@ -8,16 +9,14 @@ estimates the mutual information for each model and each bin count of
 --bins rows) and results/bi/bi.png. See docs/analysis.md for the formulas.
 """
 import argparse
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from selfsup.analysis import bi, embeddings
+from selfsup.analysis.mutual_info import NORMALISATIONS, RANGES
+from selfsup.core import checks
+from selfsup.core.errors import UserError, cli_main
 
-from selfsup.analysis import bi, embeddings  # noqa: E402
-from selfsup.analysis.mutual_info import NORMALISATIONS, RANGES  # noqa: E402
-from selfsup.core import checks  # noqa: E402
-from selfsup.core.errors import UserError, cli_main  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where results/ goes
 
 
 def build_parser():

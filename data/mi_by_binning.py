@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Binning estimate of I(X;T) and I(T;Y) for one embedding file and its labels.
 
     python data/mi_by_binning.py EMBED.npy LABELS.npy [--bins 30]
@@ -6,15 +7,10 @@ prints H(T) = I(X;T), I(T;Y) and H(Y) in bits. For several models, a table
 and a plot use data/cal_mi.py. See docs/analysis.md.
 """
 import argparse
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from selfsup.analysis.embeddings import load_npy  # noqa: E402
-from selfsup.analysis.mutual_info import NORMALISATIONS, RANGES, mi_by_binning  # noqa: E402
-from selfsup.core.errors import UserError, cli_main  # noqa: E402
+from selfsup.analysis.embeddings import load_npy
+from selfsup.analysis.mutual_info import NORMALISATIONS, RANGES, mi_by_binning
+from selfsup.core.errors import UserError, cli_main
 
 
 @cli_main

@@ -8,18 +8,14 @@ renames to detectron2's ResNet and prints what was kept. ResNet-18/34: res5 is n
 transferred (R-C4 builds it of bottleneck blocks in the ROI head).
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from selfsup.core.errors import cli_main  # noqa: E402
+from selfsup.cli.flags import add_unsafe_load_arg
+from selfsup.core.errors import cli_main
+from selfsup.detection.convert import convert_file
 
 
 @cli_main
 def run():
-    from selfsup.detection.convert import convert_file
-    from selfsup.cli.flags import add_unsafe_load_arg
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="checkpoint written by main_moco.py / DisCo main.py")
     parser.add_argument("output", help="detectron2 pickle to write (e.g. ./output.pkl)")

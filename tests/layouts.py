@@ -3,6 +3,7 @@
 Key names and shapes are spelled out here, independently of selfsup's own
 model code (torchvision ResNets for the trunks), so a loader that drifts
 from the official layout fails these tests."""
+import hashlib
 import os
 import pickle
 
@@ -78,28 +79,47 @@ def sela_v2_release_state(prototypes=3000):
 
 
 def write_cifar(root, name, n_train=20, n_test=10, classes=10):
+    """Fake CIFAR python files in the authors' layout. Their pickles come from
+    Python 2, whose str keys torchvision reads back as str (encoding latin1):
+    written here with str keys and names, and plain ints as labels. Not the
+    official files: torchvision's md5 check refuses them unless a test calls
+    pretend_official_cifar (or reads them under --unsafe-load)."""
     rng = np.random.default_rng(0)
     folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
     os.makedirs(os.path.join(root, folder))
-    key = b"labels" if name == "cifar10" else b"fine_labels"
+    key = "labels" if name == "cifar10" else "fine_labels"
 
     def dump(fname, n):
-        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: list(rng.integers(0, classes, n))}
+        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             key: [int(y) for y in rng.integers(0, classes, n)]}
         with open(os.path.join(root, folder, fname), "wb") as f:
             pickle.dump(d, f)
         return d
     if name == "cifar10":
         parts = [dump(f"data_batch_{i}", n_train // 5) for i in range(1, 6)]
         test = dump("test_batch", n_test)
-        meta = {b"label_names": [f"c{i}".encode() for i in range(classes)]}
+        meta = {"label_names": [f"c{i}" for i in range(classes)]}
         with open(os.path.join(root, folder, "batches.meta"), "wb") as f:
             pickle.dump(meta, f)
     else:
         parts = [dump("train", n_train)]
         test = dump("test", n_test)
         with open(os.path.join(root, folder, "meta"), "wb") as f:
-            pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(classes)]}, f)
+            pickle.dump({"fine_label_names": [f"c{i}" for i in range(classes)]}, f)
     return parts, test, folder
+
+
+def pretend_official_cifar(monkeypatch, folder, name):
+    """Let torchvision's CIFAR class take the files in `folder` (as they are
+    now) for the official ones: its md5 lists set to the files' own md5s."""
+    dataset = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+
+    def md5(file_name):
+        with open(os.path.join(folder, file_name), "rb") as f:
+            return hashlib.md5(f.read()).hexdigest()
+    monkeypatch.setattr(dataset, "train_list", [[f, md5(f)] for f, _ in dataset.train_list])
+    monkeypatch.setattr(dataset, "test_list", [[f, md5(f)] for f, _ in dataset.test_list])
+    monkeypatch.setattr(dataset, "meta", dict(dataset.meta, md5=md5(dataset.meta["filename"])))
 
 
 # -- transformer and post-MoCo-v2 releases (DINO, MoCo-v3, DINOv2) -----------------

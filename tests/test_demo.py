@@ -20,7 +20,7 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
     for line in table[2:]:  # kNN, linear top-1 and top-5 are percentages
         assert all(0.0 <= float(x) <= 100.0 for x in line.split("|")[5:8]), line
     # read_table (tab1_small --replot) gets the same rows back.
-    from demo import read_table
+    from pipeline import read_table
     rows = read_table(results / "table.md")
     assert [r["name"] for r in rows] == ["random_init", "teacher", "student_moco", "student_disco"]
     assert [r["acc1"] for r in rows] == [float(line.split("|")[6]) for line in table[2:]]
@@ -38,7 +38,7 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
 def test_run_steps_respects_dependencies_and_lanes():
     import threading
     import time
-    from demo import run_steps
+    from pipeline import run_steps
     log, lock, active = [], threading.Lock(), [0]
 
     def step(name, seconds=0.05):
@@ -66,7 +66,7 @@ def test_run_steps_respects_dependencies_and_lanes():
 
 def test_run_steps_stops_on_a_failed_step():
     import pytest
-    from demo import run_steps
+    from pipeline import run_steps
 
     def boom():
         raise RuntimeError("step broke")
@@ -78,7 +78,7 @@ def test_run_steps_stops_on_a_failed_step():
 
 def test_pipeline_progress_estimates_the_time_left_from_the_cost_done(monkeypatch):
     import time
-    from demo import PipelineProgress
+    from pipeline import PipelineProgress
     progress = PipelineProgress({"a": 1.0, "b": 3.0})
     monkeypatch.setattr(time, "time", lambda: progress.start + 60.0)  # one minute for cost 1 ...
     assert progress.finished("a") == "[demo] 1/2 steps done (a); elapsed 1.0 min, about 3.0 min left"

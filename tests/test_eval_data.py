@@ -1,12 +1,14 @@
 """Semi-supervised subsets and the CIFAR reader."""
 import os
+import pickle
+import re
 import tarfile
 
 import numpy as np
 import pytest
 
 from conftest import REPO, run
-from layouts import write_cifar
+from layouts import pretend_official_cifar, write_cifar
 from selfsup.data.cifar import CIFAR
 from selfsup.core.errors import UserError
 from selfsup.data.subset import balanced_subset, class_files, split_file_subset
@@ -94,9 +96,11 @@ def test_ratio_10_reads_the_10_percent_list_and_others_need_a_choice(tiny_data):
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 @pytest.mark.parametrize("as_archive", [False, True])
-def test_cifar_reader_reads_the_standard_layout(tmp_path, name, as_archive):
+def test_cifar_reader_reads_the_standard_layout(tmp_path, monkeypatch, name, as_archive):
+    monkeypatch.delenv("SELFSUP_UNSAFE_LOAD", raising=False)
     src = tmp_path / "src"
     parts, test, folder = write_cifar(str(src), name)
+    pretend_official_cifar(monkeypatch, str(src / folder), name)  # unpacking keeps the bytes, so the md5s
     root = src
     if as_archive:
         root = tmp_path / "archived"
@@ -105,12 +109,35 @@ def test_cifar_reader_reads_the_standard_layout(tmp_path, name, as_archive):
         with tarfile.open(root / archive, "w:gz") as tar:
             tar.add(src / folder, arcname=folder)
     train = CIFAR(str(root), name, train=True)
-    key = b"labels" if name == "cifar10" else b"fine_labels"
-    assert len(train) == 20 and train.targets == sum((list(p[key]) for p in parts), [])
+    key = "labels" if name == "cifar10" else "fine_labels"
+    assert len(train) == 20 and train.targets == sum((p[key] for p in parts), [])
     img, label = train[3]
-    first = parts[0][b"data"][3].reshape(3, 32, 32).transpose(1, 2, 0)
-    assert img.size == (32, 32) and np.array_equal(np.asarray(img), first)
-    assert len(CIFAR(str(root), name, train=False)) == 10 and len(train.classes) == 10
+    first = parts[0]["data"][3].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert img.size == (32, 32) and np.array_equal(np.asarray(img), first) and label == parts[0][key][3]
+    assert len(CIFAR(str(root), name, train=False)) == 10 and train.classes == [f"c{i}" for i in range(10)]
+
+
+def test_cifar_file_missing_from_the_folder_is_named(tmp_path):
+    _, _, folder = write_cifar(str(tmp_path), "cifar100")
+    os.remove(tmp_path / folder / "meta")
+    with pytest.raises(UserError, match=r"CIFAR file '.*cifar-100-python/meta' is missing"):
+        CIFAR(str(tmp_path), "cifar100", train=False)
+
+
+def test_cifar_reads_files_other_than_the_official_ones_only_under_unsafe_load(tmp_path, monkeypatch):
+    parts, _, folder = write_cifar(str(tmp_path), "cifar10")
+    monkeypatch.delenv("SELFSUP_UNSAFE_LOAD", raising=False)
+    batches = ", ".join(f"'{tmp_path / folder / f}'" for f in [f"data_batch_{i}" for i in range(1, 6)]
+                        + ["test_batch", "batches.meta"])
+    with pytest.raises(UserError, match=re.escape(f"CIFAR files {batches} are not the official CIFAR-10 files")
+                       + ".*--unsafe-load"):
+        CIFAR(str(tmp_path), "cifar10")
+    monkeypatch.setenv("SELFSUP_UNSAFE_LOAD", "1")  # what --unsafe-load sets: the user vouches for the files
+    assert CIFAR(str(tmp_path), "cifar10").targets == sum((p["labels"] for p in parts), [])
+    with open(tmp_path / folder / "test_batch", "wb") as f:
+        pickle.dump({"pixels": [1, 2, 3]}, f)  # a pickle, but not a CIFAR batch
+    with pytest.raises(UserError, match=r"are not CIFAR python pickles \(KeyError"):
+        CIFAR(str(tmp_path), "cifar10", train=False)
 
 
 def test_cifar_missing_is_a_one_line_error(tmp_path):

@@ -4,19 +4,21 @@ A payload is an object whose unpickling calls open(marker, "w"): the marker
 file appears exactly when a load executed the file's code. Each loading flag
 of each script gets one; it must refuse it in one `error:` line naming the
 file and --unsafe-load. Files the project writes, the official release
-layouts and genuine CIFAR archives still load by default."""
+layouts and the official CIFAR files (by md5) still load by default."""
 import argparse
 import collections
 import fractions
 import importlib.util
 import os
 import pickle
+import re
 
 import pytest
 import torch
+import torchvision
 
 from conftest import REPO, TINY_PRETRAIN, run
-from layouts import moco_v2_checkpoint, swav_release_state, write_cifar
+from layouts import moco_v2_checkpoint, pretend_official_cifar, swav_release_state, write_cifar
 
 
 class Payload:
@@ -92,7 +94,7 @@ def test_a_payload_is_refused_by_every_loading_flag(tiny_data, tmp_path, monkeyp
     out = tmp_path / "out"
     out.mkdir()
     if planted and planted.startswith("cifar"):
-        write_cifar(str(out), "cifar10")  # genuine files around the planted one
+        write_cifar(str(out), "cifar10")  # the rest of the layout around the planted file
     bad = out / planted if planted else tmp_path / "bad.pth.tar"
     marker = tmp_path / "MARKER"
     (torch_payload if kind == "torch" else raw_payload)(bad, str(marker))
@@ -197,25 +199,27 @@ def test_unsafe_load_loads_a_trusted_file_with_an_unlisted_type(tmp_path, monkey
     assert args.unsafe_load and load_file(str(path))["note"] == fractions.Fraction(1, 3)
 
 
-# -- CIFAR: a restricted unpickler ----------------------------------------------
+# -- CIFAR: torchvision's md5 check comes before any unpickling ------------------
 
-def test_cifar_reads_genuine_archives_and_refuses_a_payload(tmp_path, monkeypatch):
+def test_cifar_refuses_a_planted_file_before_unpickling_it(tmp_path, monkeypatch):
     from selfsup.data.cifar import CIFAR
     from selfsup.core.errors import UserError
     monkeypatch.delenv("SELFSUP_UNSAFE_LOAD", raising=False)
-    parts, test, folder = write_cifar(str(tmp_path), "cifar10")
-    # The authors' files are protocol-2 pickles naming numpy.core.multiarray
-    # (numpy 1.x): rewrite one batch that way.
-    batch = os.path.join(str(tmp_path), folder, "data_batch_1")
-    proto2 = pickle.dumps(parts[0], protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-    assert b"numpy.core.multiarray\n_reconstruct" in proto2
-    open(batch, "wb").write(proto2)
-    ds = CIFAR(str(tmp_path), "cifar10", train=True)
-    assert len(ds) == sum(len(p[b"labels"]) for p in parts) and ds.classes[:2] == ["c0", "c1"]
-    assert (ds.data[0] == parts[0][b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0)).all()
-
+    _, _, folder = write_cifar(str(tmp_path), "cifar10")
+    folder = tmp_path / folder
+    pretend_official_cifar(monkeypatch, str(folder), "cifar10")  # the fakes stand for the authors' files
+    assert len(CIFAR(str(tmp_path), "cifar10", train=True)) == 20
     marker = tmp_path / "MARKER"
-    raw_payload(batch, str(marker))
-    with pytest.raises(UserError, match=r"data_batch_1' needs (io|builtins)\.open.*--unsafe-load"):
-        CIFAR(str(tmp_path), "cifar10", train=True)
-    assert not marker.exists()
+    for planted in ("data_batch_1", "batches.meta"):
+        genuine = (folder / planted).read_bytes()
+        raw_payload(folder / planted, str(marker))
+        with pytest.raises(UserError, match=rf"CIFAR file '{re.escape(str(folder / planted))}' is not the "
+                                            r"official CIFAR-10 file .*--unsafe-load"):
+            CIFAR(str(tmp_path), "cifar10", train=True)
+        assert not marker.exists(), planted
+        # torchvision itself refuses it unread: its md5 check runs before its
+        # pickle.load (the reason its plain unpickling is safe here).
+        with pytest.raises(RuntimeError, match="corrupted"):
+            torchvision.datasets.CIFAR10(str(tmp_path), train=True, download=False)
+        assert not marker.exists(), planted
+        (folder / planted).write_bytes(genuine)

@@ -1,19 +1,10 @@
 """tools/tab1_small.py: the bar plot reads the demo pipeline's rows."""
-import importlib.util
 import os
 
-from conftest import REPO
-
-
-def load_tab1():
-    spec = importlib.util.spec_from_file_location("tab1_small", os.path.join(REPO, "tools", "tab1_small.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import tab1_small as tab1  # tools/ is on pytest's pythonpath (pyproject.toml)
 
 
 def test_bar_plot_pairs_each_baseline_with_its_disco_student(tmp_path, monkeypatch):
-    tab1 = load_tab1()
     rows = [dict(name="random_init", method="none", arch="resnet18", acc1=50.0),
             dict(name="teacher", method="MoCo-v2", arch="resnet34", acc1=80.0),
             dict(name="student_moco_resnet18", method="MoCo-v2", arch="resnet18", acc1=60.0),
@@ -33,7 +24,6 @@ def test_bar_plot_pairs_each_baseline_with_its_disco_student(tmp_path, monkeypat
 
 
 def test_replot_reads_the_written_table(tmp_path):
-    tab1 = load_tab1()
     (tmp_path / "table.md").write_text(
         "| model | method | arch | pretrain epochs | kNN top-1 | linear top-1 | linear top-5 | minutes |\n"
         "|---|---|---|---|---|---|---|---|\n"
@@ -46,7 +36,6 @@ def test_replot_reads_the_written_table(tmp_path):
 
 def test_seeds_summary_is_mean_and_sample_std_per_cell(tmp_path, monkeypatch):
     import statistics
-    tab1 = load_tab1()
 
     def table(seed):
         return [dict(name="teacher", method="MoCo-v2", arch="resnet34", epochs=30.0, knn=80.0 + seed,

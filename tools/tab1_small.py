@@ -25,7 +25,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from demo import BUILTIN_DATA, CONFIG, REPO_ROOT, read_table, run_pipeline  # noqa: E402  (tools/demo.py, beside this file)
+# Siblings in tools/ (this script's folder is on sys.path): the demo's
+# recipe and the pipeline it runs.
+from demo import CONFIG  # noqa: E402
+from pipeline import BUILTIN_DATA, REPO_ROOT, read_table, run_pipeline  # noqa: E402
 
 
 METRICS = ("knn", "acc1", "acc5", "minutes")

@@ -1,7 +1,9 @@
 """Embedding files: `<dir>/<name>_embed.npy` (N x D float32) and
 `<dir>/<name>_labels.npy` (N int64), plus an optional `<dir>/classes.txt`
 (one class name a line, index = label). `extract` runs a backbone over a
-data loader; the rest is plain numpy.
+data loader (torch is imported only there); the rest is plain numpy, so
+the analysis scripts that only read these files stay quick to start.
+selfsup.analysis.export writes them from a checkpoint.
 """
 from pathlib import Path
 
@@ -97,53 +99,3 @@ def extract(model, loader, device="cpu"):
     if not feats:
         raise UserError("the data loader yielded no images")
     return torch.cat(feats).numpy(), torch.cat(labs).numpy().astype(np.int64)
-
-
-def first_per_class(targets, limit):
-    """Indices of the first `limit` samples of each class (all when limit is None)."""
-    targets = np.asarray(targets)
-    if limit is None:
-        return np.arange(len(targets))
-    keep = [np.flatnonzero(targets == c)[:limit] for c in np.unique(targets)]
-    return np.sort(np.concatenate(keep))
-
-
-def image_root(data, split):
-    """The ImageFolder tree to embed: `<data>/<split>` when it exists, else
-    `data` itself unless that is a train/ val/ parent lacking `split`."""
-    data = Path(data)
-    if (data / split).is_dir():
-        return data / split
-    if (data / "train").is_dir() or (data / "val").is_dir():
-        raise UserError(f"data folder '{data}' has no {split}/ sub-folder (--split {split})")
-    return data
-
-
-def export_checkpoint(arch, checkpoint, data, out_dir, name, split="val", image_size=None,
-                      batch_size=64, workers=4, device=None, max_per_class=None):
-    """Embed the images of `data` with the backbone of `checkpoint` and save
-    `<out_dir>/<name>_embed.npy`, `<name>_labels.npy` and `classes.txt`.
-
-    image_size=None takes the checkpoint's own `image_size` entry (224 when it
-    has none). Returns (embed path, labels path, number of images, width)."""
-    import torch
-
-    from selfsup.data import augment
-    from selfsup.core import checkpoint as ck
-    from selfsup.data import folders as D
-    from selfsup.models.encoders import load_backbone
-
-    if image_size is None:
-        meta = ck.load_file(checkpoint, "--pretrained checkpoint")
-        image_size = int(meta.get("image_size", 224)) if isinstance(meta, dict) else 224
-        del meta
-    model = load_backbone(arch, checkpoint)
-    dataset = D.image_folder(str(image_root(data, split)), augment.eval_transform(image_size))
-    subset = torch.utils.data.Subset(dataset, first_per_class(dataset.targets, max_per_class).tolist())
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
-                                         num_workers=workers)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    embed, labels = extract(model, loader, device)
-    e_path, l_path = save(out_dir, name, embed, labels, class_names=dataset.classes)
-    return e_path, l_path, len(labels), embed.shape[1]

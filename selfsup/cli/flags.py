@@ -2,19 +2,25 @@
 defaults (see docs/flags.md for ours that the original did not have)."""
 import argparse
 import os
+import sys
+from typing import Optional
 
 from selfsup.core import checks as check
+from selfsup.core.checkpoint import set_unsafe_load
 from selfsup.models.backbones import default_image_size
 from selfsup.core.errors import UserError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILTIN_DATA = os.path.join(REPO_ROOT, "data", "builtin")
 
-
-def default_data():
+def default_data(script: Optional[str] = None) -> str:
     """Data folder when the positional argument is left out (one of the
-    Reproduction.md commands does): $DISCO_DATA, else the built-in dataset."""
-    return os.environ.get("DISCO_DATA", BUILTIN_DATA)
+    Reproduction.md commands does): $DISCO_DATA, else the built-in dataset
+    of the checkout that `script` (default: the running program,
+    sys.argv[0]) belongs to. Every script sits one folder below the
+    checkout's root (moco/, DisCo/, swav-master/, ...), so that is
+    <script's folder>/../data/builtin. The library itself may be installed
+    anywhere (a wheel), so it never looks for the checkout beside its own files."""
+    script_folder = os.path.dirname(os.path.abspath(script or sys.argv[0]))
+    return os.environ.get("DISCO_DATA", os.path.join(os.path.dirname(script_folder), "data", "builtin"))
 
 
 def common_parser(description, lr, epochs, schedule, wd, workers=32, batch_size=256):
@@ -92,7 +98,6 @@ class _UnsafeLoad(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from selfsup.core.checkpoint import set_unsafe_load  # torch only once the flag is used
         set_unsafe_load(True)
         setattr(namespace, self.dest, True)
 

@@ -18,6 +18,7 @@ import torch
 
 from selfsup.core import distributed as du
 from selfsup.core.errors import UserError
+from selfsup.core.processes import pid_alive
 
 CKPT_PATTERN = re.compile(r"checkpoint_(\d+)(?:_iter(\d+))?\.pth\.tar$")
 TMP_PATTERN = re.compile(r"\.tmp(\d+)$")
@@ -31,7 +32,6 @@ def checkpoint_name(epoch, iteration=None):
 
 def remove_stale_temporaries(folder):
     """Delete `*.tmp<PID>` files whose writer is dead (killed mid-write)."""
-    from selfsup.core.processes import pid_alive
     try:
         names = os.listdir(folder)
     except OSError:
@@ -252,12 +252,21 @@ def describe_mismatch(model_state, loaded, limit=3):
     return "; ".join(parts)
 
 
+def arch_mismatch(what: str, path: str, flag: str, arch: str, problem: str, ckpt=None) -> UserError:
+    """The one line for weights that do not fit the model `flag arch` builds,
+    e.g. "--pretrained 'x.pth' does not match -a resnet34 (it was trained as
+    'resnet18'): missing: ..."; the hint comes from `ckpt`'s own "arch"."""
+    saved = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    hint = f" (it was trained as '{saved}')" if saved and saved != arch else ""
+    return UserError(f"{what} '{path}' does not match {flag} {arch}{hint}: {problem}")
+
+
 def load_into(model, state, path, arch, flag="-a"):
     """Strictly load `state` into `model`, or raise one line naming what differs."""
     model_state = model.state_dict()
     problem = describe_mismatch(model_state, state)
     if problem:
-        raise UserError(f"checkpoint '{path}' does not match {flag} {arch}: {problem}")
+        raise arch_mismatch("checkpoint", path, flag, arch, problem)
     model.load_state_dict(state, strict=True)
     return model
 

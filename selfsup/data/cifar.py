@@ -1,80 +1,88 @@
-"""CIFAR-10/100 from the standard python archives, read without download.
+"""CIFAR-10/100 from the standard python archives: torchvision's CIFAR10 and
+CIFAR100 with download=False, and one-line errors around them.
 
-Layout (as distributed by the CIFAR authors and expected by torchvision):
+Layout (as distributed by the CIFAR authors and read by torchvision):
 ``<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` and
-``<root>/cifar-100-python/{train, test, meta}``; each file a pickled dict with
-``data`` (N x 3072 uint8, channel-major 32x32) and ``labels`` or
-``fine_labels``. A ``.tar.gz`` of either folder next to it is unpacked first.
+``<root>/cifar-100-python/{train, test, meta}``. A ``.tar.gz`` of either
+folder next to it is unpacked first. Nothing is downloaded.
+
+Safety: each of those files is a pickle, and torchvision reads it with plain
+pickle.load, which runs whatever code a planted file holds. It is safe here
+because torchvision (0.29, torchvision/datasets/cifar.py) compares every
+file's md5 with the official archive's before unpickling any: __init__ calls
+_check_integrity() over train_list + test_list before its pickle.load loop,
+and _load_meta() checks the meta file's md5 before loading it. A file that
+is not byte-for-byte the authors' one is therefore refused unread (making a
+different file with a given md5 is a preimage attack, out of reach; the
+known md5 collisions need both files chosen by the attacker).
+`tests/test_safe_load.py` pins that order. With --unsafe-load the user
+vouches for the files instead: the md5 lists are dropped and any file in
+the layout is read (own re-packed or subset archives, the tests' fakes).
 """
 import os
-import pickle
+import shutil
 import tarfile
+import tempfile
+import zlib
+from typing import Callable, Optional
 
-import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import check_integrity
 
-from selfsup.core.checkpoint import UNSAFE_HINT, unsafe_load_enabled
+from selfsup.core.checkpoint import unsafe_load_enabled
 from selfsup.core.errors import UserError
 
-LAYOUTS = {
-    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", [f"data_batch_{i}" for i in range(1, 6)],
-                ["test_batch"], "batches.meta", "label_names", "labels"),
-    "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", ["train"], ["test"], "meta",
-                 "fine_label_names", "fine_labels"),
-}
+
+def _without_md5(entries: list) -> list:
+    return [[file_name, None] for file_name, _ in entries]
 
 
-# The only globals a CIFAR python archive refers to: numpy arrays (the
-# authors' Python 2 files: numpy.core.multiarray._reconstruct, ndarray,
-# dtype; numpy 2 writes numpy._core, protocol 5 writes _frombuffer), numpy
-# scalars (labels re-pickled from numpy ints) and _codecs.encode (bytes in a
-# protocol-2 pickle written by Python 3). Dicts, lists, bytes, str and ints
-# need no global. Each of these only builds a value; none runs code.
-_CIFAR_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    *((f"numpy.{core}.multiarray", f) for core in ("core", "_core") for f in ("_reconstruct", "scalar")),
-    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
-}
+# --unsafe-load: torchvision's classes with md5 None, for which its
+# check_integrity only checks that each file exists. Module-level classes, so
+# that a DataLoader worker started by spawn or forkserver can unpickle them.
+class _TrustedCIFAR10(CIFAR10):
+    train_list, test_list = _without_md5(CIFAR10.train_list), _without_md5(CIFAR10.test_list)
+    meta = dict(CIFAR10.meta, md5=None)
 
 
-class _Refused(Exception):
-    pass
+class _TrustedCIFAR100(CIFAR100):
+    train_list, test_list = _without_md5(CIFAR100.train_list), _without_md5(CIFAR100.test_list)
+    meta = dict(CIFAR100.meta, md5=None)
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """pickle.Unpickler that resolves only _CIFAR_GLOBALS, so a planted file
-    cannot make the load import and call anything else (os.system, ...)."""
-
-    def find_class(self, module, name):
-        if (module, name) not in _CIFAR_GLOBALS:
-            raise _Refused(f"{module}.{name}")
-        return super().find_class(module, name)
+DATASETS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+TRUSTED = {"cifar10": _TrustedCIFAR10, "cifar100": _TrustedCIFAR100}
+TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
-def _unpickle(path):
-    try:
-        with open(path, "rb") as f:
-            if unsafe_load_enabled():  # --unsafe-load: the user trusts the file
-                return pickle.load(f, encoding="bytes")
-            return _CifarUnpickler(f, encoding="bytes").load()
-    except FileNotFoundError:
-        raise UserError(f"CIFAR file '{path}' is missing") from None
-    except _Refused as exc:
-        raise UserError(f"CIFAR file '{path}' needs {exc}, which a CIFAR archive never holds (only dicts, lists, "
-                        f"bytes, ints and numpy arrays; loading it could run code); {UNSAFE_HINT}") from None
-    except Exception as exc:
-        raise UserError(f"CIFAR file '{path}' is not a CIFAR python pickle ({exc})") from None
+def _files(dataset: type) -> list:
+    """[file name, official md5] of every file the dataset class reads."""
+    return [*dataset.train_list, *dataset.test_list, [dataset.meta["filename"], dataset.meta["md5"]]]
 
 
-def _get(d, key):
-    return d[key.encode()] if key.encode() in d else d[key]
+def _not_official(folder: str, name: str, exc: Exception) -> UserError:
+    """The one line for files that failed torchvision's md5 check, naming them."""
+    dataset = DATASETS[name]
+    wrong = [os.path.join(folder, file_name) for file_name, md5 in _files(dataset)
+             if not check_integrity(os.path.join(folder, file_name), md5)]
+    if not wrong:  # not the md5 check after all
+        return UserError(f"CIFAR files in '{folder}': {exc}")
+    listed = ", ".join(f"'{path}'" for path in wrong)
+    if len(wrong) == 1:
+        what, it = f"file {listed} is not the official {TITLES[name]} file", "it"
+    else:
+        what, it = f"files {listed} are not the official {TITLES[name]} files", "them"
+    return UserError(f"CIFAR {what} (md5 differs: corrupt, or not from the authors' archive; unpickling {it} "
+                     f"could run code): download {it} again; if you trust {it}, rerun with --unsafe-load "
+                     "(see docs/safety.md)")
 
 
-def cifar_folder(root, name):
-    if name not in LAYOUTS:
-        raise UserError(f"--dataset {name}: expected one of {', '.join(LAYOUTS)}")
-    folder, archive = LAYOUTS[name][:2]
+def cifar_folder(root: str, name: str) -> str:
+    """`<root>/<the dataset's folder>`, unpacking its .tar.gz first when only
+    the archive is there; a UserError when neither is."""
+    if name not in DATASETS:
+        raise UserError(f"--dataset {name}: expected one of {', '.join(DATASETS)}")
+    folder, archive = DATASETS[name].base_folder, DATASETS[name].filename
     path = os.path.join(root, folder)
     if not os.path.isdir(path) and os.path.isfile(os.path.join(root, archive)):
         _unpack(os.path.join(root, archive), root, folder)
@@ -84,13 +92,11 @@ def cifar_folder(root, name):
     return path
 
 
-def _unpack(archive, root, folder):
+def _unpack(archive: str, root: str, folder: str) -> None:
     """Unpack into a scratch folder and move `folder` into place only when the
     whole archive read well: a truncated or corrupt download is one line, and
-    leaves no half-unpacked folder that a rerun would take for the data."""
-    import shutil
-    import tempfile
-    import zlib
+    leaves no half-unpacked folder that a rerun would take for the data.
+    (torchvision's extract_archive neither filters members nor unpacks aside.)"""
     try:
         scratch = tempfile.mkdtemp(prefix=".unpack", dir=root)
     except OSError as exc:
@@ -109,24 +115,22 @@ def _unpack(archive, root, folder):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-class CIFAR(Dataset):
-    def __init__(self, root, name="cifar10", train=True, transform=None):
-        folder = cifar_folder(root, name)
-        _, _, train_files, test_files, meta_file, names_key, labels_key = LAYOUTS[name]
-        data, labels = [], []
-        for f in train_files if train else test_files:
-            d = _unpickle(os.path.join(folder, f))
-            data.append(np.asarray(_get(d, "data"), dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels += list(_get(d, labels_key))
-        self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # N x 32 x 32 x 3
-        self.targets = labels
-        meta = _unpickle(os.path.join(folder, meta_file))
-        self.classes = [n.decode() if isinstance(n, bytes) else n for n in _get(meta, names_key)]
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, i):
-        img = Image.fromarray(self.data[i])
-        return (self.transform(img) if self.transform else img), self.targets[i]
+def CIFAR(root: str, name: str = "cifar10", train: bool = True,
+          transform: Optional[Callable] = None) -> CIFAR10:
+    """The train or test split of CIFAR-10/100 under `root`, as torchvision's
+    dataset (PIL images, `targets`, `classes`); every failure is one line."""
+    folder = cifar_folder(root, name)
+    official = DATASETS[name]
+    for file_name, _ in _files(official):
+        if not os.path.isfile(os.path.join(folder, file_name)):
+            raise UserError(f"CIFAR file '{os.path.join(folder, file_name)}' is missing")
+    dataset = TRUSTED[name] if unsafe_load_enabled() else official
+    try:
+        return dataset(root, train=train, transform=transform, download=False)
+    except RuntimeError as exc:
+        if dataset is official:  # torchvision's "Dataset not found or corrupted": an md5 differs
+            raise _not_official(folder, name, exc) from None
+        raise UserError(f"CIFAR files in '{folder}': {exc}") from None
+    except Exception as exc:  # only files trusted by --unsafe-load get here: unpickled, but not CIFAR's
+        raise UserError(f"CIFAR files in '{folder}' are not CIFAR python pickles "
+                        f"({type(exc).__name__}: {exc})") from None

@@ -12,7 +12,9 @@ import torch
 from torchvision import datasets
 
 from selfsup.core import distributed as du
+from selfsup.core.checks import SKIP_BAD_IMAGES_ENV
 from selfsup.core.errors import UserError
+from selfsup.core.processes import ignore_stop_signals
 
 
 def pil_loader(path):
@@ -34,7 +36,6 @@ def pil_loader(path):
 
 
 def skip_bad_images_enabled():
-    from selfsup.core.checks import SKIP_BAD_IMAGES_ENV
     return os.environ.get(SKIP_BAD_IMAGES_ENV) == "1"
 
 
@@ -218,7 +219,6 @@ def _seed_all(seed):
 
 
 def _worker_init(_):
-    from selfsup.core.processes import ignore_stop_signals
     ignore_stop_signals()
 
 
@@ -276,10 +276,27 @@ class ResumableLoader:
     def __iter__(self):
         start = self.start
         epoch, total = self.batch_sampler.epoch, len(self)
-        for i, batch in enumerate(self.loader, start + 1):
-            yield batch
-            if self.hook is not None and i < total:
-                self.hook(epoch, i)
+        try:
+            for i, batch in enumerate(self.loader, start + 1):
+                yield batch
+                if self.hook is not None and i < total:
+                    self.hook(epoch, i)
+        except Exception:
+            # A batch that failed (an unreadable image) ends the run: stop the
+            # workers now, while their queues are open. Left to the garbage
+            # collector (the traceback's frames hold the iterator in reference
+            # cycles), the workers' shutdown races their queues' own finalizers
+            # and a queue thread can print a traceback after the one-line error.
+            self.shutdown_workers()
+            raise
+
+    def shutdown_workers(self):
+        """End the worker processes, which persist between epochs (torch keeps
+        their iterator on the DataLoader); the next pass starts new ones."""
+        iterator, self.loader._iterator = getattr(self.loader, "_iterator", None), None
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # multiprocess iterators only
+        if shutdown is not None:
+            shutdown()
 
 
 def make_loader(dataset, batch_size, workers, shuffle, drop_last, distributed, seed=None, collate_fn=None):

@@ -29,6 +29,10 @@ import torchvision.ops
 
 from selfsup.data.augment import IMAGENET_MEAN, IMAGENET_STD, blur_sigma
 
+# kornia (a second or more to import) is imported inside the functions that
+# draw pixels, so that the pretraining engine and jpeg.py can import this
+# module at the top while a run without --gpu-aug never loads kornia.
+
 
 @dataclass(frozen=True)
 class AugmentSpec:

@@ -11,8 +11,9 @@ import torch
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from selfsup.data import folders as D
 from selfsup.core.errors import UserError
+from selfsup.data import folders as D
+from selfsup.data.gpu_augment import BatchTwoViews, CroppedTwoViews, crop_pair
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -126,7 +127,6 @@ class CropPairReader:
         self.spec = spec
 
     def __call__(self, path):
-        from selfsup.data.gpu_augment import crop_pair
         return crop_pair(decode_on_cpu(path), self.spec)
 
 
@@ -142,7 +142,6 @@ def two_view_loader(root, spec, batch_size, workers, device, distributed=False, 
     decode 'gpu': workers read bytes, JPEGs are decoded and cropped on
     `device`; 'workers': workers decode and crop (uint8 crops travel), the
     colour/blur/flip/normalise run batched on `device`."""
-    from selfsup.data.gpu_augment import BatchTwoViews, CroppedTwoViews
     if decode not in ("gpu", "workers"):
         raise UserError(f"--gpu-aug-decode {decode}: expected gpu or workers")
     if decode == "workers":

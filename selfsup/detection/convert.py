@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from selfsup.core.checkpoint import load_file
 from selfsup.core.errors import UserError
 
 # blocks per stage (layer1..layer4) -> depth, for the two block types
@@ -191,7 +192,6 @@ def load_checkpoint(path):
     with its allow-list, or as is under --unsafe-load (selfsup.core.checkpoint)."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: checkpoint file not found")
-    from selfsup.core.checkpoint import load_file
     return load_file(path, "input checkpoint")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from selfsup.core import distributed as du
+from selfsup.core.checkpoint import latest_checkpoint
 from selfsup.core.errors import UserError
 from selfsup.core.processes import (install_signal_handlers, pid_alive, pid_start_time,  # noqa: F401
                                     restore_signal_handlers, stop_signal)
@@ -361,7 +362,6 @@ def check_finite(loss, epoch, i, hint, folder, device=None):
     if count:
         where = f" on {count} of {du.world_size()} processes" if du.world_size() > 1 else ""
         value = f" {loss.item()}" if bad else " non-finite"
-        from selfsup.core.checkpoint import latest_checkpoint
         last = latest_checkpoint(folder) if folder else None
         kept = f"; the last checkpoint '{last}' is unchanged" if last else ""
         stop_all(UserError(f"loss became{value}{where} at epoch {epoch} batch {i}: {hint}{kept}"))
