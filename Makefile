@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test env data digits detectron2 tab1 clean
+.PHONY: demo test lint env data digits detectron2 tab1 clean
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ tab1: data
 
 # One OpenMP thread per process: the tests start scripts as subprocesses, and
 # more threads than the 2 cores of CI make OpenMP spin (10x slower).
-test: env detectron2
+# ruff: the formatter and the linter of pyproject.toml ([tool.ruff]); make test runs it first.
+lint: env
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: lint detectron2
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q --durations=15
 
 clean:

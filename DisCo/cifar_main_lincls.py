@@ -4,6 +4,7 @@ DIR holds cifar-10-batches-py/ or cifar-100-python/ (or their .tar.gz).
 Images are resized with bicubic interpolation, as in the original.
 
 The work is done by selfsup.engine.lincls (datasets: cifar_datasets)."""
+
 import functools
 
 from selfsup.cli import flags as cli

@@ -8,6 +8,7 @@ reads every `<name>_embed.npy` / `<name>_labels.npy` pair in
 of the first 10 classes, runs t-SNE per model and writes ../results/tsne.png.
 See docs/analysis.md.
 """
+
 import argparse
 from pathlib import Path
 
@@ -20,23 +21,42 @@ REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where resu
 
 def build_parser():
     p = argparse.ArgumentParser(description="t-SNE scatter plots of exported embeddings, one panel per model")
-    p.add_argument("--embed-dir", default=str(REPO / "results" / "embeddings"),
-                   help="folder of <name>_embed.npy / <name>_labels.npy pairs (default: results/embeddings)")
-    p.add_argument("--names", nargs="+", default=None,
-                   help="embedding names to draw, in panel order (default: every pair in --embed-dir, sorted)")
+    p.add_argument(
+        "--embed-dir",
+        default=str(REPO / "results" / "embeddings"),
+        help="folder of <name>_embed.npy / <name>_labels.npy pairs (default: results/embeddings)",
+    )
+    p.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        help="embedding names to draw, in panel order (default: every pair in --embed-dir, sorted)",
+    )
     p.add_argument("--titles", nargs="+", default=None, help="panel titles, one per name (default: the names)")
-    p.add_argument("--classes", nargs="+", type=int, default=None,
-                   help="label values to draw (default: the first --num-classes labels)")
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        type=int,
+        default=None,
+        help="label values to draw (default: the first --num-classes labels)",
+    )
     p.add_argument("--num-classes", type=int, default=10, help="classes drawn when --classes is not given (10)")
     p.add_argument("--per-class", type=int, default=50, help="images drawn per class (50)")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (30; lowered for tiny inputs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image choice and of t-SNE (0)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for t-SNE (1, bit-reproducible and fastest for a few thousand points "
-                        "on a busy machine; 0: no cap)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for t-SNE (1, bit-reproducible and fastest for a few thousand points "
+        "on a busy machine; 0: no cap)",
+    )
     p.add_argument("--out", default=str(REPO / "results" / "tsne.png"), help="output PNG (default: results/tsne.png)")
-    p.add_argument("--per-model", action="store_true",
-                   help="also write one PNG per model, <out stem>_<name>.png (the original's layout)")
+    p.add_argument(
+        "--per-model",
+        action="store_true",
+        help="also write one PNG per model, <out stem>_<name>.png (the original's layout)",
+    )
     return p
 
 
@@ -56,8 +76,10 @@ def main(argv=None):
     check_args(args)
     names = args.names or embeddings.names_in(args.embed_dir)
     if not names:
-        raise UserError(f"{args.embed_dir}: no <name>_embed.npy with a matching <name>_labels.npy "
-                        "(export embeddings first: DisCo/export_embed.py)")
+        raise UserError(
+            f"{args.embed_dir}: no <name>_embed.npy with a matching <name>_labels.npy "
+            "(export embeddings first: DisCo/export_embed.py)"
+        )
     titles = args.titles or names
     if len(titles) != len(names):
         raise UserError(f"--titles has {len(titles)} entries for {len(names)} names")
@@ -68,8 +90,7 @@ def main(argv=None):
         embed, labels = embeddings.load(args.embed_dir, name)
         keep = tsne.select_classes(labels, args.classes, args.num_classes, args.per_class, args.seed)
         print(f"=> t-SNE of {name}: {len(keep)} images, {embed.shape[1]}-d", flush=True)
-        xy = tsne.tsne_2d(embed[keep], seed=args.seed, perplexity=args.perplexity,
-                          threads=args.threads or None)
+        xy = tsne.tsne_2d(embed[keep], seed=args.seed, perplexity=args.perplexity, threads=args.threads or None)
         panels.append((title, xy, labels[keep]))
 
     out = Path(args.out)

@@ -10,6 +10,7 @@ pooled features), <name>_labels.npy (N int64) and classes.txt, which
 draw.py and data/cal_mi.py read. Any of our checkpoints works: MoCo-v2
 pretraining, DisCo, SwAV or linear evaluation. See docs/analysis.md.
 """
+
 import argparse
 import os
 from pathlib import Path
@@ -24,20 +25,28 @@ REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where resu
 
 def build_parser():
     p = argparse.ArgumentParser(description="Embeddings + labels of an image set from a checkpoint's backbone")
-    p.add_argument("data", metavar="DIR", nargs="?", default=None,
-                   help="folder with val/ (see --split), or an ImageFolder tree itself "
-                        "(default: $DISCO_DATA or data/builtin)")
+    p.add_argument(
+        "data",
+        metavar="DIR",
+        nargs="?",
+        default=None,
+        help="folder with val/ (see --split), or an ImageFolder tree itself (default: $DISCO_DATA or data/builtin)",
+    )
     p.add_argument("-a", "--arch", default="resnet18", help="backbone of the checkpoint (resnet18)")
-    p.add_argument("--pretrained", required=True, metavar="PATH",
-                   help="pretraining, DisCo, SwAV or linear-eval checkpoint")
+    p.add_argument(
+        "--pretrained", required=True, metavar="PATH", help="pretraining, DisCo, SwAV or linear-eval checkpoint"
+    )
     p.add_argument("--name", default=None, help="file prefix (default: the arch)")
-    p.add_argument("--out", default=str(REPO / "results" / "embeddings"),
-                   help="output folder (default: results/embeddings)")
+    p.add_argument(
+        "--out", default=str(REPO / "results" / "embeddings"), help="output folder (default: results/embeddings)"
+    )
     p.add_argument("--split", default="val", help="sub-folder of DIR to embed (val)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="evaluation crop (default: the checkpoint's image_size, else 224)")
-    p.add_argument("--max-images", type=int, default=None, metavar="N",
-                   help="keep the first N images of each class (default: all)")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="evaluation crop (default: the checkpoint's image_size, else 224)"
+    )
+    p.add_argument(
+        "--max-images", type=int, default=None, metavar="N", help="keep the first N images of each class (default: all)"
+    )
     p.add_argument("-b", "--batch-size", type=int, default=64)
     p.add_argument("-j", "--workers", type=int, default=4)
     p.add_argument("--gpu", type=int, default=None, help="GPU id (default: GPU 0 if there is one, else CPU)")
@@ -61,9 +70,18 @@ def main(argv=None):
     device = f"cuda:{args.gpu}" if args.gpu is not None else None
     workers = max(0, min(args.workers, os.cpu_count() or 1))
     e_path, l_path, n, dim = export_checkpoint(
-        args.arch, args.pretrained, data, args.out, args.name or args.arch, split=args.split,
-        image_size=args.image_size, batch_size=args.batch_size, workers=workers, device=device,
-        max_per_class=args.max_images)
+        args.arch,
+        args.pretrained,
+        data,
+        args.out,
+        args.name or args.arch,
+        split=args.split,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        workers=workers,
+        device=device,
+        max_per_class=args.max_images,
+    )
     print(f"=> {n} images, {dim}-d: wrote {e_path} and {l_path}")
 
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """DisCo: MoCo-v2 for a lightweight student plus an MSE term that makes its
 final embedding match a frozen self-supervised teacher's (Tab1, 4, 6)."""
+
 import functools
 
 from selfsup.cli import flags as cli
-from selfsup.methods.disco import build_disco
 from selfsup.core.errors import cli_main
-from selfsup.engine.runtime import launch
 from selfsup.engine.pretrain import run_pretraining
+from selfsup.engine.runtime import launch
+from selfsup.methods.disco import build_disco
 
 
 def parse_args(argv=None):

@@ -3,6 +3,7 @@
 x0.5 at every milestone of any --schedule (orig:DisCo/main_lincls.py:59, 515-519).
 
 The work is done by selfsup.engine.lincls."""
+
 from selfsup.cli import flags as cli
 from selfsup.core.errors import cli_main
 from selfsup.engine.lincls import run_lincls

@@ -6,6 +6,7 @@ with default --schedule 60 80 and the same milestone-count rule (x0.1 for
 two, x0.5 for eleven, else none; orig:moco/yt_main_lincls_schedule.py:58, 518-527).
 
 The work is done by selfsup.engine.lincls."""
+
 from selfsup.cli import flags as cli
 from selfsup.core.errors import cli_main
 from selfsup.engine.lincls import run_lincls
@@ -14,8 +15,9 @@ from selfsup.engine.runtime import launch
 
 
 def parse_args(argv=None):
-    p = cli.lincls_parser("Linear evaluation (MoCo schedule)", lr=30.0, epochs=100, schedule=(60, 80),
-                          gamma=moco_lincls_gamma)
+    p = cli.lincls_parser(
+        "Linear evaluation (MoCo schedule)", lr=30.0, epochs=100, schedule=(60, 80), gamma=moco_lincls_gamma
+    )
     return cli.finish_lincls(p.parse_args(argv))
 
 

@@ -17,6 +17,7 @@ to bn-splits 1; the target is within 10%.
   python benchmarks/bn_splits.py                       (resnet18, efficientb0; bs 256, 32 px)
   python benchmarks/bn_splits.py --archs resnet18 -b 64 --repeats 3
 """
+
 import argparse
 import statistics
 import time
@@ -42,9 +43,11 @@ class PerGroupLoop(nn.Module):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--archs", default="resnet18,efficientb0", help="comma-separated -a names")
     p.add_argument("-b", "--batch-size", default=256, type=int)
     p.add_argument("--image-size", default=32, type=int)
@@ -58,8 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(arch: str, variant: str, splits: int, queue: int) -> MoCo:
     """MoCo-v2 (--mlp) on `arch` with the BN grouping of `variant`."""
     torch.manual_seed(0)
-    encoder = build_query_encoder(types.SimpleNamespace(arch=arch, small_images=True, moco_dim=128, mlp=True,
-                                                        hidden=-1))
+    encoder = build_query_encoder(
+        types.SimpleNamespace(arch=arch, small_images=True, moco_dim=128, mlp=True, hidden=-1)
+    )
     if variant == "loop":
         return MoCo(PerGroupLoop(encoder, splits), dim=128, K=queue, T=0.2, bn_splits=1)
     return MoCo(encoder, dim=128, K=queue, T=0.2, bn_splits=splits if variant == "split" else 1)
@@ -79,6 +83,7 @@ def step_timer(model: MoCo, images: tuple):
         loss.backward()
         optimizer.step()
         return time.perf_counter() - wall, time.process_time() - cpu
+
     return step
 
 
@@ -92,8 +97,9 @@ def median_times(steps: dict, repeats: int) -> dict:
     for _ in range(repeats):
         for name, step in steps.items():
             times[name].append(step())
-    return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
-            for name, ts in times.items()}
+    return {
+        name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for name, ts in times.items()
+    }
 
 
 def main(argv=None) -> None:
@@ -103,10 +109,16 @@ def main(argv=None) -> None:
     torch.manual_seed(1)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
     images = (torch.randn(shape), torch.randn(shape))
-    print(f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, {args.image_size} px, small-images stem, "
-          f"median of {args.repeats} steps (forward + backward + SGD)", flush=True)
-    labels = {"plain": "--bn-splits 1", "split": f"--bn-splits {args.bn_splits}",
-              "loop": f"old loop ({args.bn_splits})"}
+    print(
+        f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, {args.image_size} px, small-images stem, "
+        f"median of {args.repeats} steps (forward + backward + SGD)",
+        flush=True,
+    )
+    labels = {
+        "plain": "--bn-splits 1",
+        "split": f"--bn-splits {args.bn_splits}",
+        "loop": f"old loop ({args.bn_splits})",
+    }
     for arch in args.archs.split(","):
         steps = {v: step_timer(build(arch, v, args.bn_splits, args.moco_k), images) for v in labels}
         times = median_times(steps, args.repeats)

@@ -12,6 +12,7 @@ within a few percent (also printed).
 
     python benchmarks/demo_breakdown.py [--steps 8] [--data data/builtin]
 """
+
 import argparse
 import importlib.util
 import os
@@ -108,8 +109,10 @@ def time_linear(arch, args, steps):
     model = build_classifier(arch, len(train.classes), False)
     freeze_backbone(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], 0.05, momentum=0.9)
-    loaders = {name: iter(torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True))
-               for name, ds in (("train", train), ("val", val))}
+    loaders = {
+        name: iter(torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True))
+        for name, ds in (("train", train), ("val", val))
+    }
     model.eval()
     clock = Clock()
     for i in range(steps + 1):
@@ -140,8 +143,10 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     c = demo_config()
-    common = (f"-b {c['batch_size']} --image-size {c['image_size']} -j 0 --seed 0 {c['pretrain_flags']} "
-              f"--resume '' {opts.data}").split()
+    common = (
+        f"-b {c['batch_size']} --image-size {c['image_size']} -j 0 --seed 0 {c['pretrain_flags']} "
+        f"--resume '' {opts.data}"
+    ).split()
     common = [a.strip("'") for a in common]
     moco_args = script_parser("moco/main_moco.py")
     teacher_arch, student = c["teacher"]["arch"], c["students"][0]
@@ -155,8 +160,22 @@ def main():
         args = one_process(moco_args(["-a", student, "--ckpt-dir", tmp, *common]))
         plans.append(("student_moco", build_moco(args), args, c["student_epochs"]))
         disco_args = script_parser("DisCo/main.py")
-        args = one_process(disco_args(["-a", student, "--ckpt-dir", tmp, *c["disco_flags"].split(),
-                                       "--teacher_arch", teacher_arch, "--teacher", teacher_ckpt, *common]))
+        args = one_process(
+            disco_args(
+                [
+                    "-a",
+                    student,
+                    "--ckpt-dir",
+                    tmp,
+                    *c["disco_flags"].split(),
+                    "--teacher_arch",
+                    teacher_arch,
+                    "--teacher",
+                    teacher_ckpt,
+                    *common,
+                ]
+            )
+        )
         plans.append(("student_disco", build_disco(args), args, c["student_epochs"]))
         for name, model, args, epochs in plans:
             clock, per_epoch = time_pretraining(model, args, opts.steps)
@@ -170,8 +189,10 @@ def main():
         knn_cpu = time.process_time() - start
 
     phases = ("data", "forward", "backward", "step")
-    print(f"CPU seconds per step, one thread, batch {c['batch_size']}, {c['image_size']} px "
-          f"(median of {opts.steps}); stage total = step x the demo's steps")
+    print(
+        f"CPU seconds per step, one thread, batch {c['batch_size']}, {c['image_size']} px "
+        f"(median of {opts.steps}); stage total = step x the demo's steps"
+    )
     print("| pretraining | arch | " + " | ".join(phases) + " | step | wall step | demo steps | stage CPU min |")
     print("|---|---|" + "---|" * (len(phases) + 4))
     for name, arch, clock, steps in rows:
@@ -180,13 +201,17 @@ def main():
         cells = " | ".join(f"{clock.median(ph):.3f} ({100 * clock.median(ph) / step:.0f}%)" for ph in phases)
         print(f"| {name} | {arch} | {cells} | {step:.3f} | {wall:.3f} | {steps} | {step * steps / 60:.1f} |")
     epochs = c["lincls_epochs"]
-    print(f"\n| linear evaluation ({epochs} epochs) | arch | train data | train step | val data | val step "
-          f"| stage CPU min |")
+    print(
+        f"\n| linear evaluation ({epochs} epochs) | arch | train data | train step | val data | val step "
+        f"| stage CPU min |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, arch, clock, per_epoch in lincls_rows:
         m = {k: clock.median(k) for k in ("train data", "train step", "val data", "val step")}
-        total = epochs * (per_epoch["train"] * (m["train data"] + m["train step"])
-                          + per_epoch["val"] * (m["val data"] + m["val step"]))
+        total = epochs * (
+            per_epoch["train"] * (m["train data"] + m["train step"])
+            + per_epoch["val"] * (m["val data"] + m["val step"])
+        )
         print(f"| {name} | {arch} | " + " | ".join(f"{v:.3f}" for v in m.values()) + f" | {total / 60:.1f} |")
     print(f"\nkNN probe of a random-init {student} (train bank + val): {knn_cpu:.1f} CPU s")
 

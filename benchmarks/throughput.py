@@ -14,6 +14,7 @@ workers. Fast path: --precision bf16 --channels-last --gpu-aug (with
 GPU:  python benchmarks/throughput.py                   (bs 256, 224 px, 16 workers)
 CPU:  python benchmarks/throughput.py --tiny            (seconds; for CI)
 """
+
 import argparse
 import os
 import platform
@@ -23,14 +24,14 @@ import types
 import numpy as np
 import torch
 
+from selfsup.core.errors import UserError, cli_main
 from selfsup.data import augment
 from selfsup.data import folders as D
-from selfsup.methods.disco import DisCo
-from selfsup.core.errors import UserError, cli_main
 from selfsup.data.gpu_augment import moco_spec
 from selfsup.data.jpeg import two_view_loader
-from selfsup.methods.moco import MoCo
 from selfsup.engine.precision import Precision
+from selfsup.methods.disco import DisCo
+from selfsup.methods.moco import MoCo
 from selfsup.models.encoders import build_query_encoder
 from selfsup.models.teacher import EmbeddingTeacher
 
@@ -51,8 +52,9 @@ PATHS = {  # name: (precision, channels_last, pipeline)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto (cuda if visible), cuda or cpu")
-    p.add_argument("--models", default="moco_r50,moco_effb0,disco_effb0_r50",
-                   help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument(
+        "--models", default="moco_r50,moco_effb0,disco_effb0_r50", help=f"comma-separated, from {', '.join(MODELS)}"
+    )
     p.add_argument("--paths", default="original,fast,fast-workers-crop", help=f"from {', '.join(PATHS)}")
     p.add_argument("-b", "--batch-size", default=256, type=int)
     p.add_argument("--image-size", default=224, type=int)
@@ -65,8 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--moco-k", default=65536, type=int)
     p.add_argument("--bn-splits", default=1, type=int, help="as in training (1: one BN batch per step)")
     p.add_argument("--skip-e2e", action="store_true", help="synthetic inputs only")
-    p.add_argument("--tiny", action="store_true",
-                   help="CPU smoke test: bs 4, 32 px, 2+1 steps, 16 small JPEGs, no workers")
+    p.add_argument(
+        "--tiny", action="store_true", help="CPU smoke test: bs 4, 32 px, 2+1 steps, 16 small JPEGs, no workers"
+    )
     p.add_argument("--threads", default=0, type=int, help="CPU threads of torch (0: torch's default; --tiny: 1)")
     p.add_argument("--out", default="", help="also write the table (markdown) to this file")
     args = p.parse_args(argv)
@@ -76,7 +79,9 @@ def parse_args(argv=None):
         args.threads = args.threads or 1  # a busy CI machine: one thread is faster than oversubscribed ones
         if args.device == "auto":
             args.device = "cpu"
-    args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    args.device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     if args.device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible")
     args.models = [m for m in args.models.split(",") if m]
@@ -102,6 +107,7 @@ def parse_args(argv=None):
 def _photo_like(rng, w, h):
     """Smooth colour fields plus texture: JPEG sizes near real photos'."""
     from PIL import Image
+
     low = rng.random((h // 25 + 2, w // 25 + 2, 3))
     img = np.array(Image.fromarray((low * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC), dtype=np.float32)
     img += rng.normal(0, 18, (h, w, 3))
@@ -134,8 +140,9 @@ def make_loader(args, pipeline, train_dir):
         ds = D.image_folder(train_dir, augment.TwoCropsTransform(augment.moco_v2_transform(args.image_size)))
         repeat_samples(ds, total)
         return D.make_loader(ds, args.batch_size, args.workers, shuffle=True, drop_last=True, distributed=False)
-    loader = two_view_loader(train_dir, moco_spec(True, args.image_size), args.batch_size, args.workers,
-                             args.device, decode=pipeline)
+    loader = two_view_loader(
+        train_dir, moco_spec(True, args.image_size), args.batch_size, args.workers, args.device, decode=pipeline
+    )
     repeat_samples(loader.loader.dataset, total)
     return loader
 
@@ -143,13 +150,17 @@ def make_loader(args, pipeline, train_dir):
 # -- models ----------------------------------------------------------------------
 def build(name, args):
     _, student, teacher_arch = MODELS[name]
-    ns = types.SimpleNamespace(arch=student, small_images=False, moco_dim=128, mlp=True,
-                               hidden=2048 if teacher_arch else -1)
+    ns = types.SimpleNamespace(
+        arch=student, small_images=False, moco_dim=128, mlp=True, hidden=2048 if teacher_arch else -1
+    )
     kwargs = dict(dim=128, K=args.moco_k, m=0.999, T=0.2, bn_splits=args.bn_splits)
     if teacher_arch is None:
         return MoCo(build_query_encoder(ns), **kwargs)
-    teacher = EmbeddingTeacher(build_query_encoder(types.SimpleNamespace(
-        arch=teacher_arch, small_images=False, moco_dim=128, mlp=True, hidden=-1)))
+    teacher = EmbeddingTeacher(
+        build_query_encoder(
+            types.SimpleNamespace(arch=teacher_arch, small_images=False, moco_dim=128, mlp=True, hidden=-1)
+        )
+    )
     return DisCo(build_query_encoder(ns), teacher, teacher_bn="eval", **kwargs)
 
 
@@ -211,9 +222,11 @@ def measure(name, path, args, train_dir):
 # -- report ----------------------------------------------------------------------
 def machine(args):
     gpu = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "no GPU (CPU run)"
-    return (f"{gpu}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); "
-            f"torch {torch.__version__}; batch {args.batch_size}, {args.image_size} px, {args.workers} workers, "
-            f"{args.steps} timed steps after {args.warmup}")
+    return (
+        f"{gpu}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); "
+        f"torch {torch.__version__}; batch {args.batch_size}, {args.image_size} px, {args.workers} workers, "
+        f"{args.steps} timed steps after {args.warmup}"
+    )
 
 
 def fmt(v, spec=",.0f"):
@@ -221,16 +234,22 @@ def fmt(v, spec=",.0f"):
 
 
 def table(rows, args):
-    lines = [f"Machine: {machine(args)}", "",
-             "| model | path | synthetic pairs/s | data-only pairs/s | end-to-end pairs/s | e2e / synthetic "
-             "| peak GPU mem GiB |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine(args)}",
+        "",
+        "| model | path | synthetic pairs/s | data-only pairs/s | end-to-end pairs/s | e2e / synthetic "
+        "| peak GPU mem GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     small = args.batch_size < 32
     num = ",.1f" if small else ",.0f"
     for r in rows:
         ratio = r["e2e"] / r["synthetic"] if r.get("e2e") else None
-        lines.append(f"| {r['model']} | {r['path']} ({r['precision']}) | {fmt(r['synthetic'], num)} | "
-                     f"{fmt(r.get('data'), num)} | {fmt(r.get('e2e'), num)} | {fmt(ratio, '.0%')} | "
-                     f"{fmt(r.get('peak_gib'), '.1f')} |")
+        lines.append(
+            f"| {r['model']} | {r['path']} ({r['precision']}) | {fmt(r['synthetic'], num)} | "
+            f"{fmt(r.get('data'), num)} | {fmt(r.get('e2e'), num)} | {fmt(ratio, '.0%')} | "
+            f"{fmt(r.get('peak_gib'), '.1f')} |"
+        )
     lines.append("")
     for model in dict.fromkeys(r["model"] for r in rows):
         base = next((r for r in rows if r["model"] == model and r["path"] == "original"), None)
@@ -238,7 +257,9 @@ def table(rows, args):
             if base is None or r["model"] != model or r is base:
                 continue
             e2e = f", end to end x{r['e2e'] / base['e2e']:.2f}" if r.get("e2e") and base.get("e2e") else ""
-            lines.append(f"- {model}, {r['path']} vs original: synthetic x{r['synthetic'] / base['synthetic']:.2f}{e2e}")
+            lines.append(
+                f"- {model}, {r['path']} vs original: synthetic x{r['synthetic'] / base['synthetic']:.2f}{e2e}"
+            )
     return "\n".join(lines)
 
 
@@ -257,6 +278,7 @@ def main(argv=None):
             train_dir = D.split_folder(args.jpeg_dir, "train")
         else:
             import tempfile
+
             root = tempfile.mkdtemp(prefix="disco_bench_jpegs_")
             print(f"=> writing {args.jpegs} JPEGs of {args.jpeg_size} to {root}", flush=True)
             train_dir = os.path.join(write_jpegs(root, args.jpegs, args.jpeg_wh), "train")
@@ -265,8 +287,7 @@ def main(argv=None):
         for path in args.paths:
             print(f"=> {MODELS[name][0]}, {path} path", flush=True)
             rows.append(measure(name, path, args, train_dir))
-            print("   " + ", ".join(f"{k} {v:,.1f}" for k, v in rows[-1].items() if isinstance(v, float)),
-                  flush=True)
+            print("   " + ", ".join(f"{k} {v:,.1f}" for k, v in rows[-1].items() if isinstance(v, float)), flush=True)
     text = table(rows, args)
     print("\n" + text, flush=True)
     if args.out:

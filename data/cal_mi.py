@@ -8,6 +8,7 @@ estimates the mutual information for each model and each bin count of
 --sweep, and writes results/bi/bi.csv (all rows), results/bi/bi.md (the
 --bins rows) and results/bi/bi.png. See docs/analysis.md for the formulas.
 """
+
 import argparse
 from pathlib import Path
 
@@ -21,19 +22,43 @@ REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where resu
 
 def build_parser():
     p = argparse.ArgumentParser(description="Binning estimate of I(X;T) and I(T;Y) of exported embeddings")
-    p.add_argument("--embed-dir", default=str(REPO / "results" / "embeddings"),
-                   help="folder of <name>_embed.npy / <name>_labels.npy pairs (default: results/embeddings)")
-    p.add_argument("--names", nargs="+", default=None,
-                   help="embedding names to analyse (default: every pair in --embed-dir, sorted)")
+    p.add_argument(
+        "--embed-dir",
+        default=str(REPO / "results" / "embeddings"),
+        help="folder of <name>_embed.npy / <name>_labels.npy pairs (default: results/embeddings)",
+    )
+    p.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        help="embedding names to analyse (default: every pair in --embed-dir, sorted)",
+    )
     p.add_argument("--bins", type=int, default=30, help="bin count of the markdown table and the marked points (30)")
-    p.add_argument("--sweep", nargs="+", type=int, default=[2, 4, 8, 16, 30, 64],
-                   help="bin counts for the CSV and the curves (2 4 8 16 30 64; --bins is added)")
-    p.add_argument("--norm", choices=NORMALISATIONS, default="softmax",
-                   help="row normalisation before binning (softmax, as the original)")
-    p.add_argument("--range", dest="value_range", choices=RANGES, default="data",
-                   help="bin edges over the observed min..max ('data', default) or over [0, 1] ('unit')")
-    p.add_argument("--out-dir", default=str(REPO / "results" / "bi"),
-                   help="where bi.csv, bi.md and bi.png go (default: results/bi)")
+    p.add_argument(
+        "--sweep",
+        nargs="+",
+        type=int,
+        default=[2, 4, 8, 16, 30, 64],
+        help="bin counts for the CSV and the curves (2 4 8 16 30 64; --bins is added)",
+    )
+    p.add_argument(
+        "--norm",
+        choices=NORMALISATIONS,
+        default="softmax",
+        help="row normalisation before binning (softmax, as the original)",
+    )
+    p.add_argument(
+        "--range",
+        dest="value_range",
+        choices=RANGES,
+        default="data",
+        help="bin edges over the observed min..max ('data', default) or over [0, 1] ('unit')",
+    )
+    p.add_argument(
+        "--out-dir",
+        default=str(REPO / "results" / "bi"),
+        help="where bi.csv, bi.md and bi.png go (default: results/bi)",
+    )
     return p
 
 
@@ -45,8 +70,10 @@ def main(argv=None):
     checks.output_dir(args.out_dir, "--out-dir")  # before the analysis, not after it
     names = args.names or embeddings.names_in(args.embed_dir)
     if not names:
-        raise UserError(f"{args.embed_dir}: no <name>_embed.npy with a matching <name>_labels.npy "
-                        "(export embeddings first: DisCo/export_embed.py)")
+        raise UserError(
+            f"{args.embed_dir}: no <name>_embed.npy with a matching <name>_labels.npy "
+            "(export embeddings first: DisCo/export_embed.py)"
+        )
     bins_list = sorted(set(args.sweep) | {args.bins})
     models = [(n, *embeddings.load(args.embed_dir, n)) for n in names]
     rows = bi.analyse(models, bins_list, norm=args.norm, value_range=args.value_range)

@@ -5,6 +5,7 @@
 
 Same as `python -m selfsup.analysis.curves`; see docs/analysis.md.
 """
+
 from selfsup.analysis.curves import main
 
 if __name__ == "__main__":

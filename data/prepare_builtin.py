@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Make the built-in 10-class dataset (train/ and val/ ImageFolder trees).
 
-    python3 data/prepare_builtin.py                 # -> data/builtin, 300+100 per class, 40 px
-    python3 data/prepare_builtin.py --out /tmp/x --train-per-class 20 --val-per-class 5
+python3 data/prepare_builtin.py                 # -> data/builtin, 300+100 per class, 40 px
+python3 data/prepare_builtin.py --out /tmp/x --train-per-class 20 --val-per-class 5
 """
+
 import argparse
 import os
 import time
 
-from selfsup.data.builtin import CLASSES, prepare
 from selfsup.core.errors import cli_main
+from selfsup.data.builtin import CLASSES, prepare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

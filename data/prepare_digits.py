@@ -5,12 +5,13 @@ trees (no download: the images ship with scikit-learn).
     python3 data/prepare_digits.py                  # -> data/digits, 32 px, 25% of each digit in val/
     python3 data/prepare_digits.py --out /tmp/d --size 24
 """
+
 import argparse
 import os
 import time
 
-from selfsup.data.digits import prepare_digits
 from selfsup.core.errors import UserError, cli_main
+from selfsup.data.digits import prepare_digits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

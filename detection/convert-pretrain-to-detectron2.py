@@ -7,6 +7,7 @@ Keeps the student (encoder_q) backbone, drops the projection head / classifier,
 renames to detectron2's ResNet and prints what was kept. ResNet-18/34: res5 is not
 transferred (R-C4 builds it of bottleneck blocks in the ROI head).
 """
+
 import argparse
 
 from selfsup.cli.flags import add_unsafe_load_arg

@@ -10,6 +10,7 @@ the converted weights from ./output.pkl (override with MODEL.WEIGHTS PATH).
 configs/pascal_voc_R_50_C4_24k_moco.yaml is what the original's VOC run effectively used;
 configs/pascal_voc_R_50_C4_24k_moco_intended.yaml is MoCo's protocol (docs/detection.md).
 """
+
 from selfsup.core.errors import cli_main
 from selfsup.detection.cli import check_gpus, get_parser
 
@@ -20,6 +21,7 @@ def run():
     check_gpus(args)  # before the (slow) detectron2 import
     print("Command Line Args:", args, flush=True)
     from selfsup.detection.train import main  # imports detectron2 (optional, slow)
+
     main(args)
 
 

@@ -3,12 +3,13 @@
 
 Flags and checkpoints are the original's (docs/flags.md); the work is done
 by selfsup.engine.pretrain."""
+
 import functools
 
 from selfsup.cli import flags as cli
 from selfsup.core.errors import cli_main
-from selfsup.engine.runtime import launch
 from selfsup.engine.pretrain import run_pretraining
+from selfsup.engine.runtime import launch
 from selfsup.methods.moco import build_moco
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny data made on the spot, and a script runner."""
+
 import os
 import re
 import shlex
@@ -20,6 +21,7 @@ TINY_LINCLS = "--epochs 1 -b 30 --image-size 16 -j 0 -p 1"
 def tiny_data(tmp_path_factory):
     """10 classes x (6 train, 2 val) procedural 32 px images."""
     from selfsup.data.builtin import prepare
+
     root = str(tmp_path_factory.mktemp("tiny_data"))
     prepare(root, train_per_class=6, val_per_class=2, size=32, seed=1)
     return root
@@ -29,6 +31,7 @@ def tiny_data(tmp_path_factory):
 def torch_one_thread():
     """One torch thread for the test's duration (2 cores, other processes)."""
     import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -44,12 +47,19 @@ def run(cmd, cwd=REPO, env=None, timeout=600):
     shim = os.path.join(bindir, "python3")
     if not os.path.exists(shim):
         with open(shim, "w") as f:
-            f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+            f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
         os.chmod(shim, 0o755)
     full_env["PATH"] = bindir + os.pathsep + full_env.get("PATH", "")
     full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=os.path.join(REPO, cwd), env=full_env, timeout=timeout,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd],
+        cwd=os.path.join(REPO, cwd),
+        env=full_env,
+        timeout=timeout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def reproduction_commands(section):

@@ -3,6 +3,7 @@
 Key names and shapes are spelled out here, independently of selfsup's own
 model code (torchvision ResNets for the trunks), so a loader that drifts
 from the official layout fails these tests."""
+
 import hashlib
 import os
 import pickle
@@ -15,6 +16,7 @@ import torchvision
 def _trunk(arch):
     if arch == "resnet50w2":  # SwAV's RN50x2 trunk; widths checked in test_backbones
         from selfsup.models.backbones import create_backbone
+
         model, _ = create_backbone("resnet50w2")
     else:
         model = getattr(torchvision.models, arch)(weights=None)
@@ -32,9 +34,16 @@ def moco_v2_checkpoint(arch="resnet50", hidden=None, queue=256):
 
     def encoder():
         sd = {k: v.clone() for k, v in _trunk(arch).items()}
-        sd.update({"fc.0.weight": torch.randn(hidden, feat) * 0.01, "fc.0.bias": torch.zeros(hidden),
-                   "fc.2.weight": torch.randn(128, hidden) * 0.01, "fc.2.bias": torch.zeros(128)})
+        sd.update(
+            {
+                "fc.0.weight": torch.randn(hidden, feat) * 0.01,
+                "fc.0.bias": torch.zeros(hidden),
+                "fc.2.weight": torch.randn(128, hidden) * 0.01,
+                "fc.2.bias": torch.zeros(128),
+            }
+        )
         return sd
+
     state = {f"module.encoder_q.{k}": v for k, v in encoder().items()}
     state.update({f"module.encoder_k.{k}": v for k, v in encoder().items()})
     state["module.queue"] = torch.nn.functional.normalize(torch.randn(128, queue), dim=0)
@@ -51,13 +60,19 @@ def swav_release_state(arch="resnet50", hidden=2048, prototypes=3000):
     DeepCluster-v2 release."""
     feat = _feat(arch)
     sd = dict(_trunk(arch))
-    sd.update({
-        "projection_head.0.weight": torch.randn(hidden, feat) * 0.01, "projection_head.0.bias": torch.zeros(hidden),
-        "projection_head.1.weight": torch.ones(hidden), "projection_head.1.bias": torch.zeros(hidden),
-        "projection_head.1.running_mean": torch.zeros(hidden), "projection_head.1.running_var": torch.ones(hidden),
-        "projection_head.1.num_batches_tracked": torch.tensor(0),
-        "projection_head.3.weight": torch.randn(128, hidden) * 0.01, "projection_head.3.bias": torch.zeros(128),
-    })
+    sd.update(
+        {
+            "projection_head.0.weight": torch.randn(hidden, feat) * 0.01,
+            "projection_head.0.bias": torch.zeros(hidden),
+            "projection_head.1.weight": torch.ones(hidden),
+            "projection_head.1.bias": torch.zeros(hidden),
+            "projection_head.1.running_mean": torch.zeros(hidden),
+            "projection_head.1.running_var": torch.ones(hidden),
+            "projection_head.1.num_batches_tracked": torch.tensor(0),
+            "projection_head.3.weight": torch.randn(128, hidden) * 0.01,
+            "projection_head.3.bias": torch.zeros(128),
+        }
+    )
     if isinstance(prototypes, (list, tuple)):
         sd.update({f"prototypes.prototypes{i}.weight": torch.randn(k, 128) for i, k in enumerate(prototypes)})
     else:
@@ -90,11 +105,14 @@ def write_cifar(root, name, n_train=20, n_test=10, classes=10):
     key = "labels" if name == "cifar10" else "fine_labels"
 
     def dump(fname, n):
-        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             key: [int(y) for y in rng.integers(0, classes, n)]}
+        d = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            key: [int(y) for y in rng.integers(0, classes, n)],
+        }
         with open(os.path.join(root, folder, fname), "wb") as f:
             pickle.dump(d, f)
         return d
+
     if name == "cifar10":
         parts = [dump(f"data_batch_{i}", n_train // 5) for i in range(1, 6)]
         test = dump("test_batch", n_test)
@@ -117,6 +135,7 @@ def pretend_official_cifar(monkeypatch, folder, name):
     def md5(file_name):
         with open(os.path.join(folder, file_name), "rb") as f:
             return hashlib.md5(f.read()).hexdigest()
+
     monkeypatch.setattr(dataset, "train_list", [[f, md5(f)] for f, _ in dataset.train_list])
     monkeypatch.setattr(dataset, "test_list", [[f, md5(f)] for f, _ in dataset.test_list])
     monkeypatch.setattr(dataset, "meta", dict(dataset.meta, md5=md5(dataset.meta["filename"])))
@@ -129,6 +148,7 @@ def pretend_official_cifar(monkeypatch, folder, name):
 # (block_chunks=0, LayerScale `ls1.gamma`), xcit's xcit.py (`pos_embeder`,
 # fused class-attention `qkv`).
 
+
 def _w(*shape, std=0.02):
     return torch.randn(*shape) * std
 
@@ -140,16 +160,28 @@ def _ln(dim):
 def vit_state(patch=16, img=224, dim=384, depth=12, layerscale=False, registers=0, mask_token=False):
     """ViT-S trunk: DINO's / MoCo-v3's (layerscale False) or DINOv2's."""
     grid = img // patch
-    sd = {"cls_token": _w(1, 1, dim), "pos_embed": _w(1, grid * grid + 1, dim),
-          "patch_embed.proj.weight": _w(dim, 3, patch, patch), "patch_embed.proj.bias": _w(dim)}
+    sd = {
+        "cls_token": _w(1, 1, dim),
+        "pos_embed": _w(1, grid * grid + 1, dim),
+        "patch_embed.proj.weight": _w(dim, 3, patch, patch),
+        "patch_embed.proj.bias": _w(dim),
+    }
     for i in range(depth):
         b = f"blocks.{i}."
         for norm in ("norm1", "norm2"):
             sd.update({f"{b}{norm}.{k}": v for k, v in _ln(dim).items()})
-        sd.update({f"{b}attn.qkv.weight": _w(3 * dim, dim), f"{b}attn.qkv.bias": _w(3 * dim),
-                   f"{b}attn.proj.weight": _w(dim, dim), f"{b}attn.proj.bias": _w(dim),
-                   f"{b}mlp.fc1.weight": _w(4 * dim, dim), f"{b}mlp.fc1.bias": _w(4 * dim),
-                   f"{b}mlp.fc2.weight": _w(dim, 4 * dim), f"{b}mlp.fc2.bias": _w(dim)})
+        sd.update(
+            {
+                f"{b}attn.qkv.weight": _w(3 * dim, dim),
+                f"{b}attn.qkv.bias": _w(3 * dim),
+                f"{b}attn.proj.weight": _w(dim, dim),
+                f"{b}attn.proj.bias": _w(dim),
+                f"{b}mlp.fc1.weight": _w(4 * dim, dim),
+                f"{b}mlp.fc1.bias": _w(4 * dim),
+                f"{b}mlp.fc2.weight": _w(dim, 4 * dim),
+                f"{b}mlp.fc2.bias": _w(dim),
+            }
+        )
         if layerscale:
             sd.update({f"{b}ls1.gamma": 0.1 + _w(dim, std=0.05), f"{b}ls2.gamma": 0.1 + _w(dim, std=0.05)})
     sd.update({f"norm.{k}": v for k, v in _ln(dim).items()})
@@ -176,6 +208,7 @@ def xcit_small_12_p16_state():
     q/k/v split in the class-attention blocks; official: `pos_embeder.*`,
     one `qkv`)."""
     import timm
+
     torch.manual_seed(0)
     model = timm.create_model("xcit_small_12_p16_224", pretrained=False, num_classes=0)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
@@ -185,7 +218,7 @@ def xcit_small_12_p16_state():
     out = {}
     for k, v in sd.items():
         if k.startswith("pos_embed."):
-            out["pos_embeder." + k[len("pos_embed."):]] = v
+            out["pos_embeder." + k[len("pos_embed.") :]] = v
         elif ".attn.q." in k and k.startswith("cls_attn_blocks."):
             stem, kind = k.split(".attn.q.")
             out[f"{stem}.attn.qkv.{kind}"] = torch.cat([sd[f"{stem}.attn.{p}.{kind}"] for p in "qkv"])
@@ -201,13 +234,19 @@ def dino_head_state(in_dim, bn=False, hidden=2048, bottleneck=256, out_dim=65536
     Linear, [BN], GELU, Linear; last_layer = weight_norm(Linear(256, out_dim))."""
     sd, i = {}, 0
     for d_in, d_out, last in ((in_dim, hidden, False), (hidden, hidden, False), (hidden, bottleneck, True)):
-        sd[f"mlp.{i}.weight"], sd[f"mlp.{i}.bias"] = _w(d_out, d_in, std=d_in ** -0.5), _w(d_out)
+        sd[f"mlp.{i}.weight"], sd[f"mlp.{i}.bias"] = _w(d_out, d_in, std=d_in**-0.5), _w(d_out)
         i += 1
         if not last:
             if bn:
-                sd.update({f"mlp.{i}.weight": 1 + _w(d_out, std=0.1), f"mlp.{i}.bias": _w(d_out),
-                           f"mlp.{i}.running_mean": _w(d_out), f"mlp.{i}.running_var": 0.5 + torch.rand(d_out),
-                           f"mlp.{i}.num_batches_tracked": torch.tensor(100)})
+                sd.update(
+                    {
+                        f"mlp.{i}.weight": 1 + _w(d_out, std=0.1),
+                        f"mlp.{i}.bias": _w(d_out),
+                        f"mlp.{i}.running_mean": _w(d_out),
+                        f"mlp.{i}.running_var": 0.5 + torch.rand(d_out),
+                        f"mlp.{i}.num_batches_tracked": torch.tensor(100),
+                    }
+                )
                 i += 1
             i += 1  # GELU
     sd["last_layer.weight_g"] = torch.ones(out_dim, 1)
@@ -219,15 +258,21 @@ def dino_full_checkpoint(backbone, in_dim, bn=False, ddp_teacher=False):
     """DINO's checkpoint.pth: student (DDP: `module.`), teacher (DDP only when
     the model has BatchNorm), optimizer, epoch, args, dino_loss."""
     import argparse
+
     head = dino_head_state(in_dim, bn)
     teacher = {f"backbone.{k}": v for k, v in backbone.items()}
     teacher.update({f"head.{k}": v for k, v in head.items()})
     student = {f"module.{k}": v for k, v in teacher.items()}  # the same tensors: stored once
     if ddp_teacher:
         teacher = {f"module.{k}": v for k, v in teacher.items()}
-    return {"student": student, "teacher": teacher, "optimizer": {}, "epoch": 100,
-            "args": argparse.Namespace(arch="vit_small", out_dim=65536, use_bn_in_head=bn),
-            "dino_loss": {"center": torch.zeros(1, 65536)}}
+    return {
+        "student": student,
+        "teacher": teacher,
+        "optimizer": {},
+        "epoch": 100,
+        "args": argparse.Namespace(arch="vit_small", out_dim=65536, use_bn_in_head=bn),
+        "dino_loss": {"center": torch.zeros(1, 65536)},
+    }
 
 
 def _mocov3_mlp(num_layers, d_in, d_mlp, d_out, last_bn):
@@ -237,15 +282,27 @@ def _mocov3_mlp(num_layers, d_in, d_mlp, d_out, last_bn):
     for layer in range(num_layers):
         a = d_in if layer == 0 else d_mlp
         b = d_out if layer == num_layers - 1 else d_mlp
-        sd[f"{i}.weight"] = _w(b, a, std=a ** -0.5)
+        sd[f"{i}.weight"] = _w(b, a, std=a**-0.5)
         i += 1
         if layer < num_layers - 1:
-            sd.update({f"{i}.weight": 1 + _w(b, std=0.1), f"{i}.bias": _w(b), f"{i}.running_mean": _w(b),
-                       f"{i}.running_var": 0.5 + torch.rand(b), f"{i}.num_batches_tracked": torch.tensor(10)})
+            sd.update(
+                {
+                    f"{i}.weight": 1 + _w(b, std=0.1),
+                    f"{i}.bias": _w(b),
+                    f"{i}.running_mean": _w(b),
+                    f"{i}.running_var": 0.5 + torch.rand(b),
+                    f"{i}.num_batches_tracked": torch.tensor(10),
+                }
+            )
             i += 2  # BN, ReLU
         elif last_bn:
-            sd.update({f"{i}.running_mean": _w(b), f"{i}.running_var": 0.5 + torch.rand(b),
-                       f"{i}.num_batches_tracked": torch.tensor(10)})
+            sd.update(
+                {
+                    f"{i}.running_mean": _w(b),
+                    f"{i}.running_var": 0.5 + torch.rand(b),
+                    f"{i}.num_batches_tracked": torch.tensor(10),
+                }
+            )
     return sd
 
 
@@ -261,5 +318,10 @@ def mocov3_checkpoint(vit):
     state = {f"module.base_encoder.{k}": v for k, v in encoder.items()}
     state.update({f"module.momentum_encoder.{k}": v for k, v in encoder.items()})  # shared: stored once
     state.update({f"module.predictor.{k}": v for k, v in _mocov3_mlp(2, 256, 4096, 256, vit).items()})
-    return {"epoch": 300, "arch": "vit_small" if vit else "resnet50", "state_dict": state,
-            "optimizer": {}, "scaler": {}}
+    return {
+        "epoch": 300,
+        "arch": "vit_small" if vit else "resnet50",
+        "state_dict": state,
+        "optimizer": {},
+        "scaler": {},
+    }

@@ -1,4 +1,5 @@
 """Import the moco/ scripts as modules (their folder is not a package)."""
+
 import importlib.util
 import os
 

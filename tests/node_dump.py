@@ -2,6 +2,7 @@
 after training, every rank saves its own weights as <ckpt-dir>/rank<N>.pt,
 which only rank 0's checkpoint would otherwise show. tests/test_two_nodes.py
 starts two of these, with --multiprocessing-distributed or under torchrun."""
+
 import os
 import sys
 
@@ -9,9 +10,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from moco_scripts import main_moco  # noqa: E402
+
 from selfsup.core.errors import cli_main  # noqa: E402
-from selfsup.engine.runtime import launch  # noqa: E402
 from selfsup.engine.pretrain import run_pretraining  # noqa: E402
+from selfsup.engine.runtime import launch  # noqa: E402
 from selfsup.methods.moco import build_moco
 
 

@@ -1,5 +1,6 @@
 """Run under torchrun: SwAV pretraining, then every rank saves its own weights
 as <dump_path>/rank<N>.pt (tests/test_swav.py compares them)."""
+
 import importlib.util
 import os
 import sys

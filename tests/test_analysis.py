@@ -1,5 +1,6 @@
 """Tests of the analysis tools: MI by binning, t-SNE panels, embedding files,
 training curves and the draw / cal_mi / curves commands. CPU, tiny arrays."""
+
 import math
 import os
 import subprocess
@@ -15,7 +16,13 @@ import pytest  # noqa: E402
 
 from selfsup.analysis import bi, curves, embeddings, tsne  # noqa: E402
 from selfsup.analysis.mutual_info import (  # noqa: E402
-    bin_edges, conditional_entropy, discretise, entropy, mi_by_binning, softmax)
+    bin_edges,
+    conditional_entropy,
+    discretise,
+    entropy,
+    mi_by_binning,
+    softmax,
+)
 from selfsup.core.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +34,7 @@ def _one_thread():
     """One OpenMP/BLAS thread: t-SNE on tiny arrays is several times faster so,
     and far faster on a busy machine, where threads only wait on each other."""
     from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=1):
         yield
 
@@ -51,6 +59,7 @@ def _clustered(labels, dim=16, spread=0.3, seed=0):
 def _script(path):
     """Import a script file as a module, to call its main() in-process (fast)."""
     import importlib.util
+
     spec = importlib.util.spec_from_file_location(Path(path).stem + "_under_test", REPO / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -59,11 +68,18 @@ def _script(path):
 
 def _run(script, *args, cwd=REPO):
     env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ---------------------------------------------------------------- mutual information
+
 
 def test_entropy_and_conditional_entropy_in_bits():
     assert entropy([0, 0, 1, 1]) == pytest.approx(1.0)
@@ -144,6 +160,7 @@ def test_non_finite_representations_are_refused():
 
 def test_symbols_groups_equal_rows_also_for_negative_and_large_codes():
     from selfsup.analysis.mutual_info import symbols
+
     codes = np.array([[-1, 300], [-1, 300], [255, 0], [-1, 44]])
     ids = symbols(codes)
     assert ids[0] == ids[1] and len(set(ids.tolist())) == 3
@@ -171,6 +188,7 @@ def test_bi_table_and_plot(tmp_path):
 
 # ---------------------------------------------------------------- t-SNE
 
+
 def test_select_classes_is_seeded_and_balanced():
     y = np.repeat(np.arange(12), 20)
     a = tsne.select_classes(y, num_classes=10, per_class=5, seed=3)
@@ -196,12 +214,12 @@ def test_tsne_is_deterministic_with_seed():
 def test_draw_panels_writes_png(tmp_path):
     y = np.repeat(np.arange(3), 10)
     xy = np.random.default_rng(0).normal(size=(30, 2))
-    out = tsne.draw_panels([("a", xy, y), ("b", xy * 2, y)], tmp_path / "t.png",
-                           class_names=["cat", "dog", "fish"])
+    out = tsne.draw_panels([("a", xy, y), ("b", xy * 2, y)], tmp_path / "t.png", class_names=["cat", "dog", "fish"])
     assert _is_png(out)
 
 
 # ---------------------------------------------------------------- embedding files
+
 
 def test_embedding_files_round_trip(tmp_path):
     y = np.arange(6) % 3
@@ -226,15 +244,33 @@ def test_embedding_length_mismatch_is_a_clear_error(tmp_path):
 def _write_demo_embeddings(folder, n_classes=10, per_class=12):
     y = np.repeat(np.arange(n_classes), per_class)
     for i, name in enumerate(["teacher", "student_moco", "student_disco"]):
-        embeddings.save(folder, name, _clustered(y, dim=24, spread=0.5 + i, seed=i), y,
-                        class_names=[f"c{k}" for k in range(n_classes)])
+        embeddings.save(
+            folder,
+            name,
+            _clustered(y, dim=24, spread=0.5 + i, seed=i),
+            y,
+            class_names=[f"c{k}" for k in range(n_classes)],
+        )
 
 
 def test_draw_command_runs_on_embeddings(tmp_path):
     _write_demo_embeddings(tmp_path)
     out = tmp_path / "pics" / "tsne.png"
-    res = _run("DisCo/draw.py", "--embed-dir", tmp_path, "--names", "teacher", "student_moco",
-               "student_disco", "--per-class", 8, "--out", out, "--per-model", cwd=REPO / "DisCo")
+    res = _run(
+        "DisCo/draw.py",
+        "--embed-dir",
+        tmp_path,
+        "--names",
+        "teacher",
+        "student_moco",
+        "student_disco",
+        "--per-class",
+        8,
+        "--out",
+        out,
+        "--per-model",
+        cwd=REPO / "DisCo",
+    )
     assert res.returncode == 0, res.stderr
     assert _is_png(out, min_bytes=10000)
     assert _is_png(tmp_path / "pics" / "tsne_teacher.png")
@@ -256,8 +292,7 @@ def test_draw_command_without_embeddings_says_what_to_do(tmp_path):
 
 def test_cal_mi_command_writes_table_and_plot(tmp_path):
     _write_demo_embeddings(tmp_path, n_classes=4)
-    res = _run("data/cal_mi.py", "--embed-dir", tmp_path, "--out-dir", tmp_path / "bi",
-               "--sweep", 2, 8, "--bins", 4)
+    res = _run("data/cal_mi.py", "--embed-dir", tmp_path, "--out-dir", tmp_path / "bi", "--sweep", 2, 8, "--bins", 4)
     assert res.returncode == 0, res.stderr
     assert len((tmp_path / "bi" / "bi.csv").read_text().splitlines()) == 1 + 3 * 3
     assert (tmp_path / "bi" / "bi.md").read_text().count("| 4 |") == 3
@@ -266,14 +301,18 @@ def test_cal_mi_command_writes_table_and_plot(tmp_path):
 
 # ---------------------------------------------------------------- training curves
 
+
 def _write_metrics(path, rows, header):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
 
 
 def test_read_metrics_handles_missing_cells(tmp_path):
-    _write_metrics(tmp_path / "run" / "metrics.csv", [(0, 0.1, 5.0, "", 3.0), (1, 0.05, 4.0, 12.5, 2.9)],
-                   "epoch,lr,loss,acc1,epoch_time")
+    _write_metrics(
+        tmp_path / "run" / "metrics.csv",
+        [(0, 0.1, 5.0, "", 3.0), (1, 0.05, 4.0, 12.5, 2.9)],
+        "epoch,lr,loss,acc1,epoch_time",
+    )
     cols = curves.read_metrics(tmp_path / "run")
     assert cols["loss"].tolist() == [5.0, 4.0]
     assert math.isnan(cols["acc1"][0]) and cols["acc1"][1] == 12.5
@@ -289,11 +328,16 @@ def test_read_metrics_errors(tmp_path):
 
 
 def test_curves_command_writes_png(tmp_path):
-    _write_metrics(tmp_path / "pre" / "ckpt" / "metrics.csv",
-                   [(e, 0.03 * (1 - e / 5), 9 - e, 8 - e, 0.5 / (e + 1)) for e in range(5)],
-                   "epoch,lr,loss,loss_nce,loss_mse")
-    _write_metrics(tmp_path / "lin" / "metrics.csv",
-                   [(e, 3.0, 2 - 0.1 * e, 20 + e, 50 + e) for e in range(4)], "epoch,lr,loss,acc1,acc5")
+    _write_metrics(
+        tmp_path / "pre" / "ckpt" / "metrics.csv",
+        [(e, 0.03 * (1 - e / 5), 9 - e, 8 - e, 0.5 / (e + 1)) for e in range(5)],
+        "epoch,lr,loss,loss_nce,loss_mse",
+    )
+    _write_metrics(
+        tmp_path / "lin" / "metrics.csv",
+        [(e, 3.0, 2 - 0.1 * e, 20 + e, 50 + e) for e in range(4)],
+        "epoch,lr,loss,acc1,acc5",
+    )
     out = tmp_path / "c.png"
     curves.main([str(tmp_path / "pre" / "ckpt"), str(tmp_path / "lin"), "--out", str(out)])
     assert _is_png(out, min_bytes=10000)
@@ -304,8 +348,10 @@ def test_curves_command_writes_png(tmp_path):
 
 # ---------------------------------------------------------------- export from a checkpoint
 
+
 def _tiny_image_folder(root, n_classes=3, per_class=4, size=36):
     from PIL import Image
+
     rng = np.random.default_rng(0)
     for c in range(n_classes):
         folder = root / "val" / f"class{c}"
@@ -324,14 +370,23 @@ def _pretraining_checkpoint(path, arch="resnet18"):
     import torch
 
     from selfsup.core import checkpoint as ck
-    from selfsup.methods.moco import build_moco
     from selfsup.core.checkpoint import prefixed_state
+    from selfsup.methods.moco import build_moco
 
     torch.manual_seed(0)
-    args = SimpleNamespace(arch=arch, small_images=True, moco_dim=16, mlp=True, hidden=-1,
-                           moco_k=8, moco_m=0.99, moco_t=0.2, bn_splits=1)
-    ck.save_checkpoint({"epoch": 1, "arch": arch, "state_dict": prefixed_state(build_moco(args)),
-                        "small_images": True, "image_size": 32}, str(path))
+    args = SimpleNamespace(
+        arch=arch, small_images=True, moco_dim=16, mlp=True, hidden=-1, moco_k=8, moco_m=0.99, moco_t=0.2, bn_splits=1
+    )
+    ck.save_checkpoint(
+        {
+            "epoch": 1,
+            "arch": arch,
+            "state_dict": prefixed_state(build_moco(args)),
+            "small_images": True,
+            "image_size": 32,
+        },
+        str(path),
+    )
     return path
 
 
@@ -341,8 +396,9 @@ def test_export_then_draw_from_a_pretraining_checkpoint(tmp_path, torch_one_thre
     emb = tmp_path / "emb"
     export = _script("DisCo/export_embed.py")
     for name in ("teacher", "student"):
-        export.main(["-a", "resnet18", "--pretrained", str(ckpt), "--name", name,
-                     "--out", str(emb), "-j", "0", str(data)])
+        export.main(
+            ["-a", "resnet18", "--pretrained", str(ckpt), "--name", name, "--out", str(emb), "-j", "0", str(data)]
+        )
     e, y = embeddings.load(emb, "teacher")
     assert e.shape == (12, 512) and np.bincount(y).tolist() == [4, 4, 4]
     assert np.isfinite(e).all() and e.std() > 0
@@ -355,8 +411,9 @@ def test_export_refuses_a_checkpoint_of_another_arch(tmp_path, capsys, torch_one
     data = _tiny_image_folder(tmp_path / "data", n_classes=2, per_class=1)
     ckpt = _pretraining_checkpoint(tmp_path / "ck.pth.tar")
     with pytest.raises(SystemExit) as exc:
-        _script("DisCo/export_embed.py").main(["-a", "resnet34", "--pretrained", str(ckpt),
-                                               "--out", str(tmp_path / "e"), "-j", "0", str(data)])
+        _script("DisCo/export_embed.py").main(
+            ["-a", "resnet34", "--pretrained", str(ckpt), "--out", str(tmp_path / "e"), "-j", "0", str(data)]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 2
     assert err.startswith("error:") and "resnet18" in err and "resnet34" in err

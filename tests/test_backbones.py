@@ -1,14 +1,27 @@
 import pytest
 import torch
 
-from selfsup.models.backbones import ARCH_NAMES, create_backbone, set_head
 from selfsup.core.errors import UserError
+from selfsup.models.backbones import ARCH_NAMES, create_backbone, set_head
 from selfsup.models.heads import projection_head
 
-WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
-          "SWAVresnet50": 2048, "DCresnet50": 2048, "SELAresnet50": 2048, "resnet50w2": 4096,
-          "efficientb0": 1280, "efficientb1": 1280, "efficientb5": 2048,
-          "mobilenetv3": 1280, "vit_tiny": 192, "xcit_tiny": 192}
+WIDTHS = {
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+    "resnet101": 2048,
+    "resnet152": 2048,
+    "SWAVresnet50": 2048,
+    "DCresnet50": 2048,
+    "SELAresnet50": 2048,
+    "resnet50w2": 4096,
+    "efficientb0": 1280,
+    "efficientb1": 1280,
+    "efficientb5": 2048,
+    "mobilenetv3": 1280,
+    "vit_tiny": 192,
+    "xcit_tiny": 192,
+}
 
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
@@ -50,12 +63,15 @@ def test_resnet50w2_has_swav_widths():
     assert dim == 4096
 
 
-@pytest.mark.parametrize("mlp,hidden,keys,shapes", [
-    (False, -1, ["fc.weight", "fc.bias"], [(128, 512)]),
-    (True, -1, ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"], [(512, 512), (128, 512)]),
-    (True, 0, ["fc.0.weight", "fc.0.bias"], [(128, 512)]),  # Sequential(Linear), as orig moco/moco/builder.py:45-47
-    (True, 1280, ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"], [(1280, 512), (128, 1280)]),
-])
+@pytest.mark.parametrize(
+    "mlp,hidden,keys,shapes",
+    [
+        (False, -1, ["fc.weight", "fc.bias"], [(128, 512)]),
+        (True, -1, ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"], [(512, 512), (128, 512)]),
+        (True, 0, ["fc.0.weight", "fc.0.bias"], [(128, 512)]),  # Sequential(Linear), as orig moco/moco/builder.py:45-47
+        (True, 1280, ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"], [(1280, 512), (128, 1280)]),
+    ],
+)
 def test_projection_head_keys_follow_mlp_and_hidden(mlp, hidden, keys, shapes):
     model, dim = create_backbone("resnet18", True)
     set_head(model, projection_head(dim, 128, mlp, hidden))

@@ -1,9 +1,9 @@
 """Bad input gives one line naming the culprit, and exit status 2."""
+
 import os
 import shutil
 
 import pytest
-
 from conftest import run
 
 MOCO = "python3 main_moco.py -a resnet18 -b 4 --moco-k 16 --image-size 16 --small-images -j 0 --epochs 1 "
@@ -36,6 +36,7 @@ def broken_data(tiny_data, tmp_path):
             victim.write_bytes(b"this is not a png")
             return str(root), str(victim)
         return str(root), str(train)
+
     return make
 
 
@@ -57,8 +58,9 @@ def test_class_folder_without_images(broken_data):
 def test_unreadable_image(broken_data, workers):
     # With loader workers (which ignore SIGTERM, for pre-emption) the process must still exit at once.
     root, victim = broken_data("corrupt")
-    check_error(run(MOCO + f"-b 60 --moco-k 64 -j {workers} " + root, cwd="moco", timeout=60), victim,
-                "unreadable image")
+    check_error(
+        run(MOCO + f"-b 60 --moco-k 64 -j {workers} " + root, cwd="moco", timeout=60), victim, "unreadable image"
+    )
 
 
 def test_missing_checkpoint(tiny_data):
@@ -71,13 +73,16 @@ def test_corrupt_checkpoint(tiny_data, tmp_path):
     check_error(run(LINCLS + f"--pretrained {bad} {tiny_data}", cwd="moco"), str(bad), "not a readable")
 
 
-@pytest.mark.parametrize("flags,needle", [
-    ("--hidden 512", "needs --mlp"),
-    ("--mlp --resume x.pth --resume-ckpt", "choose one"),
-    ("--moco-k 2", "--moco-k 2"),
-    ("-a resnet9000", "close matches: resnet200"),
-    ("--epochs 1 --start-epoch 3", "nothing to train"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        ("--hidden 512", "needs --mlp"),
+        ("--mlp --resume x.pth --resume-ckpt", "choose one"),
+        ("--moco-k 2", "--moco-k 2"),
+        ("-a resnet9000", "close matches: resnet200"),
+        ("--epochs 1 --start-epoch 3", "nothing to train"),
+    ],
+)
 def test_conflicting_flags(tiny_data, flags, needle):
     check_error(run(MOCO + flags + " " + tiny_data, cwd="moco"), needle)
 
@@ -102,8 +107,7 @@ _SCRIPTS = {}
 def script(path):
     """A script of the repository imported as a module (its folder is not a package)."""
     if path not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location("script_" + path.replace("/", "_")[:-3],
-                                                      os.path.join(REPO, path))
+        spec = importlib.util.spec_from_file_location("script_" + path.replace("/", "_")[:-3], os.path.join(REPO, path))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _SCRIPTS[path] = module
@@ -220,6 +224,7 @@ def test_flag_is_one_line_before_any_work(capsys, places, tiny_data, monkeypatch
 def test_port_in_use_is_one_line_at_once():
     from selfsup.core.errors import UserError
     from selfsup.engine.runtime import check_rendezvous
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -235,21 +240,27 @@ def test_port_in_use_via_the_script(tiny_data, tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = run(MOCO + f"--resume '' --multiprocessing-distributed --world-size 2 --rank 0 "
-                f"--dist-url tcp://127.0.0.1:{port} --ckpt-dir {tmp_path} {tiny_data}", cwd="moco", timeout=60)
+        r = run(
+            MOCO + f"--resume '' --multiprocessing-distributed --world-size 2 --rank 0 "
+            f"--dist-url tcp://127.0.0.1:{port} --ckpt-dir {tmp_path} {tiny_data}",
+            cwd="moco",
+            timeout=60,
+        )
     check_error(r, f"port {port} is in use")
 
 
 def test_unresolvable_host_is_one_line_at_once():
     from selfsup.core.errors import UserError
     from selfsup.engine.runtime import check_rendezvous
+
     with pytest.raises(UserError, match="'no-such-host.invalid' cannot be resolved"):
         check_rendezvous("tcp://no-such-host.invalid:23456", 1)
 
 
 def test_corrupt_cifar_archive(tmp_path):
-    from selfsup.data.cifar import cifar_folder
     from selfsup.core.errors import UserError
+    from selfsup.data.cifar import cifar_folder
+
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b" + os.urandom(200))  # gzip magic, then junk
     with pytest.raises(UserError, match="is corrupt or truncated"):
         cifar_folder(str(tmp_path), "cifar10")
@@ -296,16 +307,19 @@ def test_fraction_refuses_a_folder_it_did_not_make(capsys, tiny_data, tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     line = _fraction(capsys, ["--balanced", "--ratio", "50", "--source", tiny_data, "--output", str(tmp_path)])
     assert line and "files this script did not make" in line
-    line = _fraction(capsys, ["--balanced", "--ratio", "50", "--source", tiny_data, "--output", str(tmp_path),
-                              "--overwrite"])
+    line = _fraction(
+        capsys, ["--balanced", "--ratio", "50", "--source", tiny_data, "--output", str(tmp_path), "--overwrite"]
+    )
     assert line and "holds files other than train/ and val/" in line
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
 def test_skip_bad_images_replaces_and_counts(broken_data, monkeypatch, capsys):
     import torch
-    from selfsup.data import folders as D
+
     from selfsup.core.checks import SKIP_BAD_IMAGES_ENV
+    from selfsup.data import folders as D
+
     root, victim = broken_data("corrupt")
     train = os.path.join(root, "train")
     plain = D.image_folder(train, None)
@@ -339,7 +353,11 @@ def test_diverging_linear_evaluation_stops_without_model_best(tiny_data, tmp_pat
 
 
 def test_diverging_swav_linear_evaluation_stops(tiny_data, tmp_path):
-    r = run(f"python3 eval_linear.py --arch resnet18 --image_size 16 --batch_size 4 --epochs 1 --workers 0 "
-            f"--lr 1e38 --data_path {tiny_data} --dump_path {tmp_path}", cwd="swav-master", timeout=120)
+    r = run(
+        f"python3 eval_linear.py --arch resnet18 --image_size 16 --batch_size 4 --epochs 1 --workers 0 "
+        f"--lr 1e38 --data_path {tiny_data} --dump_path {tmp_path}",
+        cwd="swav-master",
+        timeout=120,
+    )
     check_error(r, "loss became nan", "lower --lr")
     assert not (tmp_path / "checkpoint.pth.tar").exists()

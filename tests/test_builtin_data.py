@@ -1,4 +1,5 @@
 """The procedural built-in dataset."""
+
 import os
 
 import numpy as np

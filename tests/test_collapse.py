@@ -1,9 +1,16 @@
 """Collapse warnings: InfoNCE at ln(K+1) and the teacher's embedding spread."""
+
 import math
 
 import torch
 
-from selfsup.engine.collapse import TEACHER_SPREAD_WARN, embedding_spread, infonce_warning, mean_pairwise_cosine, spread_report
+from selfsup.engine.collapse import (
+    TEACHER_SPREAD_WARN,
+    embedding_spread,
+    infonce_warning,
+    mean_pairwise_cosine,
+    spread_report,
+)
 from selfsup.methods.losses import info_nce
 
 
@@ -24,8 +31,10 @@ def test_mean_pairwise_cosine_by_hand():
     same = torch.randn(1, 8).repeat(5, 1)
     assert abs(mean_pairwise_cosine(same) - 1.0) < 1e-6
     images = torch.randn(10, 3, 4, 4)
-    assert abs(embedding_spread(lambda x: x.flatten(1), images, batch_size=3)
-               - mean_pairwise_cosine(images.flatten(1))) < 1e-6
+    assert (
+        abs(embedding_spread(lambda x: x.flatten(1), images, batch_size=3) - mean_pairwise_cosine(images.flatten(1)))
+        < 1e-6
+    )
 
 
 def test_spread_report_warns_only_for_a_collapsed_teacher():

@@ -1,4 +1,5 @@
 """The demo pipeline end to end at a tiny scale (the wiring, not the numbers)."""
+
 import os
 
 from conftest import run
@@ -14,13 +15,18 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
     assert "DisCo flags: `--teacher-bn eval`" in text
     assert "main.py" in r.stdout and "--teacher-bn eval --teacher_arch" in r.stdout
     assert "main_moco.py" in r.stdout and "--resume ''" in r.stdout
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["random_init", "teacher", "student_moco",
-                                                                   "student_disco"]
+    assert [line.split("|")[1].strip() for line in table[2:]] == [
+        "random_init",
+        "teacher",
+        "student_moco",
+        "student_disco",
+    ]
     assert "DisCo <- resnet18" in table[5]
     for line in table[2:]:  # kNN, linear top-1 and top-5 are percentages
         assert all(0.0 <= float(x) <= 100.0 for x in line.split("|")[5:8]), line
     # read_table (tab1_small --replot) gets the same rows back.
     from pipeline import read_table
+
     rows = read_table(results / "table.md")
     assert [r["name"] for r in rows] == ["random_init", "teacher", "student_moco", "student_disco"]
     assert [r["acc1"] for r in rows] == [float(line.split("|")[6]) for line in table[2:]]
@@ -38,7 +44,9 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
 def test_run_steps_respects_dependencies_and_lanes():
     import threading
     import time
+
     from pipeline import run_steps
+
     log, lock, active = [], threading.Lock(), [0]
 
     def step(name, seconds=0.05):
@@ -50,11 +58,20 @@ def test_run_steps_respects_dependencies_and_lanes():
             with lock:
                 active[0] -= 1
                 log.append(("end", name, active[0]))
+
         return fn
+
     finished = []
-    run_steps({"teacher": ([], step("teacher", 0.3)), "student": ([], step("student")),
-               "disco": (["teacher"], step("disco")), "eval": (["student"], step("eval"))}, lanes=2,
-              on_done=finished.append)
+    run_steps(
+        {
+            "teacher": ([], step("teacher", 0.3)),
+            "student": ([], step("student")),
+            "disco": (["teacher"], step("disco")),
+            "eval": (["student"], step("eval")),
+        },
+        lanes=2,
+        on_done=finished.append,
+    )
     order = [(kind, name) for kind, name, _ in log]
     assert finished == [name for kind, name in order if kind == "end"]  # on_done once per step, as each ends
     assert order.index(("end", "teacher")) < order.index(("start", "disco"))
@@ -70,6 +87,7 @@ def test_run_steps_stops_on_a_failed_step():
 
     def boom():
         raise RuntimeError("step broke")
+
     ran = []
     with pytest.raises(RuntimeError, match="step broke"):
         run_steps({"a": ([], boom), "b": (["a"], lambda: ran.append("b"))}, lanes=1)
@@ -78,7 +96,9 @@ def test_run_steps_stops_on_a_failed_step():
 
 def test_pipeline_progress_estimates_the_time_left_from_the_cost_done(monkeypatch):
     import time
+
     from pipeline import PipelineProgress
+
     progress = PipelineProgress({"a": 1.0, "b": 3.0})
     monkeypatch.setattr(time, "time", lambda: progress.start + 60.0)  # one minute for cost 1 ...
     assert progress.finished("a") == "[demo] 1/2 steps done (a); elapsed 1.0 min, about 3.0 min left"

@@ -1,4 +1,5 @@
 """scikit-learn's digits written as an ImageFolder tree (tools/tab1_small.py --data)."""
+
 import os
 
 import numpy as np

@@ -4,19 +4,25 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from conftest import run
 from layouts import moco_v2_checkpoint, swav_release_state
-from selfsup.methods.disco import DisCo, MoCoRKD
+
 from selfsup.core.errors import UserError
+from selfsup.methods.disco import DisCo, MoCoRKD
 from selfsup.methods.losses import rkd_angle, rkd_distance
 from selfsup.models.teacher import EmbeddingTeacher, load_teacher
 
 
 def tiny_net(out=8, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, out))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, out),
+    )
 
 
 def make_disco(teacher_bn="eval", **kw):
@@ -53,14 +59,17 @@ def test_summed_mse_is_per_emulated_gpu_in_one_process():
     x1, x2 = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8)
     outs = {}
     for splits in (1, 3):
-        model = DisCo(tiny_net(seed=0), teacher, dim=8, K=16, m=1.0, T=0.2, bn_splits=splits,
-                      teacher_bn="eval").train()
+        model = DisCo(tiny_net(seed=0), teacher, dim=8, K=16, m=1.0, T=0.2, bn_splits=splits, teacher_bn="eval").train()
         q1 = F.normalize(torch.cat([model.encoder_q(p) for p in x1.tensor_split(splits)]), dim=1)
         q2 = F.normalize(torch.cat([model.encoder_q(p) for p in x2.tensor_split(splits)]), dim=1)
         with torch.no_grad():
             t1, t2 = (F.normalize(model.teacher.encoder.eval()(x), dim=1) for x in (x1, x2))
-        per_gpu = sum(((a - b) ** 2).sum() for a, b in zip(q1.tensor_split(splits) + q2.tensor_split(splits),
-                                                           t1.tensor_split(splits) + t2.tensor_split(splits)))
+        per_gpu = sum(
+            ((a - b) ** 2).sum()
+            for a, b in zip(
+                q1.tensor_split(splits) + q2.tensor_split(splits), t1.tensor_split(splits) + t2.tensor_split(splits)
+            )
+        )
         outs[splits] = model(x1, x2)["loss_mse"]
         assert torch.allclose(outs[splits], per_gpu / splits, atol=1e-5), splits
     mean = make_disco(mse_reduction="mean").train()(x1, x2)["loss_mse"]
@@ -122,13 +131,13 @@ def _check_loaded(teacher, source, prefix, drop=("prototypes.",)):
     for k, v in loaded.items():
         for p in ("encoder.", "backbone.", "model.backbone.", "model."):
             if k.startswith(p):
-                k = k[len(p):]
+                k = k[len(p) :]
         flat[k] = v
     n = 0
     for k, v in source.items():
         if not k.startswith(prefix):
             continue
-        name = k[len(prefix):]
+        name = k[len(prefix) :]
         if name.startswith(drop) or name.endswith("num_batches_tracked"):
             continue
         match = [lk for lk in flat if lk.endswith(name)]
@@ -171,8 +180,11 @@ def test_teacher_of_the_wrong_arch_fails_before_training(tmp_path, tiny_data):
     torch.save(swav_release_state("resnet50", 2048), swav)
     with pytest.raises(UserError):
         load_teacher("resnet50w2", str(swav))
-    result = run(f"python3 main.py -a resnet18 --mlp --moco-k 64 -b 8 --epochs 1 -j 0 --teacher_arch resnet34 "
-                 f"--teacher {path} {tiny_data}", cwd="DisCo")
+    result = run(
+        f"python3 main.py -a resnet18 --mlp --moco-k 64 -b 8 --epochs 1 -j 0 --teacher_arch resnet34 "
+        f"--teacher {path} {tiny_data}",
+        cwd="DisCo",
+    )
     assert result.returncode == 2
     errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--teacher_arch resnet34" in errors[0] and "Epoch" not in result.stdout
@@ -187,6 +199,7 @@ def test_teacher_bn_train_reaches_swav_teachers(tmp_path):
     path = tmp_path / "swav.pth.tar"
     torch.save(swav_release_state("resnet18", 64, prototypes=10), path)
     from selfsup.models.teacher import load_swav_teacher  # a small trunk in the SwAV layout keeps the test fast
+
     for mode, training in (("eval", False), ("train", True)):
         t = load_swav_teacher("resnet18", str(path))
         model = DisCo(tiny_net(out=128), t, dim=128, K=16, T=0.2, bn_splits=1, teacher_bn=mode).train()

@@ -1,12 +1,13 @@
 """Two CPU processes with gloo stay in sync (DDP + shuffle-BN across ranks)."""
+
 import os
 import socket
 
 import torch
-
 from moco_scripts import main_moco
-from selfsup.engine.runtime import launch
+
 from selfsup.engine.pretrain import run_pretraining
+from selfsup.engine.runtime import launch
 from selfsup.methods.moco import build_moco
 
 
@@ -23,11 +24,43 @@ def train_and_dump(args):
 
 
 def test_two_gloo_processes_hold_identical_weights(tiny_data, tmp_path):
-    args = main_moco.parse_args([
-        "-a", "resnet18", "--mlp", "--aug-plus", "--moco-t", "0.2", "-b", "8", "--moco-k", "32",
-        "--image-size", "16", "--small-images", "-j", "0", "-p", "100", "--epochs", "1", "--seed", "0",
-        "--multiprocessing-distributed", "--cpu-procs", "2", "--world-size", "1", "--rank", "0",
-        "--dist-url", f"tcp://127.0.0.1:{free_port()}", "--ckpt-dir", str(tmp_path), tiny_data])
+    args = main_moco.parse_args(
+        [
+            "-a",
+            "resnet18",
+            "--mlp",
+            "--aug-plus",
+            "--moco-t",
+            "0.2",
+            "-b",
+            "8",
+            "--moco-k",
+            "32",
+            "--image-size",
+            "16",
+            "--small-images",
+            "-j",
+            "0",
+            "-p",
+            "100",
+            "--epochs",
+            "1",
+            "--seed",
+            "0",
+            "--multiprocessing-distributed",
+            "--cpu-procs",
+            "2",
+            "--world-size",
+            "1",
+            "--rank",
+            "0",
+            "--dist-url",
+            f"tcp://127.0.0.1:{free_port()}",
+            "--ckpt-dir",
+            str(tmp_path),
+            tiny_data,
+        ]
+    )
     launch(train_and_dump, args)
     s0 = torch.load(tmp_path / "rank0.pt")
     s1 = torch.load(tmp_path / "rank1.pt")

@@ -1,5 +1,6 @@
 """EpochMeters: the averages of an epoch and its printed lines, against
 values worked out here from the batches themselves."""
+
 import re
 
 import numpy as np
@@ -19,8 +20,17 @@ def batches(num_classes=6, seed=0):
         labels = torch.randint(0, num_classes, (n,), generator=g)
         # A loss still on its graph (as in a training step), a part that is None
         # (SwAV without a teacher), and an entry that is not a loss.
-        yield n, {"loss": torch.tensor(loss, requires_grad=True), "loss_a": torch.tensor(part), "loss_b": None,
-                  "logits": logits, "labels": labels, "queue": 3}
+        yield (
+            n,
+            {
+                "loss": torch.tensor(loss, requires_grad=True),
+                "loss_a": torch.tensor(part),
+                "loss_b": None,
+                "logits": logits,
+                "labels": labels,
+                "queue": 3,
+            },
+        )
 
 
 def hits(logits, labels, k):
@@ -42,7 +52,7 @@ def test_summary_is_the_sample_weighted_average():
     row = run_epoch(EpochMeters(len(SIZES)))
     total = sum(SIZES)
     assert list(row) == ["loss", "loss_a", "acc1", "acc5", "epoch_time"]
-    assert abs(row["loss"] - (2.0 * 4 + 1.0 * 4 + 4.0 * 2) / total) < 1e-12   # 2.0
+    assert abs(row["loss"] - (2.0 * 4 + 1.0 * 4 + 4.0 * 2) / total) < 1e-12  # 2.0
     assert abs(row["loss_a"] - (0.5 * 4 + 1.5 * 4 + 3.0 * 2) / total) < 1e-7  # 1.4 (float32 parts)
     for k in (1, 5):
         expected = 100.0 * sum(hits(out["logits"], out["labels"], k) for _, out in batches()) / total
@@ -67,13 +77,20 @@ def test_lines_every_print_freq_batches_and_at_the_last(capsys):
     last = lines[-1].split("\t")
     everything = list(batches())
     n, out = everything[-1]
-    acc = {k: (100.0 * hits(out["logits"], out["labels"], k) / n,  # (this batch, the running average)
-               100.0 * sum(hits(o["logits"], o["labels"], k) for _, o in everything) / sum(SIZES))
-           for k in (1, 5)}
-    assert re.fullmatch(rf"Time{NUMBER} \({NUMBER}\)", last[1]) and re.fullmatch(rf"Data{NUMBER} \({NUMBER}\)",
-                                                                                   last[2])
-    assert last[3:7] == [f"Loss {4.0:.4e} ({2.0:.4e})", f"loss_a {3.0:.4e} ({1.4:.4e})",
-                         f"Acc@1 {acc[1][0]:6.2f} ({acc[1][1]:6.2f})", f"Acc@5 {acc[5][0]:6.2f} ({acc[5][1]:6.2f})"]
+    acc = {
+        k: (
+            100.0 * hits(out["logits"], out["labels"], k) / n,  # (this batch, the running average)
+            100.0 * sum(hits(o["logits"], o["labels"], k) for _, o in everything) / sum(SIZES),
+        )
+        for k in (1, 5)
+    }
+    assert re.fullmatch(rf"Time{NUMBER} \({NUMBER}\)", last[1]) and re.fullmatch(rf"Data{NUMBER} \({NUMBER}\)", last[2])
+    assert last[3:7] == [
+        f"Loss {4.0:.4e} ({2.0:.4e})",
+        f"loss_a {3.0:.4e} ({1.4:.4e})",
+        f"Acc@1 {acc[1][0]:6.2f} ({acc[1][1]:6.2f})",
+        f"Acc@5 {acc[5][0]:6.2f} ({acc[5][1]:6.2f})",
+    ]
     assert re.fullmatch(r"[0-9.]+ batch/s  ETA \d+:\d\d:\d\d", last[7]) and len(last) == 8
 
 

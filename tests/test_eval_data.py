@@ -1,4 +1,5 @@
 """Semi-supervised subsets and the CIFAR reader."""
+
 import os
 import pickle
 import re
@@ -6,11 +7,11 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run
 from layouts import pretend_official_cifar, write_cifar
-from selfsup.data.cifar import CIFAR
+
 from selfsup.core.errors import UserError
+from selfsup.data.cifar import CIFAR
 from selfsup.data.subset import balanced_subset, class_files, split_file_subset
 
 
@@ -52,6 +53,7 @@ SHIPPED_SPLITS = {  # SimCLR's files as shipped (data/SIMCLR_SPLITS_NOTICE.md): 
 @pytest.mark.parametrize("name", sorted(SHIPPED_SPLITS))
 def test_shipped_split_files_are_simclrs(name):
     import hashlib
+
     path = os.path.join(REPO, "data", name)
     raw = open(path, "rb").read()
     names = raw.decode().split()
@@ -83,6 +85,7 @@ def test_ratio_1_copies_exactly_simclrs_list_by_default(tmp_path):
 
 def test_ratio_10_reads_the_10_percent_list_and_others_need_a_choice(tiny_data):
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("fraction", os.path.join(REPO, "data", "imagenet_1_fraction.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -127,10 +130,12 @@ def test_cifar_file_missing_from_the_folder_is_named(tmp_path):
 def test_cifar_reads_files_other_than_the_official_ones_only_under_unsafe_load(tmp_path, monkeypatch):
     parts, _, folder = write_cifar(str(tmp_path), "cifar10")
     monkeypatch.delenv("SELFSUP_UNSAFE_LOAD", raising=False)
-    batches = ", ".join(f"'{tmp_path / folder / f}'" for f in [f"data_batch_{i}" for i in range(1, 6)]
-                        + ["test_batch", "batches.meta"])
-    with pytest.raises(UserError, match=re.escape(f"CIFAR files {batches} are not the official CIFAR-10 files")
-                       + ".*--unsafe-load"):
+    batches = ", ".join(
+        f"'{tmp_path / folder / f}'" for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+    )
+    with pytest.raises(
+        UserError, match=re.escape(f"CIFAR files {batches} are not the official CIFAR-10 files") + ".*--unsafe-load"
+    ):
         CIFAR(str(tmp_path), "cifar10")
     monkeypatch.setenv("SELFSUP_UNSAFE_LOAD", "1")  # what --unsafe-load sets: the user vouches for the files
     assert CIFAR(str(tmp_path), "cifar10").targets == sum((p["labels"] for p in parts), [])

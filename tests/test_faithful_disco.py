@@ -4,6 +4,7 @@ DeepCluster-v2/SeLa-v2 teachers, the `--hidden 0` head layout, EfficientNet-B5.
 
 Every expected value is written out here from the original's definitions
 (orig DisCo/main_moco_distill_rkd.py:457-474, DisCo/loss.py RkdDistance/RKdAngle)."""
+
 import copy
 import importlib.util
 import os
@@ -12,24 +13,31 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from conftest import REPO, TINY_PRETRAIN, run
 from layouts import deepcluster_v2_release_state, moco_v2_checkpoint, sela_v2_release_state
+
 from selfsup.methods.disco import DisCo, MoCoRKD
 from selfsup.models.teacher import EmbeddingTeacher, load_teacher
 
 
 def tiny_net(out=8, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, out))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, out),
+    )
 
 
 # -- RKD written out -------------------------------------------------------
 
+
 def smooth_l1(a, b):
     x = (a - b).abs()
-    return torch.where(x < 1, 0.5 * x ** 2, x - 0.5).mean()
+    return torch.where(x < 1, 0.5 * x**2, x - 0.5).mean()
 
 
 def distances(e):
@@ -46,8 +54,8 @@ def rkd_distance_ref(s, t):
 
 
 def cosines(e):
-    v = e[None, :, :] - e[:, None, :]                      # v[i, j] = e_j - e_i
-    v = v / v.norm(dim=2, keepdim=True).clamp_min(1e-12)   # zero vectors (j = i) stay zero
+    v = e[None, :, :] - e[:, None, :]  # v[i, j] = e_j - e_i
+    v = v / v.norm(dim=2, keepdim=True).clamp_min(1e-12)  # zero vectors (j = i) stay zero
     return torch.einsum("ijc,ikc->ijk", v, v).reshape(-1)
 
 
@@ -58,8 +66,10 @@ def rkd_angle_ref(s, t):
 def reference_parts(model, teacher_net, x1, x2, groups=1):
     """q1, q2, k and the teacher's t1, t2 the way the original computed them:
     student and teacher with BatchNorm on (per-GPU) batch statistics."""
+
     def per_group(net, x):
         return F.normalize(torch.cat([net(p) for p in x.tensor_split(groups)]), dim=1)
+
     q1, q2 = per_group(model.encoder_q, x1), per_group(model.encoder_q, x2)
     with torch.no_grad():
         k = F.normalize(model.encoder_k(x2), dim=1)
@@ -78,8 +88,16 @@ def test_rkd_loss_is_the_originals(use_mse):
     """loss = ce + dist + angle (+ MSE(q1, t1) + MSE(q2, t2), summed, with --use-mse),
     the RKD terms between the student's and the teacher's view-1 embeddings."""
     teacher_net = tiny_net(seed=1)
-    model = MoCoRKD(tiny_net(seed=0), EmbeddingTeacher(copy.deepcopy(teacher_net)), use_mse=use_mse,
-                    dim=8, K=16, m=1.0, T=0.2, bn_splits=1).train()
+    model = MoCoRKD(
+        tiny_net(seed=0),
+        EmbeddingTeacher(copy.deepcopy(teacher_net)),
+        use_mse=use_mse,
+        dim=8,
+        K=16,
+        m=1.0,
+        T=0.2,
+        bn_splits=1,
+    ).train()
     torch.manual_seed(5)
     x1, x2 = torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8) * 2 + 1
     queue = model.queue.clone()
@@ -105,8 +123,18 @@ def test_rkd_loss_is_the_originals(use_mse):
 
 def test_rkd_papers_weights_on_both_views_stay_one_flag_away():
     teacher_net = tiny_net(seed=1)
-    model = MoCoRKD(tiny_net(seed=0), EmbeddingTeacher(copy.deepcopy(teacher_net)), dist_weight=25.0,
-                    angle_weight=50.0, views=2, dim=8, K=16, m=1.0, T=0.2, bn_splits=1).train()
+    model = MoCoRKD(
+        tiny_net(seed=0),
+        EmbeddingTeacher(copy.deepcopy(teacher_net)),
+        dist_weight=25.0,
+        angle_weight=50.0,
+        views=2,
+        dim=8,
+        K=16,
+        m=1.0,
+        T=0.2,
+        bn_splits=1,
+    ).train()
     torch.manual_seed(6)
     x1, x2 = torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8)
     q1, q2, _, t1, t2 = reference_parts(model, teacher_net, x1, x2)
@@ -119,8 +147,9 @@ def test_rkd_in_one_process_relates_samples_within_each_emulated_gpu():
     """bn_splits=2, batch 8: two GPUs of 4 samples, each computing RKD over its
     own 4; DDP averaged their gradients, i.e. the mean of the two losses."""
     teacher_net = tiny_net(seed=1)
-    model = MoCoRKD(tiny_net(seed=0), EmbeddingTeacher(copy.deepcopy(teacher_net)), dim=8, K=16, m=1.0, T=0.2,
-                    bn_splits=2).train()
+    model = MoCoRKD(
+        tiny_net(seed=0), EmbeddingTeacher(copy.deepcopy(teacher_net)), dim=8, K=16, m=1.0, T=0.2, bn_splits=2
+    ).train()
     torch.manual_seed(7)
     x1, x2 = torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8)
     q1, _, _, t1, _ = reference_parts(model, teacher_net, x1, x2, groups=2)
@@ -132,6 +161,7 @@ def test_rkd_in_one_process_relates_samples_within_each_emulated_gpu():
 
 
 # -- the teacher's BatchNorm -----------------------------------------------
+
 
 def _script(name):
     spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(REPO, "DisCo", f"{name}.py"))
@@ -176,7 +206,9 @@ def test_default_teacher_runs_on_batch_statistics_and_keeps_its_running_ones():
 
 def test_swav_layout_teacher_runs_on_batch_statistics_by_default(tmp_path):
     from layouts import swav_release_state
+
     from selfsup.models.teacher import load_swav_teacher
+
     path = tmp_path / "swav_r18.pth.tar"
     state = swav_release_state("resnet18", 64, prototypes=10)
     for k in state:  # non-trivial running statistics, so eval and train mode differ
@@ -197,16 +229,24 @@ def test_swav_layout_teacher_runs_on_batch_statistics_by_default(tmp_path):
 
 # -- DeepCluster-v2 and SeLa-v2 teachers -----------------------------------
 
-@pytest.mark.parametrize("arch,make", [("DCresnet50", lambda: deepcluster_v2_release_state((30, 20, 10))),
-                                       ("SELAresnet50", lambda: sela_v2_release_state(30))])
+
+@pytest.mark.parametrize(
+    "arch,make",
+    [
+        ("DCresnet50", lambda: deepcluster_v2_release_state((30, 20, 10))),
+        ("SELAresnet50", lambda: sela_v2_release_state(30)),
+    ],
+)
 def test_deepcluster_and_sela_releases_teach_a_disco_student(tmp_path, arch, make):
     state = make()
     path = tmp_path / f"{arch}.pth.tar"
     torch.save(state, path)
     teacher = load_teacher(arch, str(path))
-    loaded = {k[len("model.backbone."):] if k.startswith("model.backbone.") else k[len("model."):]: v
-              for k, v in teacher.state_dict().items()}
-    trunk_and_head = [k[len("module."):] for k in state if not k.startswith("module.prototypes.")]
+    loaded = {
+        k[len("model.backbone.") :] if k.startswith("model.backbone.") else k[len("model.") :]: v
+        for k, v in teacher.state_dict().items()
+    }
+    trunk_and_head = [k[len("module.") :] for k in state if not k.startswith("module.prototypes.")]
     assert sorted(loaded) == sorted(trunk_and_head)
     assert all(torch.equal(loaded[k], state[f"module.{k}"]) for k in trunk_and_head)
     # One DisCo step against it; the teacher embeds into 128-d unit vectors after hidden 2048.
@@ -227,18 +267,25 @@ def test_deepcluster_teacher_through_the_script(tmp_path, tiny_data):
     path = tmp_path / "deepclusterv2_800ep_pretrain.pth.tar"
     torch.save(deepcluster_v2_release_state((30, 30, 30)), path)
     out = tmp_path / "run"
-    result = run(f"python3 main.py -a resnet18 --mlp --teacher_arch DCresnet50 --teacher {path} {TINY_PRETRAIN} "
-                 f"-b 20 --ckpt-dir {out} {tiny_data}", cwd="DisCo")
+    result = run(
+        f"python3 main.py -a resnet18 --mlp --teacher_arch DCresnet50 --teacher {path} {TINY_PRETRAIN} "
+        f"-b 20 --ckpt-dir {out} {tiny_data}",
+        cwd="DisCo",
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     assert "loss_mse" in result.stdout and (out / "checkpoint_0000.pth.tar").exists()
 
 
 # -- --hidden 0: the original's Sequential(Linear) head ---------------------
 
+
 def test_hidden_0_writes_fc0_and_both_head_layouts_load(tmp_path, tiny_data):
     out = tmp_path / "moco"
-    result = run(f"python3 main_moco.py -a resnet18 --mlp --hidden 0 {TINY_PRETRAIN} -b 20 --ckpt-dir {out} "
-                 f"--resume '' {tiny_data}", cwd="moco")
+    result = run(
+        f"python3 main_moco.py -a resnet18 --mlp --hidden 0 {TINY_PRETRAIN} -b 20 --ckpt-dir {out} "
+        f"--resume '' {tiny_data}",
+        cwd="moco",
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     new_path = out / "checkpoint_0000.pth.tar"
     ckpt = torch.load(new_path, weights_only=False)
@@ -255,6 +302,7 @@ def test_hidden_0_writes_fc0_and_both_head_layouts_load(tmp_path, tiny_data):
     w, b = sd["module.encoder_q.fc.0.weight"], sd["module.encoder_q.fc.0.bias"]
     x = torch.randn(3, 3, 16, 16)
     from selfsup.engine.lincls import build_classifier, load_pretrained
+
     embeddings = []
     for path in (new_path, old_path):
         teacher = load_teacher("resnet18", str(path)).eval()
@@ -266,8 +314,11 @@ def test_hidden_0_writes_fc0_and_both_head_layouts_load(tmp_path, tiny_data):
             embeddings.append(teacher(x))
         clf = build_classifier("resnet18", 10, small_images=True)
         load_pretrained(clf, str(path), "resnet18")
-        trunk = {k[len("module.encoder_q."):]: v for k, v in sd.items()
-                 if k.startswith("module.encoder_q.") and ".fc" not in k}
+        trunk = {
+            k[len("module.encoder_q.") :]: v
+            for k, v in sd.items()
+            if k.startswith("module.encoder_q.") and ".fc" not in k
+        }
         assert all(torch.equal(clf.state_dict()[k], v) for k, v in trunk.items())
     assert torch.allclose(embeddings[0], embeddings[1])
 
@@ -290,9 +341,12 @@ def test_a_moco_teacher_with_the_originals_hidden_0_head_loads(tmp_path):
 
 # -- EfficientNet-B5 -------------------------------------------------------
 
+
 def test_efficientb5_is_timms_b5_with_the_originals_image_size():
     import timm
+
     from selfsup.models.backbones import create_backbone, default_image_size
+
     model, dim = create_backbone("efficientb5")
     reference = timm.create_model("efficientnet_b5", pretrained=False)
     assert dim == reference.num_features == 2048

@@ -3,6 +3,7 @@ resizing and --resume FOLDER (DisCo-pytorch at 1d732c8; issue 12).
 
 Every expected value below is computed here from the original's code as
 quoted in the comments, not by calling the project's schedule code."""
+
 import contextlib
 import importlib.util
 import io
@@ -12,16 +13,21 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import REPO, run
 from layouts import write_cifar
+from PIL import Image
+
 from selfsup.core.errors import UserError
 from selfsup.engine.optim import epoch_lr
 
 ELEVEN = [5, 10, 15, 20, 25, 30, 35, 40, 45, 60, 80]
-SCRIPTS = ["moco/main_lincls.py", "DisCo/main_lincls.py", "DisCo/yt_main_lincls.py", "DisCo/main_lincls_semi.py",
-           "DisCo/cifar_main_lincls.py"]
+SCRIPTS = [
+    "moco/main_lincls.py",
+    "DisCo/main_lincls.py",
+    "DisCo/yt_main_lincls.py",
+    "DisCo/main_lincls_semi.py",
+    "DisCo/cifar_main_lincls.py",
+]
 
 
 def load(relpath):
@@ -53,11 +59,11 @@ def halving_lr(base, epoch, schedule):
 
 # script -> (the original's default --lr, --epochs, --schedule, its lr rule)
 ORIGINAL = {
-    "moco/main_lincls.py": (30.0, 100, ELEVEN, by_count_lr),          # orig:moco/main_lincls.py:47, 56, 58
-    "DisCo/main_lincls.py": (30.0, 100, ELEVEN, halving_lr),          # orig:DisCo/main_lincls.py:48, 57, 59
-    "DisCo/yt_main_lincls.py": (30.0, 100, [60, 80], by_count_lr),    # orig:moco/yt_main_lincls_schedule.py:58
-    "DisCo/main_lincls_semi.py": (30.0, 100, [60, 80], halving_lr),   # orig:DisCo/main_lincls_semi.py:58
-    "DisCo/cifar_main_lincls.py": (1e-3, 120, [], halving_lr),        # orig:DisCo/cifar_main_lincls.py:55-66
+    "moco/main_lincls.py": (30.0, 100, ELEVEN, by_count_lr),  # orig:moco/main_lincls.py:47, 56, 58
+    "DisCo/main_lincls.py": (30.0, 100, ELEVEN, halving_lr),  # orig:DisCo/main_lincls.py:48, 57, 59
+    "DisCo/yt_main_lincls.py": (30.0, 100, [60, 80], by_count_lr),  # orig:moco/yt_main_lincls_schedule.py:58
+    "DisCo/main_lincls_semi.py": (30.0, 100, [60, 80], halving_lr),  # orig:DisCo/main_lincls_semi.py:58
+    "DisCo/cifar_main_lincls.py": (1e-3, 120, [], halving_lr),  # orig:DisCo/cifar_main_lincls.py:55-66
 }
 
 
@@ -78,7 +84,7 @@ def test_moco_default_halves_eleven_times(tmp_path):
     args = load("moco/main_lincls.py").parse_args(["--lr", "3.0", str(tmp_path)])
     expected = [3.0 * 0.5 ** sum(e >= m for m in ELEVEN) for e in range(100)]
     assert lrs(args) == pytest.approx(expected, rel=1e-12)
-    assert lrs(args)[99] == pytest.approx(3.0 / 2 ** 11)
+    assert lrs(args)[99] == pytest.approx(3.0 / 2**11)
 
 
 @pytest.mark.parametrize("script", ["moco/main_lincls.py", "DisCo/yt_main_lincls.py"])
@@ -124,6 +130,7 @@ def cifar_sets(tmp_path, size):
     _, test, _ = write_cifar(str(root), "cifar10", n_train=10, n_test=5)
     cifar = load("DisCo/cifar_main_lincls.py")
     from selfsup.engine.lincls import cifar_datasets
+
     train_set, test_set = cifar_datasets(cifar.parse_args(["--image-size", str(size), str(root)]))
     return train_set, test_set, test
 
@@ -157,15 +164,22 @@ TINY = "-a resnet18 -b 30 --image-size 16 -j 0 -p 100 --seed 0"
 
 
 def test_resume_folder_reads_its_checkpoint(tiny_data, tmp_path):
-    from selfsup.engine.runtime import launch
     from selfsup.engine.lincls import run_lincls
+    from selfsup.engine.runtime import launch
+
     # The first run in-process (quicker); the resumed one through the command line.
-    launch(run_lincls, load("moco/main_lincls.py").parse_args(
-        TINY.split() + ["--epochs", "1", "--ckpt-dir", str(tmp_path / "a"), tiny_data]))
+    launch(
+        run_lincls,
+        load("moco/main_lincls.py").parse_args(
+            TINY.split() + ["--epochs", "1", "--ckpt-dir", str(tmp_path / "a"), tiny_data]
+        ),
+    )
     saved = torch.load(tmp_path / "a" / "checkpoint.pth.tar", weights_only=False)
     # lr 0: the resumed epoch leaves the classifier as it was loaded.
-    second = run(f"python3 moco/main_lincls.py {TINY} --lr 0 --epochs 2 --resume {tmp_path / 'a'} "
-                 f"--ckpt-dir {tmp_path / 'b'} {tiny_data}")
+    second = run(
+        f"python3 moco/main_lincls.py {TINY} --lr 0 --epochs 2 --resume {tmp_path / 'a'} "
+        f"--ckpt-dir {tmp_path / 'b'} {tiny_data}"
+    )
     assert second.returncode == 0, second.stdout[-2000:]
     assert f"=> resumed '{tmp_path / 'a' / 'checkpoint.pth.tar'}' (epoch 1)" in second.stdout
     rows = open(tmp_path / "b" / "metrics.csv").read().splitlines()

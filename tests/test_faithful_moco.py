@@ -1,6 +1,7 @@
 """moco/main_moco.py's own defaults, as the original's: --resume ./ckpt (a
 killed command, rerun as it was, continues from its newest checkpoint) and
 the 456 px crops of efficientb5."""
+
 import os
 import re
 import signal
@@ -10,16 +11,18 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, run
 from moco_scripts import main_moco
+
 from selfsup.core.errors import UserError
-from selfsup.engine.runtime import launch
 from selfsup.engine.pretrain import run_pretraining
+from selfsup.engine.runtime import launch
 from selfsup.methods.moco import build_moco
 
-FLAGS = ("-a resnet18 --mlp --aug-plus --cos --moco-t 0.2 -b 8 --moco-k 24 --image-size 16 --small-images "
-         "-j 0 -p 100 --seed 3 --epochs 4")
+FLAGS = (
+    "-a resnet18 --mlp --aug-plus --cos --moco-t 0.2 -b 8 --moco-k 24 --image-size 16 --small-images "
+    "-j 0 -p 100 --seed 3 --epochs 4"
+)
 
 
 def command(data, ckpt_dir, extra=""):
@@ -38,9 +41,13 @@ def test_rerun_of_a_killed_command_resumes_and_ends_as_an_uninterrupted_run(tiny
     # The same command in another folder, killed with SIGKILL once its first checkpoint exists.
     folder = tmp_path / "killed"
     log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen([sys.executable, "main_moco.py", *command(tiny_data, folder).split()[2:]],
-                            cwd=os.path.join(REPO, "moco"), stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONPATH=REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "main_moco.py", *command(tiny_data, folder).split()[2:]],
+        cwd=os.path.join(REPO, "moco"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
     deadline = time.time() + 300
     while not (folder / "checkpoint_0000.pth.tar").exists():
         assert time.time() < deadline and proc.poll() is None, open(tmp_path / "killed.log").read()[-2000:]

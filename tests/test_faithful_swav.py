@@ -2,6 +2,7 @@
 main_swav_distill.py's loss with its raw (un-normalised) teacher, and
 eval_linear.py's normalisation, RegLog head and lr schedule. Every expected
 value is computed here from the original's formulas, not by the code under test."""
+
 import csv
 import importlib.util
 import math
@@ -31,9 +32,32 @@ def _script(name):
 
 # -- main_swav_distill.py: loss = (swav_sum + mse) / len(crops_for_assign) ------
 
-TINY_MODEL = ["--arch", "resnet18", "--teacher_arch", "resnet18", "--small_images", "true", "--hidden_mlp", "16",
-              "--feat_dim", "8", "--nmb_prototypes", "5", "--size_crops", "16", "8", "--nmb_crops", "2", "1",
-              "--min_scale_crops", "0.14", "0.05", "--max_scale_crops", "1", "0.14"]
+TINY_MODEL = [
+    "--arch",
+    "resnet18",
+    "--teacher_arch",
+    "resnet18",
+    "--small_images",
+    "true",
+    "--hidden_mlp",
+    "16",
+    "--feat_dim",
+    "8",
+    "--nmb_prototypes",
+    "5",
+    "--size_crops",
+    "16",
+    "8",
+    "--nmb_crops",
+    "2",
+    "1",
+    "--min_scale_crops",
+    "0.14",
+    "0.05",
+    "--max_scale_crops",
+    "1",
+    "0.14",
+]
 
 
 def original_sinkhorn(out, epsilon=0.05, iterations=3):
@@ -52,19 +76,19 @@ def original_distill_loss(student, source_teacher, crops, crops_for_assign=(0, 1
     forward, the raw teacher embedding, the swapped losses summed over
     crops_for_assign, + MSE, the whole divided by len(crops_for_assign)."""
     bs, n = crops[0].shape[0], len(crops)
-    big = student.backbone(torch.cat(crops[:2]))            # equal resolutions share one backbone call
+    big = student.backbone(torch.cat(crops[:2]))  # equal resolutions share one backbone call
     small = student.backbone(crops[2])
     z = F.normalize(student.projection_head(torch.cat((big, small))), dim=1).double()
     scores = z @ student.prototypes.weight.double().t()
     with torch.no_grad():
-        feats = torch.cat([source_teacher.backbone(c) for c in crops])   # eval mode: batching is irrelevant
-        t = source_teacher.projection_head(feats).double()                  # no normalize
+        feats = torch.cat([source_teacher.backbone(c) for c in crops])  # eval mode: batching is irrelevant
+        t = source_teacher.projection_head(feats).double()  # no normalize
     loss = 0
     for crop_id in crops_for_assign:
-        q = original_sinkhorn(scores[bs * crop_id: bs * (crop_id + 1)].detach())
+        q = original_sinkhorn(scores[bs * crop_id : bs * (crop_id + 1)].detach())
         subloss = 0
         for v in [v for v in range(n) if v != crop_id]:
-            x = scores[bs * v: bs * (v + 1)] / temperature
+            x = scores[bs * v : bs * (v + 1)] / temperature
             subloss = subloss - torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
         loss = loss + subloss / (n - 1)
     mse = ((z - t) ** 2).sum() / z.numel()
@@ -85,8 +109,9 @@ def test_distill_loss_with_a_raw_teacher_is_the_originals(tmp_path):
         source.projection_head[3].weight.mul_(16.0)  # raw embeddings far from unit norm
     path = tmp_path / "teacher.pth"
     torch.save(official_state_dict(source), path)
-    args = _script("main_swav_distill").parse_args(TINY_MODEL + ["--pretrained", str(path), "--data_path",
-                                                                 str(tmp_path)])
+    args = _script("main_swav_distill").parse_args(
+        TINY_MODEL + ["--pretrained", str(path), "--data_path", str(tmp_path)]
+    )
     assert args.teacher_normalize is False and args.mse_weight == 1.0
     teacher = load_distill_teacher(args)
     student = SwAVModel("resnet18", hidden_mlp=16, feat_dim=8, nmb_prototypes=5, small_images=True).train()
@@ -101,21 +126,22 @@ def test_distill_loss_with_a_raw_teacher_is_the_originals(tmp_path):
     torch.testing.assert_close(swav.double(), swav_sum / 2, rtol=1e-5, atol=0)
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=0)
     # Not our former default (normalised teacher, swav + 1 x MSE) ...
-    former = swav_sum / 2 + ((F.normalize(t, dim=1) - F.normalize(
-        student.embed(crops).double(), dim=1)) ** 2).mean()
+    former = swav_sum / 2 + ((F.normalize(t, dim=1) - F.normalize(student.embed(crops).double(), dim=1)) ** 2).mean()
     assert abs(loss.item() - former.item()) > 1e-3
     # ... which stays two flags away.
     args = _script("main_swav_distill").parse_args(
-        TINY_MODEL + ["--pretrained", str(path), "--data_path", str(tmp_path), "--teacher_normalize", "true",
-                      "--mse_weight", "2"])
+        TINY_MODEL
+        + ["--pretrained", str(path), "--data_path", str(tmp_path), "--teacher_normalize", "true", "--mse_weight", "2"]
+    )
     loss2, _, _ = batch_loss(student, load_distill_teacher(args), crops, args)
     torch.testing.assert_close(loss2.double(), former, rtol=1e-5, atol=0)
 
 
 # -- eval_linear.py: normalisation and RegLog ------------------------------------
 
+
 def test_eval_linear_normalisation_is_swavs():
-    mean, std = (0.485, 0.456, 0.406), (0.228, 0.224, 0.225)   # fb-swav:eval_linear.py:114-116
+    mean, std = (0.485, 0.456, 0.406), (0.228, 0.224, 0.225)  # fb-swav:eval_linear.py:114-116
     train, val = swav_eval.linear_transforms(224)
     img = Image.new("RGB", (300, 260), (200, 100, 50))
     for tf in (train, val):
@@ -154,8 +180,9 @@ def test_use_bn_adds_batchnorm_only_without_global_pooling():
     # Its forward on a small map, by hand: 6x6 windows, BN over (N, H, W), channel-major flatten.
     head = swav_eval.LinearHead(3, 4, use_bn=True, global_pooling=False, map_size=(7, 7)).train()
     fmap = torch.randn(5, 3, 7, 7)
-    pooled = torch.stack([torch.stack([fmap[:, :, i:i + 6, j:j + 6].mean(dim=(2, 3)) for j in range(2)], -1)
-                          for i in range(2)], -2)                                     # (5, 3, 2, 2)
+    pooled = torch.stack(
+        [torch.stack([fmap[:, :, i : i + 6, j : j + 6].mean(dim=(2, 3)) for j in range(2)], -1) for i in range(2)], -2
+    )  # (5, 3, 2, 2)
     mu = pooled.mean(dim=(0, 2, 3), keepdim=True)
     var = pooled.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
     normed = ((pooled - mu) / torch.sqrt(var + 1e-5)).reshape(5, 12)
@@ -172,6 +199,7 @@ def test_global_pooling_false_needs_a_resnet():
 
 # -- eval_linear.py: the lr of every epoch ---------------------------------------
 
+
 def official_lr(epoch, args):
     """lr during `epoch` of torch's MultiStepLR / CosineAnnealingLR as the
     original sets them up, stepped once after each epoch (closed forms)."""
@@ -181,18 +209,43 @@ def official_lr(epoch, args):
     return lo + 0.5 * (hi - lo) * (1 + math.cos(math.pi * epoch / n))
 
 
-@pytest.mark.parametrize("flags, schedule", [
-    ([], dict(scheduler_type="cosine", lr=0.3, final_lr=0.0)),
-    (["--final_lr", "0.01", "--lr", "0.2"], dict(scheduler_type="cosine", lr=0.2, final_lr=0.01)),
-    (["--scheduler_type", "step", "--decay_epochs", "1", "3", "--gamma", "0.5"],
-     dict(scheduler_type="step", lr=0.3, decay_epochs=[1, 3], gamma=0.5)),
-])
+@pytest.mark.parametrize(
+    "flags, schedule",
+    [
+        ([], dict(scheduler_type="cosine", lr=0.3, final_lr=0.0)),
+        (["--final_lr", "0.01", "--lr", "0.2"], dict(scheduler_type="cosine", lr=0.2, final_lr=0.01)),
+        (
+            ["--scheduler_type", "step", "--decay_epochs", "1", "3", "--gamma", "0.5"],
+            dict(scheduler_type="step", lr=0.3, decay_epochs=[1, 3], gamma=0.5),
+        ),
+    ],
+)
 def test_eval_linear_lr_at_every_epoch(tiny_data, tmp_path, torch_one_thread, flags, schedule):
     epochs = 5
     dump = tmp_path / "linear"
-    _script("eval_linear").main(["--data_path", tiny_data, "--arch", "resnet18", "--small_images", "true",
-                                 "--image_size", "16", "--batch_size", "64", "--workers", "0", "--epochs",
-                                 str(epochs), "--dump_path", str(dump), "--device", "cpu", *flags])
+    _script("eval_linear").main(
+        [
+            "--data_path",
+            tiny_data,
+            "--arch",
+            "resnet18",
+            "--small_images",
+            "true",
+            "--image_size",
+            "16",
+            "--batch_size",
+            "64",
+            "--workers",
+            "0",
+            "--epochs",
+            str(epochs),
+            "--dump_path",
+            str(dump),
+            "--device",
+            "cpu",
+            *flags,
+        ]
+    )
     with open(dump / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     got = np.array([float(r["lr"]) for r in rows])

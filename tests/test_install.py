@@ -1,5 +1,6 @@
 """The library works installed as a plain (non-editable) package, with no
 path back to the checkout, and the scripts run on such an install."""
+
 import json
 import os
 import shutil
@@ -8,8 +9,8 @@ import sys
 import sysconfig
 
 import pytest
-
 from conftest import REPO
+
 from selfsup.cli.flags import default_data
 
 LIBRARY = os.path.join(REPO, "selfsup")
@@ -17,8 +18,12 @@ LIBRARY = os.path.join(REPO, "selfsup")
 
 def modules_under(root):
     """The .py files of a package tree, relative to it."""
-    return sorted(os.path.relpath(os.path.join(folder, name), root)
-                  for folder, _, files in os.walk(root) for name in files if name.endswith(".py"))
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), root)
+        for folder, _, files in os.walk(root)
+        for name in files
+        if name.endswith(".py")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +35,24 @@ def installed(tmp_path_factory):
     src.mkdir()
     shutil.copy(os.path.join(REPO, "pyproject.toml"), src)
     shutil.copytree(LIBRARY, src / "selfsup", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--no-cache-dir", "--target", str(target), str(src)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--no-cache-dir",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        check=True,
+        timeout=300,
+    )
     return target
 
 
@@ -43,8 +64,15 @@ def isolated(target, *argv, cwd):
     path = ([str(target)] if target else []) + sorted(site)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DISCO_DATA", "PYTHONHOME")}
     env.update(PYTHONPATH=os.pathsep.join(path), PYTHONNOUSERSITE="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-S", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-S", *argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_install_holds_every_module_of_the_library(installed):
@@ -64,10 +92,11 @@ def test_a_script_runs_on_the_install_and_defaults_to_its_checkouts_data(install
     assert r.returncode == 0 and r.stdout.startswith("usage: main_moco.py"), r.stdout
     # What `python moco/main_moco.py` (no DIR) resolves, run as that script is:
     # its folder first on sys.path, its path in sys.argv[0].
-    probe = ("import json, runpy, sys; sys.argv = [{s!r}]; sys.path[0] = {d!r}; "
-             "ns = runpy.run_path({s!r}, run_name='probe'); import selfsup; "
-             "print(json.dumps([selfsup.__file__, ns['parse_args']([]).data]))").format(
-                 s=script, d=os.path.dirname(script))
+    probe = (
+        "import json, runpy, sys; sys.argv = [{s!r}]; sys.path[0] = {d!r}; "
+        "ns = runpy.run_path({s!r}, run_name='probe'); import selfsup; "
+        "print(json.dumps([selfsup.__file__, ns['parse_args']([]).data]))"
+    ).format(s=script, d=os.path.dirname(script))
     r = isolated(installed, "-c", probe, cwd=tmp_path)
     assert r.returncode == 0, r.stdout
     library_file, data = json.loads(r.stdout.strip().splitlines()[-1])
@@ -90,8 +119,12 @@ SCRIPT_FOLDERS = ("moco", "DisCo", "swav-master", "data", "detection", "tools", 
 
 
 def test_every_script_has_a_shebang_and_leaves_sys_path_alone():
-    scripts = [os.path.join(folder, name) for folder in SCRIPT_FOLDERS
-               for name in sorted(os.listdir(os.path.join(REPO, folder))) if name.endswith(".py")]
+    scripts = [
+        os.path.join(folder, name)
+        for folder in SCRIPT_FOLDERS
+        for name in sorted(os.listdir(os.path.join(REPO, folder)))
+        if name.endswith(".py")
+    ]
     texts = {path: open(os.path.join(REPO, path)).read() for path in scripts}
     runnable = [path for path, text in texts.items() if '__name__ == "__main__"' in text]
     assert "moco/main_moco.py" in runnable and "tools/demo.py" in runnable

@@ -1,4 +1,5 @@
 """The weighted kNN probe."""
+
 import torch
 
 from selfsup.analysis.knn import checkpoint_knn, knn_accuracy, knn_predict
@@ -35,11 +36,12 @@ def test_votes_are_weighted_by_similarity():
 
 
 def test_checkpoint_knn_uses_the_checkpoint_weights(tiny_data, tmp_path):
-    from selfsup.data import augment
-    from selfsup.core import checkpoint as ck
-    from selfsup.data import folders as D
     from selfsup.analysis.embeddings import extract
+    from selfsup.core import checkpoint as ck
+    from selfsup.data import augment
+    from selfsup.data import folders as D
     from selfsup.models.backbones import create_backbone
+
     torch.manual_seed(3)
     model, _ = create_backbone("resnet18")
     path = str(tmp_path / "ck.pth.tar")

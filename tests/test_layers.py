@@ -1,6 +1,7 @@
 """The package's layers import only downward (docs/architecture.md), and
 project modules are imported at module level except the optional heavy
 packages' users."""
+
 import ast
 import os
 
@@ -40,6 +41,7 @@ def project_imports(path):
                     if alias.name.startswith("selfsup."):
                         found.append((child.lineno, alias.name.split(".")[1], in_function))
             visit(child, nested)
+
     visit(tree, False)
     return found
 
@@ -60,8 +62,9 @@ def test_imports_only_go_downward():
         for line, target, _ in project_imports(path):
             if target == "<relative>":
                 wrong.append(f"{'/'.join(parts)}:{line} relative import")
-            elif target != here and (target not in LAYERS or LAYERS[target] >= LAYERS[here]
-                                     or (here, target) in PEERS_APART):
+            elif target != here and (
+                target not in LAYERS or LAYERS[target] >= LAYERS[here] or (here, target) in PEERS_APART
+            ):
                 wrong.append(f"{'/'.join(parts)}:{line} {here} -> {target}")
     assert wrong == []
 
@@ -69,12 +72,18 @@ def test_imports_only_go_downward():
 def test_no_function_level_project_imports():
     # A function-level import of a project module hides a dependency (or a
     # cycle); heavy optional packages are imported lazily, project code is not.
-    lazy = [f"{'/'.join(parts)}:{line}" for parts, path in library_modules()
-            for line, _, in_function in project_imports(path) if in_function]
+    lazy = [
+        f"{'/'.join(parts)}:{line}"
+        for parts, path in library_modules()
+        for line, _, in_function in project_imports(path)
+        if in_function
+    ]
     assert lazy == []
 
 
 def test_the_checker_sees_an_upward_import(tmp_path):
     module = tmp_path / "bad.py"
-    module.write_text("from selfsup.engine.pretrain import run_pretraining\n\ndef f():\n    from selfsup.core import errors\n")
+    module.write_text(
+        "from selfsup.engine.pretrain import run_pretraining\n\ndef f():\n    from selfsup.core import errors\n"
+    )
     assert project_imports(str(module)) == [(1, "engine", False), (4, "core", True)]

@@ -1,4 +1,5 @@
 """Pretraining and linear evaluation end to end on tiny data (in-process)."""
+
 import os
 
 import pytest
@@ -13,8 +14,28 @@ from selfsup.engine.pretrain import run_pretraining
 from selfsup.engine.runtime import launch
 from selfsup.methods.moco import build_moco
 
-PRETRAIN = ["-a", "resnet18", "--mlp", "--aug-plus", "--cos", "--moco-t", "0.2", "-b", "8", "--moco-k", "24",
-            "--image-size", "16", "--small-images", "-j", "0", "-p", "100", "--seed", "3"]
+PRETRAIN = [
+    "-a",
+    "resnet18",
+    "--mlp",
+    "--aug-plus",
+    "--cos",
+    "--moco-t",
+    "0.2",
+    "-b",
+    "8",
+    "--moco-k",
+    "24",
+    "--image-size",
+    "16",
+    "--small-images",
+    "-j",
+    "0",
+    "-p",
+    "100",
+    "--seed",
+    "3",
+]
 
 
 def pretrain(args_list):
@@ -28,8 +49,13 @@ def test_checkpoint_layout_is_the_originals(tiny_data, tmp_path):
     c = torch.load(tmp_path / "checkpoint_0001.pth.tar", weights_only=False)
     assert c["epoch"] == 2 and c["arch"] == "resnet18" and "optimizer" in c
     keys = c["state_dict"].keys()
-    assert {"module.queue", "module.queue_ptr", "module.encoder_q.fc.0.weight",
-            "module.encoder_k.conv1.weight", "module.encoder_q.layer4.1.bn2.running_mean"} <= set(keys)
+    assert {
+        "module.queue",
+        "module.queue_ptr",
+        "module.encoder_q.fc.0.weight",
+        "module.encoder_k.conv1.weight",
+        "module.encoder_q.layer4.1.bn2.running_mean",
+    } <= set(keys)
     rows = open(tmp_path / "metrics.csv").read().splitlines()
     assert rows[0].startswith("epoch,lr,loss") and len(rows) == 3
 
@@ -70,16 +96,36 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 def test_linear_eval_trains_only_the_classifier(tiny_data, tmp_path):
     pretrain(PRETRAIN + ["--epochs", "1", "--ckpt-dir", str(tmp_path / "pre"), tiny_data])
     ckpt = str(tmp_path / "pre" / "checkpoint_0000.pth.tar")
-    args = main_lincls.parse_args(["-a", "resnet18", "--lr", "3.0", "-b", "8", "--epochs", "2", "--image-size", "16",
-                                   "-j", "0", "-p", "100", "--pretrained", ckpt, "--ckpt-dir",
-                                   str(tmp_path / "lin"), tiny_data])
+    args = main_lincls.parse_args(
+        [
+            "-a",
+            "resnet18",
+            "--lr",
+            "3.0",
+            "-b",
+            "8",
+            "--epochs",
+            "2",
+            "--image-size",
+            "16",
+            "-j",
+            "0",
+            "-p",
+            "100",
+            "--pretrained",
+            ckpt,
+            "--ckpt-dir",
+            str(tmp_path / "lin"),
+            tiny_data,
+        ]
+    )
     result = launch(run_lincls, args)
     assert 0.0 <= result["acc1"] <= 100.0
     best = torch.load(tmp_path / "lin" / "model_best.pth.tar", weights_only=False)
     pre = torch.load(ckpt, weights_only=False)["state_dict"]
     # Frozen: every backbone tensor equals the pretraining encoder_q's.
     for k, v in best["state_dict"].items():
-        name = k[len("module."):]
+        name = k[len("module.") :]
         if not name.startswith("fc."):
             assert torch.equal(v, pre["module.encoder_q." + name]), name
     assert best["state_dict"]["module.fc.weight"].shape == (10, 512)
@@ -89,8 +135,19 @@ def test_linear_eval_trains_only_the_classifier(tiny_data, tmp_path):
 
 def test_pretrained_of_another_arch_is_a_one_line_error(tiny_data, tmp_path):
     pretrain(PRETRAIN + ["--epochs", "1", "--ckpt-dir", str(tmp_path), tiny_data])
-    args = main_lincls.parse_args(["-a", "resnet34", "--epochs", "1", "-j", "0", "--pretrained",
-                                   str(tmp_path / "checkpoint_0000.pth.tar"), tiny_data])
+    args = main_lincls.parse_args(
+        [
+            "-a",
+            "resnet34",
+            "--epochs",
+            "1",
+            "-j",
+            "0",
+            "--pretrained",
+            str(tmp_path / "checkpoint_0000.pth.tar"),
+            tiny_data,
+        ]
+    )
     with pytest.raises(UserError, match="does not match -a resnet34.*trained as 'resnet18'"):
         launch(run_lincls, args)
 
@@ -106,10 +163,35 @@ def test_linear_eval_saves_and_restores_the_grad_scaler(tmp_path):
 
     def lincls(epochs):
         # 8 px: fp16 convolutions are slow on a CPU.
-        return launch(run_lincls, main_lincls.parse_args(
-            ["-a", "resnet18", "--small-images", "-b", "10", "--image-size", "8", "-j", "0", "-p", "100",
-             "--seed", "0", "--lr", "0.1", "--precision", "fp16", "--epochs", str(epochs), "--ckpt-dir",
-             str(folder), data]))
+        return launch(
+            run_lincls,
+            main_lincls.parse_args(
+                [
+                    "-a",
+                    "resnet18",
+                    "--small-images",
+                    "-b",
+                    "10",
+                    "--image-size",
+                    "8",
+                    "-j",
+                    "0",
+                    "-p",
+                    "100",
+                    "--seed",
+                    "0",
+                    "--lr",
+                    "0.1",
+                    "--precision",
+                    "fp16",
+                    "--epochs",
+                    str(epochs),
+                    "--ckpt-dir",
+                    str(folder),
+                    data,
+                ]
+            ),
+        )
 
     lincls(1)
     path = folder / "checkpoint.pth.tar"

@@ -1,10 +1,10 @@
 """The DisCo, Fig5 and Fig6 sections of Reproduction.md, verbatim, one epoch on tiny data."""
+
 import os
 import re
 
 import pytest
 import torch
-
 from conftest import TINY_LINCLS, TINY_PRETRAIN, reproduction_commands, run, with_overrides
 from layouts import moco_v2_checkpoint, swav_release_state, write_cifar
 
@@ -16,14 +16,17 @@ def checkpoints(tmp_path_factory, tiny_data):
     """Teachers in their official layouts, and students the evaluations can take."""
     root = tmp_path_factory.mktemp("ckpts")
     paths = {}
-    for name, obj in [("teacher_resnet50", moco_v2_checkpoint("resnet50", hidden=2048)),
-                      ("teacher_resnet50w2", swav_release_state("resnet50w2", 8192)),
-                      ("teacher_SWAVresnet50", swav_release_state("resnet50", 2048)),
-                      ("student_resnet18", moco_v2_checkpoint("resnet18", hidden=512))]:
+    for name, obj in [
+        ("teacher_resnet50", moco_v2_checkpoint("resnet50", hidden=2048)),
+        ("teacher_resnet50w2", swav_release_state("resnet50w2", 8192)),
+        ("teacher_SWAVresnet50", swav_release_state("resnet50", 2048)),
+        ("student_resnet18", moco_v2_checkpoint("resnet18", hidden=512)),
+    ]:
         paths[name] = str(root / f"{name}.pth.tar")
         torch.save(obj, paths[name])
-    result = run(f"python3 main_moco.py -a efficientb0 --mlp {TINY_PRETRAIN} --ckpt-dir {root / 'eff'} {tiny_data}",
-                 cwd="moco")
+    result = run(
+        f"python3 main_moco.py -a efficientb0 --mlp {TINY_PRETRAIN} --ckpt-dir {root / 'eff'} {tiny_data}", cwd="moco"
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     paths["student_efficientb0"] = str(root / "eff" / "checkpoint_0000.pth.tar")
     return paths
@@ -53,8 +56,12 @@ def run_section(section, data, checkpoints, tmp_path, data_for=None):
             cmd = with_overrides(cmd, target, f"{TINY_PRETRAIN} --ckpt-dir {out}")
             checkpoints[f"student_{arch}"] = str(out / "checkpoint_0000.pth.tar")
         elif "--pretrained" in cmd:
-            cmd = with_overrides(cmd, target, f"{TINY_LINCLS} --ckpt-dir {tmp_path / f'lin{i}'}",
-                                 [(PLACEHOLDER, checkpoints[f"student_{arch}"])])
+            cmd = with_overrides(
+                cmd,
+                target,
+                f"{TINY_LINCLS} --ckpt-dir {tmp_path / f'lin{i}'}",
+                [(PLACEHOLDER, checkpoints[f"student_{arch}"])],
+            )
         elif "imagenet_1_fraction.py" in cmd:
             # --ratio 1|10 reads SimCLR's ImageNet lists; the tiny set's names are not ImageNet's.
             cmd = with_overrides(cmd, target, "--balanced")
@@ -85,6 +92,7 @@ def test_fig5_section(tiny_data, checkpoints, tmp_path):
     def data_for(cmd):
         pct = "1" if "efficientb0" in cmd else "10"
         return f"{tiny_data}_{pct}_fraction"
+
     outputs = run_section("fig5", tiny_data, dict(checkpoints), tmp_path, data_for)
     for pct, per_class in (("1", 1), ("10", 1)):
         train = os.path.join(f"{tiny_data}_{pct}_fraction", "train")

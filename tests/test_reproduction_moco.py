@@ -1,10 +1,10 @@
 """The moco section of Reproduction.md, verbatim, on tiny data for one epoch."""
+
 import os
 import re
 
 import pytest
 import torch
-
 from conftest import REPO, TINY_LINCLS, TINY_PRETRAIN, reproduction_commands, run, with_overrides
 
 COMMANDS = reproduction_commands("moco")
@@ -13,8 +13,16 @@ PAIRS = [(c, COMMANDS[i + 1]) for i, c in enumerate(COMMANDS) if "main_moco.py" 
 
 def test_section_has_every_seed_architecture():
     archs = [re.search(r"-a (\S+)", c).group(1) for c, _ in PAIRS]
-    assert archs == ["resnet50", "resnet101", "resnet152", "mobilenetv3", "efficientb0", "efficientb1",
-                     "resnet18", "resnet34"]
+    assert archs == [
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "mobilenetv3",
+        "efficientb0",
+        "efficientb1",
+        "resnet18",
+        "resnet34",
+    ]
     assert COMMANDS[0] == "cd moco"
 
 

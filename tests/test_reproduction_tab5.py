@@ -1,17 +1,20 @@
 """The tab5 section of Reproduction.md, verbatim, for one epoch on tiny data:
 `--nproc_per_node=8` becomes 2 CPU processes (gloo), the data path the tiny
 set, and small crops / few prototypes / a short queue are appended."""
+
 import os
 import socket
 
 import torch
-
 from conftest import REPO, reproduction_commands, run, with_overrides
+
 from selfsup.models.swav import SwAVModel, official_state_dict
 
 COMMANDS = reproduction_commands("tab5")
-TINY_SWAV = ("--epochs 1 --batch_size 4 --size_crops 16 8 --small_images true --nmb_prototypes 30 "
-             "--queue_length 16 --epoch_queue_starts 0 --workers 0 --print_freq 2")
+TINY_SWAV = (
+    "--epochs 1 --batch_size 4 --size_crops 16 8 --small_images true --nmb_prototypes 30 "
+    "--queue_length 16 --epoch_queue_starts 0 --workers 0 --print_freq 2"
+)
 TINY_EVAL = "--epochs 1 --batch_size 16 --image_size 16 --workers 0 --print_freq 2"
 
 
@@ -27,8 +30,12 @@ def launch_env():
 
 
 def tab5(cmd, data, extra, replacements=()):
-    return with_overrides(cmd, data, extra, [("--nproc_per_node=8", "--nproc_per_node=2"),
-                                             ("/dev/shm/train", os.path.join(data, "train")), *replacements])
+    return with_overrides(
+        cmd,
+        data,
+        extra,
+        [("--nproc_per_node=8", "--nproc_per_node=2"), ("/dev/shm/train", os.path.join(data, "train")), *replacements],
+    )
 
 
 def test_section_is_the_original():
@@ -52,8 +59,12 @@ def test_swav_then_linear_eval_verbatim(tiny_data, tmp_path):
 
     wanted = "/path/to/ckpt/checkpoints/ckp-199.pth"
     assert wanted in COMMANDS[2]
-    cmd = tab5(COMMANDS[2], tiny_data, f"{TINY_EVAL} --dump_path {tmp_path / 'linear'}",
-               [(wanted, str(dump / "checkpoints" / "ckp-0.pth"))])
+    cmd = tab5(
+        COMMANDS[2],
+        tiny_data,
+        f"{TINY_EVAL} --dump_path {tmp_path / 'linear'}",
+        [(wanted, str(dump / "checkpoints" / "ckp-0.pth"))],
+    )
     result = run(cmd, cwd="swav-master", env=launch_env())
     assert result.returncode == 0, result.stdout[-3000:]
     assert " * Acc@1 " in result.stdout and "small_images=True" in result.stdout
@@ -66,8 +77,12 @@ def test_swav_distill_verbatim(tiny_data, tmp_path):
     torch.manual_seed(0)
     torch.save(official_state_dict(SwAVModel("resnet50", nmb_prototypes=3000)), teacher)
     dump = tmp_path / "ckpt"
-    cmd = tab5(COMMANDS[3], tiny_data, f"{TINY_SWAV} --dump_path {dump}",
-               [("/path/to/swav_800ep_pretrain.pth.tar", str(teacher))])
+    cmd = tab5(
+        COMMANDS[3],
+        tiny_data,
+        f"{TINY_SWAV} --dump_path {dump}",
+        [("/path/to/swav_800ep_pretrain.pth.tar", str(teacher))],
+    )
     result = run(cmd, cwd="swav-master", env=launch_env())
     assert result.returncode == 0, result.stdout[-3000:]
     assert "frozen teacher resnet50" in result.stdout and "(raw embedding)" in result.stdout and "MSE" in result.stdout

@@ -2,6 +2,7 @@
 signals (SIGTERM, SIGUSR1, SIGKILL) and rerun must end with the weights of
 an uninterrupted run; a folder belongs to one run; a non-finite loss on one
 of two gloo processes stops both. Tiny: 16 px, 60 images, resnet18."""
+
 import os
 import re
 import shutil
@@ -12,23 +13,27 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, run
 from moco_scripts import main_moco
-from selfsup.engine import runstate as rs
-from selfsup.core.errors import UserError
-from selfsup.engine.runtime import launch
-from selfsup.engine.pretrain import run_pretraining
-from selfsup.methods.moco import build_moco
-from selfsup.engine.progress import MetricsWriter
 
-MOCO = ("-a resnet18 --mlp --aug-plus --cos --moco-t 0.2 -b 8 --moco-k 24 --image-size 16 --small-images "
-        "-j 0 -p 1 --seed 3 --epochs 2")
+from selfsup.core.errors import UserError
+from selfsup.engine import runstate as rs
+from selfsup.engine.pretrain import run_pretraining
+from selfsup.engine.progress import MetricsWriter
+from selfsup.engine.runtime import launch
+from selfsup.methods.moco import build_moco
+
+MOCO = (
+    "-a resnet18 --mlp --aug-plus --cos --moco-t 0.2 -b 8 --moco-k 24 --image-size 16 --small-images "
+    "-j 0 -p 1 --seed 3 --epochs 2"
+)
 LINCLS = "-a resnet18 -b 8 --image-size 16 -j 0 -p 1 --seed 0 --epochs 2"
-SWAV = ("--arch resnet18 --small_images true --size_crops 16 8 --nmb_crops 2 2 --min_scale_crops 0.14 0.05 "
-        "--max_scale_crops 1 0.14 --nmb_prototypes 30 --workers 0 --print_freq 1 --warmup_epochs 0 --base_lr 0.6 "
-        "--final_lr 0.0006 --freeze_prototypes_niters 2 --batch_size 8 --queue_length 96 --epoch_queue_starts 0 "
-        "--epochs 2")
+SWAV = (
+    "--arch resnet18 --small_images true --size_crops 16 8 --nmb_crops 2 2 --min_scale_crops 0.14 0.05 "
+    "--max_scale_crops 1 0.14 --nmb_prototypes 30 --workers 0 --print_freq 1 --warmup_epochs 0 --base_lr 0.6 "
+    "--final_lr 0.0006 --freeze_prototypes_niters 2 --batch_size 8 --queue_length 96 --epoch_queue_starts 0 "
+    "--epochs 2"
+)
 EPOCH1 = re.compile(r"Epoch: \[1\]\[\s*\d+/")
 
 
@@ -51,8 +56,13 @@ def no_leftovers(folder):
 def interrupt(argv, cwd, log_path, ready, sig):
     """Start `argv`, send `sig` once ready(log text) holds; (returncode, log)."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, *argv], cwd=os.path.join(REPO, cwd), stdout=log,
-                                stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1"))
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=os.path.join(REPO, cwd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1"),
+        )
         deadline = time.time() + 240
         while not ready(open(log_path).read()):
             assert proc.poll() is None and time.time() < deadline, open(log_path).read()[-3000:]
@@ -80,8 +90,9 @@ def test_moco_killed_after_a_mid_epoch_checkpoint_continues_from_it_exactly(tiny
     (folder / "checkpoint_0000.pth.tar.tmp999999").write_bytes(b"half")  # a writer killed mid-write
     rerun = run("python3 " + " ".join(cmd))
     assert rerun.returncode == 0, rerun.stdout[-2000:]
-    assert re.search(r"loaded checkpoint '.*checkpoint_0001_iter0000(0[2-9]|1\d)\.pth\.tar' \(epoch 1, iteration",
-                     rerun.stdout), rerun.stdout[-2000:]
+    assert re.search(
+        r"loaded checkpoint '.*checkpoint_0001_iter0000(0[2-9]|1\d)\.pth\.tar' \(epoch 1, iteration", rerun.stdout
+    ), rerun.stdout[-2000:]
     assert "Epoch: [0]" not in rerun.stdout
     assert_same(moco_reference, folder / "checkpoint_0001.pth.tar")
     no_leftovers(folder)
@@ -107,8 +118,10 @@ def test_disco_sigusr1_saves_exits_0_and_a_rerun_ends_as_uninterrupted(tiny_data
     # Resumed with another teacher: one line naming it, nothing trained.
     other = tmp_path / "other.pth.tar"
     shutil.copyfile(teacher, other)
-    again = run(f"python3 DisCo/main.py {flags.replace(str(teacher), str(other))} --epochs 3 "
-                f"--ckpt-dir {tmp_path / 'run'} {tiny_data}")
+    again = run(
+        f"python3 DisCo/main.py {flags.replace(str(teacher), str(other))} --epochs 3 "
+        f"--ckpt-dir {tmp_path / 'run'} {tiny_data}"
+    )
     errors = [line for line in again.stdout.splitlines() if line.startswith("error:")]
     assert again.returncode == 2 and len(errors) == 1 and "--teacher" in errors[0] and str(other) in errors[0]
     assert "Epoch: [2]" not in again.stdout
@@ -146,9 +159,13 @@ def test_swav_sigterm_with_queue_resumes_exactly(tiny_data, tmp_path):
 
 def test_nonfinite_loss_on_one_of_two_processes_stops_both_with_one_line(tiny_data, tmp_path):
     # Rank 1's loss turns NaN at epoch 1 batch 1 (the documented test hook).
-    out = run(f"python3 moco/main_moco.py {MOCO.replace('-b 8', '-b 16')} -p 100 --multiprocessing-distributed "
-              f"--cpu-procs 2 --dist-url tcp://127.0.0.1:{29500 + os.getpid() % 1000} "
-              f"--ckpt-dir {tmp_path} {tiny_data}", env={"SELFSUP_DEBUG_NAN": "1:1:1"}, timeout=240)
+    out = run(
+        f"python3 moco/main_moco.py {MOCO.replace('-b 8', '-b 16')} -p 100 --multiprocessing-distributed "
+        f"--cpu-procs 2 --dist-url tcp://127.0.0.1:{29500 + os.getpid() % 1000} "
+        f"--ckpt-dir {tmp_path} {tiny_data}",
+        env={"SELFSUP_DEBUG_NAN": "1:1:1"},
+        timeout=240,
+    )
     errors = [line for line in out.stdout.splitlines() if line.startswith("error:")]
     assert out.returncode == 2, out.stdout[-3000:]
     assert len(errors) == 1 and "loss became non-finite on 1 of 2 processes at epoch 1 batch 1" in errors[0], out.stdout
@@ -158,6 +175,7 @@ def test_nonfinite_loss_on_one_of_two_processes_stops_both_with_one_line(tiny_da
 
 
 # -- one run per folder (in-process: they stop before training) ---------------------
+
 
 def pretrain(data, folder, extra=()):
     args = main_moco.parse_args([*MOCO.split(), *extra, "--ckpt-dir", str(folder), data])
@@ -172,6 +190,7 @@ def dead_pid():
 
 def test_a_folder_in_use_is_refused_and_a_stale_lock_taken_over(tiny_data, tmp_path):
     import socket
+
     tmp_path.joinpath(rs.LOCK_NAME).write_text(f"{os.getppid()} {socket.gethostname()} None\n")  # a live pid
     with pytest.raises(UserError, match=r"in use by another run \(pid \d+ on .*wait for it or use another --ckpt-dir"):
         pretrain(tiny_data, tmp_path)

@@ -1,16 +1,18 @@
 """What a run leaves in its folder when it stops on bad input, and what an
 evaluation folder refuses (docs/resume.md, docs/bad-input.md)."""
+
 import hashlib
 import os
 import shutil
 
 import torch
 import torchvision
-
 from conftest import run
 
-MOCO = ("python3 main_moco.py -a resnet18 -b 30 --moco-k 64 --image-size 16 --small-images -j 0 -p 1 "
-        "--bn-splits 2 --seed 0 ")
+MOCO = (
+    "python3 main_moco.py -a resnet18 -b 30 --moco-k 64 --image-size 16 --small-images -j 0 -p 1 "
+    "--bn-splits 2 --seed 0 "
+)
 
 
 def digest(path):
@@ -40,8 +42,9 @@ def test_a_corrupt_image_met_mid_run_stops_it_and_leaves_the_last_checkpoint_int
     assert digest(last) == before
     assert sorted(os.listdir(ckpt)) == ["checkpoint_0000.pth.tar", "metrics.csv", "tb"]  # no lock, no temporaries
     state = torch.load(last, weights_only=True)
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["state_dict"].values()
-                                       if v.is_floating_point())
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def swav_layout_resnet18(path, seed):
@@ -56,8 +59,10 @@ def test_eval_linear_refuses_a_dump_path_holding_another_pretrained_models_evalu
     a, b, dump = tmp_path / "a.pth", tmp_path / "b.pth", tmp_path / "dump"
     swav_layout_resnet18(a, 0)
     swav_layout_resnet18(b, 1)
-    cmd = (f"python3 eval_linear.py --arch resnet18 --image_size 16 --batch_size 8 --workers 0 --data_path {tiny_data} "
-           f"--dump_path {dump} --pretrained ")
+    cmd = (
+        f"python3 eval_linear.py --arch resnet18 --image_size 16 --batch_size 8 --workers 0 --data_path {tiny_data} "
+        f"--dump_path {dump} --pretrained "
+    )
     r = run(cmd + f"{a} --epochs 1", cwd="swav-master", timeout=300)
     assert r.returncode == 0, r.stdout[-2000:]
     first = digest(dump / "checkpoint.pth.tar")

@@ -2,6 +2,7 @@
 MoCo scripts' --multiprocessing-distributed and the SwAV scripts' launcher
 environment (RANK/WORLD_SIZE/LOCAL_RANK, torchrun or torch.distributed.launch),
 with each family's flag spellings. CPU and gloo only; no training."""
+
 import json
 import os
 import socket
@@ -43,6 +44,7 @@ def read_reports(folder, n):
 
 # -- where a launcher put this process ------------------------------------------------
 
+
 def test_launcher_placement_reads_torchrun_and_old_launch_environments(no_launcher):
     assert launcher_placement() is None and launcher_placement(0) is None
     no_launcher.setenv("RANK", "5")
@@ -58,9 +60,18 @@ def test_launcher_placement_reads_torchrun_and_old_launch_environments(no_launch
 
 def test_one_swav_process_without_a_launcher(no_launcher, tmp_path):
     seen = launch_in_place(report, swav_args(tmp_path, "--batch_size", "6", "--workers", "1"))
-    assert seen == {"rank": 0, "world_size": 1, "device": "cpu", "gpu": None, "distributed": False,
-                    "batch_size": 6, "workers": 1, "threads": torch.get_num_threads(), "sum_of_ranks": 0.0,
-                    "group": False}
+    assert seen == {
+        "rank": 0,
+        "world_size": 1,
+        "device": "cpu",
+        "gpu": None,
+        "distributed": False,
+        "batch_size": 6,
+        "workers": 1,
+        "threads": torch.get_num_threads(),
+        "sum_of_ranks": 0.0,
+        "group": False,
+    }
 
 
 def test_each_family_names_its_own_flags(no_launcher, tmp_path):
@@ -78,6 +89,7 @@ def test_each_family_names_its_own_flags(no_launcher, tmp_path):
 
 # -- two gloo processes, each way in ------------------------------------------------------
 
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (gloo) placement is what is checked")
 def test_swav_scripts_join_a_torchrun_group(tmp_path):
     args = swav_args(tmp_path, "--batch_size", "6", "--workers", "1", "--dist_timeout", "60")
@@ -86,22 +98,58 @@ def test_swav_scripts_join_a_torchrun_group(tmp_path):
     cores = os.cpu_count() or 1
     for rank, seen in enumerate(reports):
         # --batch_size and --workers are per process (SwAV's): not divided.
-        assert seen == {"rank": rank, "world_size": 2, "device": "cpu", "gpu": None, "distributed": True,
-                        "batch_size": 6, "workers": 1, "threads": max(1, cores // 2), "sum_of_ranks": 1.0,
-                        "group": 2}
+        assert seen == {
+            "rank": rank,
+            "world_size": 2,
+            "device": "cpu",
+            "gpu": None,
+            "distributed": True,
+            "batch_size": 6,
+            "workers": 1,
+            "threads": max(1, cores // 2),
+            "sum_of_ranks": 1.0,
+            "group": 2,
+        }
     assert not dist.is_initialized()  # the parent never joined
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (gloo) placement is what is checked")
 def test_moco_scripts_spawn_their_own_group(no_launcher, tmp_path):
-    args = main_moco.parse_args(["-b", "6", "-j", "2", "--multiprocessing-distributed", "--cpu-procs", "2",
-                                 "--world-size", "1", "--rank", "0", "--dist-url", f"tcp://127.0.0.1:{free_port()}",
-                                 "--dist-timeout", "60", "--ckpt-dir", str(tmp_path), str(tmp_path)])
+    args = main_moco.parse_args(
+        [
+            "-b",
+            "6",
+            "-j",
+            "2",
+            "--multiprocessing-distributed",
+            "--cpu-procs",
+            "2",
+            "--world-size",
+            "1",
+            "--rank",
+            "0",
+            "--dist-url",
+            f"tcp://127.0.0.1:{free_port()}",
+            "--dist-timeout",
+            "60",
+            "--ckpt-dir",
+            str(tmp_path),
+            str(tmp_path),
+        ]
+    )
     launch(report, args)
     cores = os.cpu_count() or 1
     for rank, seen in enumerate(read_reports(tmp_path, 2)):
         # -b and -j are per node (the original's): each of the two processes gets half.
-        assert seen == {"rank": rank, "world_size": 2, "device": "cpu", "gpu": None, "distributed": True,
-                        "batch_size": 3, "workers": 1, "threads": max(1, cores // 2), "sum_of_ranks": 1.0,
-                        "group": 2}
-
+        assert seen == {
+            "rank": rank,
+            "world_size": 2,
+            "device": "cpu",
+            "gpu": None,
+            "distributed": True,
+            "batch_size": 3,
+            "workers": 1,
+            "threads": max(1, cores // 2),
+            "sum_of_ranks": 1.0,
+            "group": 2,
+        }

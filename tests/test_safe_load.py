@@ -5,6 +5,7 @@ file appears exactly when a load executed the file's code. Each loading flag
 of each script gets one; it must refuse it in one `error:` line naming the
 file and --unsafe-load. Files the project writes, the official release
 layouts and the official CIFAR files (by md5) still load by default."""
+
 import argparse
 import collections
 import fractions
@@ -16,7 +17,6 @@ import re
 import pytest
 import torch
 import torchvision
-
 from conftest import REPO, TINY_PRETRAIN, run
 from layouts import moco_v2_checkpoint, pretend_official_cifar, swav_release_state, write_cifar
 
@@ -31,8 +31,10 @@ class Payload:
 
 def torch_payload(path, marker):
     """A torch.save'd checkpoint (zip format) with a payload next to real tensors."""
-    torch.save({"epoch": 1, "arch": "resnet18", "state_dict": {"module.conv1.weight": torch.zeros(1)},
-                "x": Payload(marker)}, path)
+    torch.save(
+        {"epoch": 1, "arch": "resnet18", "state_dict": {"module.conv1.weight": torch.zeros(1)}, "x": Payload(marker)},
+        path,
+    )
 
 
 def raw_payload(path, marker):
@@ -42,50 +44,113 @@ def raw_payload(path, marker):
 
 def test_the_payloads_run_code_when_loaded_unsafely(tmp_path):
     """The test's payloads are real: a plain load does create the marker."""
-    for write, load in ((torch_payload, lambda p: torch.load(p, weights_only=False)),
-                        (raw_payload, lambda p: pickle.load(open(p, "rb")))):
+    for write, load in (
+        (torch_payload, lambda p: torch.load(p, weights_only=False)),
+        (raw_payload, lambda p: pickle.load(open(p, "rb"))),
+    ):
         marker = tmp_path / f"marker_{write.__name__}"
         write(tmp_path / "f", str(marker))
         load(tmp_path / "f")
         assert marker.exists()
 
 
-SWAV_TINY = ("--arch resnet18 --small_images true --size_crops 16 --nmb_crops 2 --min_scale_crops 0.14 "
-             "--max_scale_crops 1 --nmb_prototypes 10 --workers 0 --batch_size 30 --epochs 1")
+SWAV_TINY = (
+    "--arch resnet18 --small_images true --size_crops 16 --nmb_crops 2 --min_scale_crops 0.14 "
+    "--max_scale_crops 1 --nmb_prototypes 10 --workers 0 --batch_size 30 --epochs 1"
+)
 LINCLS_TINY = "-a resnet18 --epochs 1 -b 30 --image-size 16 -j 0"
 
 # (case, command with {bad} {data} {out}, where the payload goes (None: {bad}), payload kind)
 CASES = [
-    ("main_lincls --pretrained", "python3 moco/main_lincls.py {lincls} --pretrained {bad} --ckpt-dir {out} {data}",
-     None, "torch"),
-    ("main_lincls --resume", "python3 moco/main_lincls.py {lincls} --resume {bad} --ckpt-dir {out} {data}",
-     None, "torch"),
-    ("DisCo main_lincls --pretrained",
-     "python3 DisCo/main_lincls.py {lincls} --pretrained {bad} --ckpt-dir {out} {data}", None, "torch"),
-    ("DisCo main --teacher", "python3 DisCo/main.py -a resnet18 --teacher_arch resnet18 --teacher {bad} "
-     "{pretrain} --ckpt-dir {out} {data}", None, "torch"),
-    ("main_moco --resume", "python3 moco/main_moco.py -a resnet18 {pretrain} --resume {bad} --ckpt-dir {out} {data}",
-     None, "torch"),
-    ("main_moco --resume-ckpt", "python3 moco/main_moco.py -a resnet18 {pretrain} --resume-ckpt --ckpt-dir {out} "
-     "{data}", "checkpoint_0007.pth.tar", "torch"),
-    ("main_swav restart", "python3 swav-master/main_swav.py {swav} --data_path {data}/train --dump_path {out}",
-     "checkpoint.pth.tar", "torch"),
+    (
+        "main_lincls --pretrained",
+        "python3 moco/main_lincls.py {lincls} --pretrained {bad} --ckpt-dir {out} {data}",
+        None,
+        "torch",
+    ),
+    (
+        "main_lincls --resume",
+        "python3 moco/main_lincls.py {lincls} --resume {bad} --ckpt-dir {out} {data}",
+        None,
+        "torch",
+    ),
+    (
+        "DisCo main_lincls --pretrained",
+        "python3 DisCo/main_lincls.py {lincls} --pretrained {bad} --ckpt-dir {out} {data}",
+        None,
+        "torch",
+    ),
+    (
+        "DisCo main --teacher",
+        "python3 DisCo/main.py -a resnet18 --teacher_arch resnet18 --teacher {bad} {pretrain} --ckpt-dir {out} {data}",
+        None,
+        "torch",
+    ),
+    (
+        "main_moco --resume",
+        "python3 moco/main_moco.py -a resnet18 {pretrain} --resume {bad} --ckpt-dir {out} {data}",
+        None,
+        "torch",
+    ),
+    (
+        "main_moco --resume-ckpt",
+        "python3 moco/main_moco.py -a resnet18 {pretrain} --resume-ckpt --ckpt-dir {out} {data}",
+        "checkpoint_0007.pth.tar",
+        "torch",
+    ),
+    (
+        "main_swav restart",
+        "python3 swav-master/main_swav.py {swav} --data_path {data}/train --dump_path {out}",
+        "checkpoint.pth.tar",
+        "torch",
+    ),
     # A queue0.pth planted without a checkpoint is not read: a fresh run moves it aside (docs/resume.md).
-    ("main_swav_distill --pretrained", "python3 swav-master/main_swav_distill.py {swav} --teacher_arch resnet18 "
-     "--pretrained {bad} --data_path {data}/train --dump_path {out}", None, "torch"),
-    ("eval_linear --pretrained", "python3 swav-master/eval_linear.py --arch resnet18 --pretrained {bad} "
-     "--image_size 16 --workers 0 --epochs 1 --data_path {data} --dump_path {out}", None, "torch"),
-    ("eval_linear restart", "python3 swav-master/eval_linear.py --arch resnet18 --image_size 16 --workers 0 "
-     "--epochs 1 --data_path {data} --dump_path {out}", "checkpoint.pth.tar", "torch"),
-    ("export_embed --pretrained", "python3 DisCo/export_embed.py -a resnet18 --pretrained {bad} -j 0 "
-     "--out {out} {data}", None, "torch"),
+    (
+        "main_swav_distill --pretrained",
+        "python3 swav-master/main_swav_distill.py {swav} --teacher_arch resnet18 "
+        "--pretrained {bad} --data_path {data}/train --dump_path {out}",
+        None,
+        "torch",
+    ),
+    (
+        "eval_linear --pretrained",
+        "python3 swav-master/eval_linear.py --arch resnet18 --pretrained {bad} "
+        "--image_size 16 --workers 0 --epochs 1 --data_path {data} --dump_path {out}",
+        None,
+        "torch",
+    ),
+    (
+        "eval_linear restart",
+        "python3 swav-master/eval_linear.py --arch resnet18 --image_size 16 --workers 0 "
+        "--epochs 1 --data_path {data} --dump_path {out}",
+        "checkpoint.pth.tar",
+        "torch",
+    ),
+    (
+        "export_embed --pretrained",
+        "python3 DisCo/export_embed.py -a resnet18 --pretrained {bad} -j 0 --out {out} {data}",
+        None,
+        "torch",
+    ),
     ("detection converter", "python3 detection/convert-pretrain-to-detectron2.py {bad} {out}/o.pkl", None, "torch"),
-    ("detection converter, raw pickle", "python3 detection/convert-pretrain-to-detectron2.py {bad} {out}/o.pkl",
-     None, "raw"),
-    ("CIFAR data batch", "python3 DisCo/cifar_main_lincls.py {lincls} --ckpt-dir {out}/ck {out}",
-     "cifar-10-batches-py/data_batch_1", "raw"),
-    ("CIFAR batches.meta", "python3 DisCo/cifar_main_lincls.py {lincls} --ckpt-dir {out}/ck {out}",
-     "cifar-10-batches-py/batches.meta", "raw"),
+    (
+        "detection converter, raw pickle",
+        "python3 detection/convert-pretrain-to-detectron2.py {bad} {out}/o.pkl",
+        None,
+        "raw",
+    ),
+    (
+        "CIFAR data batch",
+        "python3 DisCo/cifar_main_lincls.py {lincls} --ckpt-dir {out}/ck {out}",
+        "cifar-10-batches-py/data_batch_1",
+        "raw",
+    ),
+    (
+        "CIFAR batches.meta",
+        "python3 DisCo/cifar_main_lincls.py {lincls} --ckpt-dir {out}/ck {out}",
+        "cifar-10-batches-py/batches.meta",
+        "raw",
+    ),
 ]
 
 
@@ -99,8 +164,10 @@ def test_a_payload_is_refused_by_every_loading_flag(tiny_data, tmp_path, monkeyp
     marker = tmp_path / "MARKER"
     (torch_payload if kind == "torch" else raw_payload)(bad, str(marker))
     monkeypatch.delenv("SELFSUP_UNSAFE_LOAD", raising=False)
-    r = run(cmd.format(bad=bad, data=tiny_data, out=out, lincls=LINCLS_TINY, pretrain=TINY_PRETRAIN,
-                       swav=SWAV_TINY), timeout=300)
+    r = run(
+        cmd.format(bad=bad, data=tiny_data, out=out, lincls=LINCLS_TINY, pretrain=TINY_PRETRAIN, swav=SWAV_TINY),
+        timeout=300,
+    )
     assert not marker.exists(), f"{case}: the payload ran\n{r.stdout}"
     assert r.returncode != 0, r.stdout
     last = r.stdout.strip().splitlines()[-1]
@@ -109,6 +176,7 @@ def test_a_payload_is_refused_by_every_loading_flag(tiny_data, tmp_path, monkeyp
 
 
 # -- legitimate files still load with the default -------------------------------
+
 
 def _script(path):
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + "_safe", os.path.join(REPO, path))
@@ -123,6 +191,7 @@ def written(tmp_path_factory):
     step each): MoCo, then DisCo with it as teacher, lincls of the DisCo
     student, SwAV with its queue. Every load on the way is a default one."""
     from selfsup.data.builtin import prepare
+
     assert os.environ.get("SELFSUP_UNSAFE_LOAD") is None
     root = tmp_path_factory.mktemp("written")
     data = str(root / "data")
@@ -130,21 +199,38 @@ def written(tmp_path_factory):
     tiny = ["-a", "resnet18", "--epochs", "1", "-b", "10", "--image-size", "16", "--small-images", "-j", "0"]
     _script("moco/main_moco.py").main(tiny + ["--moco-k", "10", "--mlp", "--ckpt-dir", str(root / "moco"), data])
     moco = str(root / "moco" / "checkpoint_0000.pth.tar")
-    _script("DisCo/main.py").main(tiny + ["--moco-k", "10", "--teacher_arch", "resnet18", "--teacher", moco,
-                                          "--ckpt-dir", str(root / "disco"), data])
+    _script("DisCo/main.py").main(
+        tiny
+        + ["--moco-k", "10", "--teacher_arch", "resnet18", "--teacher", moco, "--ckpt-dir", str(root / "disco"), data]
+    )
     disco = str(root / "disco" / "checkpoint_0000.pth.tar")
     _script("moco/main_lincls.py").main(tiny + ["--pretrained", disco, "--ckpt-dir", str(root / "lincls"), data])
     _script("swav-master/main_swav.py").main(
         SWAV_TINY.replace("--batch_size 30", "--batch_size 10").split()
-        + ["--queue_length", "10", "--epoch_queue_starts", "0", "--data_path", os.path.join(data, "train"),
-           "--dump_path", str(root / "swav")])
-    return {"moco": moco, "disco": disco, "lincls": str(root / "lincls" / "checkpoint.pth.tar"),
-            "swav": str(root / "swav" / "checkpoint.pth.tar"), "swav queue": str(root / "swav" / "queue0.pth")}
+        + [
+            "--queue_length",
+            "10",
+            "--epoch_queue_starts",
+            "0",
+            "--data_path",
+            os.path.join(data, "train"),
+            "--dump_path",
+            str(root / "swav"),
+        ]
+    )
+    return {
+        "moco": moco,
+        "disco": disco,
+        "lincls": str(root / "lincls" / "checkpoint.pth.tar"),
+        "swav": str(root / "swav" / "checkpoint.pth.tar"),
+        "swav queue": str(root / "swav" / "queue0.pth"),
+    }
 
 
 @pytest.mark.parametrize("name", ["moco", "disco", "lincls", "swav", "swav queue"])
 def test_files_the_project_writes_load_by_default(written, name):
     from selfsup.core.checkpoint import load_file
+
     path = written[name]
     # torch's own weights_only list suffices (no allow-list entry is needed)...
     plain = torch.load(path, map_location="cpu", weights_only=True)
@@ -156,6 +242,7 @@ def test_files_the_project_writes_load_by_default(written, name):
 def test_official_release_layouts_load_by_default(tmp_path):
     from selfsup.core.checkpoint import load_file
     from selfsup.models.encoders import load_backbone
+
     moco = moco_v2_checkpoint("resnet18")
     # The 2020 MoCo release predates torch 1.6's zip format: write both formats.
     torch.save(moco, tmp_path / "moco_zip.pth.tar")
@@ -170,12 +257,16 @@ def test_official_release_layouts_load_by_default(tmp_path):
     # Official SwAV training checkpoint (main_swav.py save_dict), with apex's
     # amp.state_dict(): loss scalers as dicts of numbers.
     amp = collections.OrderedDict(loss_scaler0={"loss_scale": 65536.0, "unskipped": 7})
-    torch.save({"epoch": 5, "state_dict": swav, "optimizer": {"state": {}, "param_groups": []}, "amp": amp},
-               tmp_path / "checkpoint.pth.tar")
+    torch.save(
+        {"epoch": 5, "state_dict": swav, "optimizer": {"state": {}, "param_groups": []}, "amp": amp},
+        tmp_path / "checkpoint.pth.tar",
+    )
     assert load_file(str(tmp_path / "checkpoint.pth.tar"))["amp"] == amp
     # A DINO-style training checkpoint keeps its flags as an argparse.Namespace.
-    torch.save({"epoch": 3, "student": {"w": torch.ones(2)}, "args": argparse.Namespace(arch="resnet18", lr=0.1)},
-               tmp_path / "dino.pth")
+    torch.save(
+        {"epoch": 3, "student": {"w": torch.ones(2)}, "args": argparse.Namespace(arch="resnet18", lr=0.1)},
+        tmp_path / "dino.pth",
+    )
     assert load_file(str(tmp_path / "dino.pth"))["args"].lr == 0.1
 
 
@@ -195,15 +286,18 @@ def test_unsafe_load_loads_a_trusted_file_with_an_unlisted_type(tmp_path, monkey
     # In-process, parsing the flag sets the policy that load_file follows.
     from selfsup.cli import flags as cli
     from selfsup.core.checkpoint import load_file
+
     args = cli.common_parser("x", lr=0.1, epochs=1, schedule=(), wd=0.0).parse_args(["--unsafe-load"])
     assert args.unsafe_load and load_file(str(path))["note"] == fractions.Fraction(1, 3)
 
 
 # -- CIFAR: torchvision's md5 check comes before any unpickling ------------------
 
+
 def test_cifar_refuses_a_planted_file_before_unpickling_it(tmp_path, monkeypatch):
-    from selfsup.data.cifar import CIFAR
     from selfsup.core.errors import UserError
+    from selfsup.data.cifar import CIFAR
+
     monkeypatch.delenv("SELFSUP_UNSAFE_LOAD", raising=False)
     _, _, folder = write_cifar(str(tmp_path), "cifar10")
     folder = tmp_path / folder
@@ -213,8 +307,11 @@ def test_cifar_refuses_a_planted_file_before_unpickling_it(tmp_path, monkeypatch
     for planted in ("data_batch_1", "batches.meta"):
         genuine = (folder / planted).read_bytes()
         raw_payload(folder / planted, str(marker))
-        with pytest.raises(UserError, match=rf"CIFAR file '{re.escape(str(folder / planted))}' is not the "
-                                            r"official CIFAR-10 file .*--unsafe-load"):
+        with pytest.raises(
+            UserError,
+            match=rf"CIFAR file '{re.escape(str(folder / planted))}' is not the "
+            r"official CIFAR-10 file .*--unsafe-load",
+        ):
             CIFAR(str(tmp_path), "cifar10", train=True)
         assert not marker.exists(), planted
         # torchvision itself refuses it unread: its md5 check runs before its

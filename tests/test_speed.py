@@ -8,12 +8,12 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+from conftest import TINY_PRETRAIN, run
 from PIL import Image
 
-from conftest import TINY_PRETRAIN, run
+from selfsup.core.errors import UserError
 from selfsup.data import gpu_augment as G
 from selfsup.data import jpeg as J
-from selfsup.core.errors import UserError
 from selfsup.engine.precision import Precision
 
 
@@ -32,10 +32,12 @@ def test_crop_boxes_follow_random_resized_crop(h, w):
     ours = torch.stack([b[:, 1], b[:, 0], b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]], dim=1)
     ref = _torchvision_crops(h, w, n)
     assert (ours[:, :2] >= 0).all() and (ours[:, 0] + ours[:, 2] <= h).all() and (ours[:, 1] + ours[:, 3] <= w).all()
-    for stats in (lambda c: c[:, 2] * c[:, 3] / (h * w),          # area fraction
-                  lambda c: c[:, 3] / c[:, 2],                    # aspect ratio w/h
-                  lambda c: c[:, 0] / max(h - c[:, 2].min(), 1),  # vertical offset
-                  lambda c: c[:, 1] / w):
+    for stats in (
+        lambda c: c[:, 2] * c[:, 3] / (h * w),  # area fraction
+        lambda c: c[:, 3] / c[:, 2],  # aspect ratio w/h
+        lambda c: c[:, 0] / max(h - c[:, 2].min(), 1),  # vertical offset
+        lambda c: c[:, 1] / w,
+    ):
         q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
         a, r = torch.quantile(stats(ours), q), torch.quantile(stats(ref), q)
         assert torch.allclose(a, r, atol=0.04, rtol=0.04), (a, r)
@@ -59,22 +61,29 @@ def test_parameter_ranges_frequencies_and_independence():
     p = G.sample_params(spec, [100] * n, [120] * n)
     for key, freq in [("jitter", 0.8), ("gray", 0.2), ("blur", 0.5), ("flip", 0.5)]:
         assert abs(p[key].float().mean().item() - freq) < 0.015, key
-    for key, (lo, hi) in [("brightness", (0.6, 1.4)), ("contrast", (0.6, 1.4)), ("saturation", (0.6, 1.4)),
-                          ("hue", (-0.1, 0.1)), ("sigma", (0.1, 2.0))]:
+    for key, (lo, hi) in [
+        ("brightness", (0.6, 1.4)),
+        ("contrast", (0.6, 1.4)),
+        ("saturation", (0.6, 1.4)),
+        ("hue", (-0.1, 0.1)),
+        ("sigma", (0.1, 2.0)),
+    ]:
         v = p[key]
         assert v.min() >= lo and v.max() <= hi, key
         assert v.min() < lo + 0.01 * (hi - lo) and v.max() > hi - 0.01 * (hi - lo), key  # the whole range is used
-        assert abs(v.mean().item() - (lo + hi) / 2) < 0.01 * (hi - lo) + 1e-3, key        # uniform: centred
+        assert abs(v.mean().item() - (lo + hi) / 2) < 0.01 * (hi - lo) + 1e-3, key  # uniform: centred
     # Each view's jitter order is a permutation; every op comes first a quarter of the time.
     assert (p["order"].sort(dim=1).values == torch.arange(4)).all()
     first = torch.bincount(p["order"][:, 0], minlength=4).float() / n
     assert (first - 0.25).abs().max() < 0.015
     # Independence between the choices of one view and between views.
-    flags = torch.stack([p[k].float() for k in ("jitter", "gray", "blur", "flip")] +
-                        [p["brightness"], p["hue"], p["sigma"], p["boxes"][:, 0]])
+    flags = torch.stack(
+        [p[k].float() for k in ("jitter", "gray", "blur", "flip")]
+        + [p["brightness"], p["hue"], p["sigma"], p["boxes"][:, 0]]
+    )
     corr = torch.corrcoef(flags)
     assert (corr - torch.eye(len(flags))).abs().max() < 0.04
-    halves = torch.corrcoef(torch.stack([p["brightness"][: n // 2], p["brightness"][n // 2:]]))
+    halves = torch.corrcoef(torch.stack([p["brightness"][: n // 2], p["brightness"][n // 2 :]]))
     assert abs(halves[0, 1]) < 0.04
     # The blur range follows the image size, as the CPU pipeline's does.
     small = G.sample_params(G.moco_spec(True, 32), 2000)["sigma"]
@@ -107,8 +116,7 @@ def test_crop_resize_identity_and_close_to_resized_crop():
     same = G.crop_resize([img], torch.tensor([[8.0, 0.0, 56.0, 48.0]]), 48)
     assert torch.allclose(same[0], img[:, :, 8:56].float() / 255, atol=1e-5)
     x0, y0, x1, y1 = 5, 7, 45, 37
-    ours = G.crop_resize([img, img[:, :30]], torch.tensor([[x0, y0, x1, y1], [0, 0, 64, 30]], dtype=torch.float32),
-                         20)
+    ours = G.crop_resize([img, img[:, :30]], torch.tensor([[x0, y0, x1, y1], [0, 0, 64, 30]], dtype=torch.float32), 20)
     ref = TF.resized_crop(img.float() / 255, y0, x0, y1 - y0, x1 - x0, [20, 20], antialias=True)
     assert (ours[0] - ref).abs().mean() < 0.01
     ref2 = TF.resize(img[:, :30].float() / 255, [20, 20], antialias=True)
@@ -117,12 +125,14 @@ def test_crop_resize_identity_and_close_to_resized_crop():
 
 def test_colour_ops_match_torchvision_in_each_views_order():
     x = torch.stack([_smooth(seed=s) for s in range(6)])
-    params = {"jitter": torch.tensor([True, True, True, True, True, False]),
-              "brightness": torch.tensor([0.7, 1.3, 1.0, 0.9, 1.2, 1.4]),
-              "contrast": torch.tensor([1.3, 0.6, 1.1, 1.0, 0.8, 0.6]),
-              "saturation": torch.tensor([0.8, 1.4, 0.6, 1.2, 1.0, 0.6]),
-              "hue": torch.tensor([0.05, -0.1, 0.08, -0.03, 0.0, 0.1]),
-              "order": torch.stack([torch.randperm(4, generator=torch.Generator().manual_seed(i)) for i in range(6)])}
+    params = {
+        "jitter": torch.tensor([True, True, True, True, True, False]),
+        "brightness": torch.tensor([0.7, 1.3, 1.0, 0.9, 1.2, 1.4]),
+        "contrast": torch.tensor([1.3, 0.6, 1.1, 1.0, 0.8, 0.6]),
+        "saturation": torch.tensor([0.8, 1.4, 0.6, 1.2, 1.0, 0.6]),
+        "hue": torch.tensor([0.05, -0.1, 0.08, -0.03, 0.0, 0.1]),
+        "order": torch.stack([torch.randperm(4, generator=torch.Generator().manual_seed(i)) for i in range(6)]),
+    }
     ours = G.color_jitter(x.clone(), params)
     fns = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     names = ["brightness", "contrast", "saturation", "hue"]
@@ -184,16 +194,17 @@ def test_worker_crops_then_batched_colour(tmp_path):
 # -- numerics under autocast --------------------------------------------------------
 def _tiny_moco(teacher=False):
     import types
+
     from selfsup.methods.disco import DisCo
     from selfsup.methods.moco import MoCo
     from selfsup.models.encoders import build_query_encoder
     from selfsup.models.teacher import EmbeddingTeacher
+
     ns = types.SimpleNamespace(arch="resnet18", small_images=True, moco_dim=16, mlp=True, hidden=-1)
     torch.manual_seed(0)
     if not teacher:
         return MoCo(build_query_encoder(ns), dim=16, K=32, T=0.2, bn_splits=2)
-    return DisCo(build_query_encoder(ns), EmbeddingTeacher(build_query_encoder(ns)), dim=16, K=32, T=0.2,
-                 bn_splits=2)
+    return DisCo(build_query_encoder(ns), EmbeddingTeacher(build_query_encoder(ns)), dim=16, K=32, T=0.2, bn_splits=2)
 
 
 @pytest.mark.parametrize("teacher", [False, True])
@@ -225,18 +236,27 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # 2 busy cores: oversubscribed threads ma
 
 def test_main_moco_fast_flags_one_tiny_epoch(tiny_data, tmp_path):
     ck = tmp_path / "ck"
-    r = run(f"python3 moco/main_moco.py {tiny_data} -a resnet18 --aug-plus --mlp {TINY_PRETRAIN} "
-            f"--precision bf16 --channels-last --gpu-aug --ckpt-dir {ck}", env=ONE_THREAD)
+    r = run(
+        f"python3 moco/main_moco.py {tiny_data} -a resnet18 --aug-plus --mlp {TINY_PRETRAIN} "
+        f"--precision bf16 --channels-last --gpu-aug --ckpt-dir {ck}",
+        env=ONE_THREAD,
+    )
     assert r.returncode == 0, r.stdout
     assert "precision bf16, channels_last, GPU data pipeline" in r.stdout
     assert (ck / "checkpoint_0000.pth.tar").exists()
     # the same, with the crops made in the workers, then the linear evaluation in bf16
-    r = run(f"python3 moco/main_moco.py {tiny_data} -a resnet18 --aug-plus --mlp {TINY_PRETRAIN} "
-            f"--gpu-aug --gpu-aug-decode workers --ckpt-dir {tmp_path / 'ck2'}", env=ONE_THREAD)
+    r = run(
+        f"python3 moco/main_moco.py {tiny_data} -a resnet18 --aug-plus --mlp {TINY_PRETRAIN} "
+        f"--gpu-aug --gpu-aug-decode workers --ckpt-dir {tmp_path / 'ck2'}",
+        env=ONE_THREAD,
+    )
     assert r.returncode == 0, r.stdout
-    r = run(f"python3 moco/main_lincls.py {tiny_data} -a resnet18 --pretrained {ck}/checkpoint_0000.pth.tar "
-            f"--epochs 1 -b 30 --image-size 16 -j 0 -p 1 --precision bf16 --channels-last "
-            f"--ckpt-dir {tmp_path / 'lin'}", env=ONE_THREAD)
+    r = run(
+        f"python3 moco/main_lincls.py {tiny_data} -a resnet18 --pretrained {ck}/checkpoint_0000.pth.tar "
+        f"--epochs 1 -b 30 --image-size 16 -j 0 -p 1 --precision bf16 --channels-last "
+        f"--ckpt-dir {tmp_path / 'lin'}",
+        env=ONE_THREAD,
+    )
     assert r.returncode == 0, r.stdout
     assert "Acc@1" in r.stdout
 

@@ -1,4 +1,5 @@
 """Split BatchNorm: BN groups of the batch in one forward (--bn-splits)."""
+
 import copy
 
 import pytest
@@ -53,12 +54,15 @@ def nontrivial(bn):
     return bn
 
 
-@pytest.mark.parametrize("shape,groups,channels_last", [
-    ((16, 4, 3, 3), 4, False),   # even chunks
-    ((30, 4, 3, 3), 8, False),   # uneven: 4 4 4 4 4 4 3 3
-    ((30, 4, 3, 3), 8, True),    # channels_last memory
-    ((14, 6), 4, False),         # BatchNorm1d on (N, C): 4 4 3 3
-])
+@pytest.mark.parametrize(
+    "shape,groups,channels_last",
+    [
+        ((16, 4, 3, 3), 4, False),  # even chunks
+        ((30, 4, 3, 3), 8, False),  # uneven: 4 4 4 4 4 4 3 3
+        ((30, 4, 3, 3), 8, True),  # channels_last memory
+        ((14, 6), 4, False),  # BatchNorm1d on (N, C): 4 4 3 3
+    ],
+)
 def test_split_bn_matches_per_chunk_statistics(shape, groups, channels_last):
     torch.manual_seed(1)
     bn = nontrivial(nn.BatchNorm2d(shape[1]) if len(shape) == 4 else nn.BatchNorm1d(shape[1]))
@@ -130,6 +134,7 @@ def test_frozen_statistics_normalise_per_group_and_stay_unchanged():
 
 def test_timm_batchnorm_act_keeps_its_activation():
     from timm.layers import BatchNormAct2d
+
     bn = nontrivial(BatchNormAct2d(4, act_layer=nn.SiLU))
     split = convert_split_bn(copy.deepcopy(bn), 4)
     assert isinstance(split, SplitBatchNorm2d) and isinstance(split.act, nn.SiLU)
@@ -143,8 +148,10 @@ def test_state_dict_keys_and_shapes_do_not_change(arch):
     plain, _ = create_backbone(arch, True)
     converted = convert_split_bn(copy.deepcopy(plain), 8)
     assert any(isinstance(m, SplitBatchNorm2d) for m in converted.modules())
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, SplitBatchNorm2d)
-                   for m in converted.modules())
+    assert not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, SplitBatchNorm2d)
+        for m in converted.modules()
+    )
     a, b = plain.state_dict(), converted.state_dict()
     assert list(a) == list(b) and all(a[k].shape == b[k].shape for k in a)
     converted.load_state_dict(a)  # strict
@@ -155,17 +162,28 @@ def test_state_dict_keys_and_shapes_do_not_change(arch):
 def test_unknown_batchnorm_variants_are_refused_in_one_line():
     class OddNorm(nn.BatchNorm2d):
         pass
+
     with pytest.raises(UserError, match="OddNorm.*--bn-splits 1"):
         convert_split_bn(nn.Sequential(OddNorm(4)), 4)
 
 
 # -- the methods -------------------------------------------------------------
 
+
 def tiny_encoder(dim=8, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3),
-                         nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, dim),
-                         nn.BatchNorm1d(dim))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, dim),
+        nn.BatchNorm1d(dim),
+    )
 
 
 def in_groups(encoder, x, groups):
@@ -210,8 +228,7 @@ def test_disco_teacher_normalises_per_group_without_moving():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             nontrivial(m)
     before = copy.deepcopy(plain_t.state_dict())
-    model = DisCo(tiny_encoder(), EmbeddingTeacher(copy.deepcopy(plain_t)), dim=8, K=16, T=0.2,
-                  bn_splits=4).train()
+    model = DisCo(tiny_encoder(), EmbeddingTeacher(copy.deepcopy(plain_t)), dim=8, K=16, T=0.2, bn_splits=4).train()
     x = torch.randn(16, 3, 8, 8)
     with torch.no_grad():
         expected = F.normalize(in_groups(freeze_bn_statistics(plain_t).train(), x, 4), dim=1)

@@ -1,5 +1,6 @@
 """SwAV testbed: Sinkhorn, loss, LARS, checkpoint layout, teacher loading,
 restart, and two gloo processes under torchrun (CPU, tiny)."""
+
 import csv
 import importlib.util
 import os
@@ -21,10 +22,38 @@ from selfsup.models.swav import SwAVModel, official_state_dict
 from selfsup.models.teacher import load_swav_teacher
 
 # Small enough for a 2-core CPU: 16/8 px crops, ResNet-18 with the small stem.
-TINY = ["--arch", "resnet18", "--small_images", "true", "--size_crops", "16", "8", "--nmb_crops", "2", "2",
-        "--min_scale_crops", "0.14", "0.05", "--max_scale_crops", "1", "0.14", "--nmb_prototypes", "30",
-        "--workers", "0", "--print_freq", "100", "--warmup_epochs", "0", "--base_lr", "0.6",
-        "--final_lr", "0.0006", "--freeze_prototypes_niters", "2"]
+TINY = [
+    "--arch",
+    "resnet18",
+    "--small_images",
+    "true",
+    "--size_crops",
+    "16",
+    "8",
+    "--nmb_crops",
+    "2",
+    "2",
+    "--min_scale_crops",
+    "0.14",
+    "0.05",
+    "--max_scale_crops",
+    "1",
+    "0.14",
+    "--nmb_prototypes",
+    "30",
+    "--workers",
+    "0",
+    "--print_freq",
+    "100",
+    "--warmup_epochs",
+    "0",
+    "--base_lr",
+    "0.6",
+    "--final_lr",
+    "0.0006",
+    "--freeze_prototypes_niters",
+    "2",
+]
 
 
 def _script(name):
@@ -47,13 +76,16 @@ def read_metrics(folder):
 
 # -- Sinkhorn and the loss ----------------------------------------------------
 
+
 def test_sinkhorn_is_a_doubly_stochastic_assignment():
     torch.manual_seed(0)
-    scores = torch.nn.functional.normalize(torch.randn(64, 128), dim=1) @ \
-        torch.nn.functional.normalize(torch.randn(30, 128), dim=1).t()
+    scores = (
+        torch.nn.functional.normalize(torch.randn(64, 128), dim=1)
+        @ torch.nn.functional.normalize(torch.randn(30, 128), dim=1).t()
+    )
     q = sinkhorn(scores, epsilon=0.05, iterations=50)
     assert q.shape == (64, 30) and (q >= 0).all()
-    torch.testing.assert_close(q.sum(dim=1), torch.ones(64), atol=1e-5, rtol=0)          # each sample: one unit
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(64), atol=1e-5, rtol=0)  # each sample: one unit
     torch.testing.assert_close(q.sum(dim=0), torch.full((30,), 64 / 30), atol=1e-3, rtol=0)  # equal partition
     # With SwAV's 3 iterations the rows are exact and the columns already close.
     q3 = sinkhorn(scores, epsilon=0.05, iterations=3)
@@ -126,8 +158,8 @@ def test_lars_scales_each_gradient_by_its_trust_ratio():
 def _lars_net():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-    net.unused = nn.Parameter(torch.ones(2))         # no gradient at all: skipped
-    net.dead = nn.Parameter(torch.ones(3))           # a zero gradient: plain step, no weight decay
+    net.unused = nn.Parameter(torch.ones(2))  # no gradient at all: skipped
+    net.dead = nn.Parameter(torch.ones(3))  # a zero gradient: plain step, no weight decay
     return net
 
 
@@ -176,8 +208,9 @@ def test_lars_through_precision_equals_the_old_manual_unscale_path(precision):
         opts.append(LARS(torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)))
         prec = Precision(precision, "cpu")
         # A first scale that overflows fp16: the scaler must skip that step and back off (fp16 only).
-        prec.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 30, backoff_factor=2.0 ** -25,
-                                           enabled=prec.scaler.is_enabled())
+        prec.scaler = torch.amp.GradScaler(
+            "cpu", init_scale=2.0**30, backoff_factor=2.0**-25, enabled=prec.scaler.is_enabled()
+        )
         precs.append(prec)
     skipped = 0
     for _ in range(5):
@@ -202,10 +235,11 @@ def test_lars_through_precision_equals_the_old_manual_unscale_path(precision):
 
 # -- checkpoint layout and teachers -----------------------------------------
 
+
 def test_checkpoint_layout_is_the_official_one():
     model = SwAVModel("resnet50", nmb_prototypes=3000)
     state = official_state_dict(model)
-    trunk = {k[len("module."):] for k in state if not k.startswith(("module.projection_head.", "module.prototypes."))}
+    trunk = {k[len("module.") :] for k in state if not k.startswith(("module.projection_head.", "module.prototypes."))}
     assert trunk == {k for k in torchvision.models.resnet50().state_dict() if not k.startswith("fc.")}
     assert state["module.projection_head.0.weight"].shape == (2048, 2048)
     assert state["module.projection_head.1.running_mean"].shape == (2048,)
@@ -245,19 +279,33 @@ def test_teacher_that_does_not_fit_is_one_line(tmp_path):
 def test_distill_without_teacher_is_a_one_line_error(tmp_path):
     result = run(f"python3 main_swav_distill.py --data_path {tmp_path} --dump_path {tmp_path}", cwd="swav-master")
     assert result.returncode == 2
-    assert result.stdout.strip() == ("error: main_swav_distill.py needs the teacher checkpoint: "
-                                     "--pretrained PATH (or --teacher)")
+    assert result.stdout.strip() == (
+        "error: main_swav_distill.py needs the teacher checkpoint: --pretrained PATH (or --teacher)"
+    )
 
 
 # -- training runs -------------------------------------------------------------
+
 
 def test_restart_resumes_epoch_and_queue(tiny_data, tmp_path, capsys):
     main_swav = _script("main_swav")
     dump = str(tmp_path / "run")
     # 60 images, 8 a step: 7 steps fill 56 of the 96 queue slots in an epoch, so
     # the queue is used in epoch 1 only if epoch 0's queue was restored.
-    common = TINY + ["--data_path", os.path.join(tiny_data, "train"), "--dump_path", dump, "--batch_size", "8",
-                     "--queue_length", "96", "--epoch_queue_starts", "0", "--checkpoint_freq", "1"]
+    common = TINY + [
+        "--data_path",
+        os.path.join(tiny_data, "train"),
+        "--dump_path",
+        dump,
+        "--batch_size",
+        "8",
+        "--queue_length",
+        "96",
+        "--epoch_queue_starts",
+        "0",
+        "--checkpoint_freq",
+        "1",
+    ]
     main_swav.main(common + ["--epochs", "1"])
     saved_queue = torch.load(os.path.join(dump, "queue0.pth"))["queue"]
     assert saved_queue.shape == (2, 96, 128)
@@ -280,11 +328,27 @@ def test_restart_resumes_epoch_and_queue(tiny_data, tmp_path, capsys):
 
 def test_two_gloo_processes_under_torchrun_stay_in_sync(tiny_data, tmp_path):
     dump = tmp_path / "ddp"
-    args = " ".join(TINY + ["--data_path", os.path.join(tiny_data, "train"), "--dump_path", str(dump),
-                            "--batch_size", "4", "--epochs", "1", "--queue_length", "16",
-                            "--epoch_queue_starts", "0"])
-    result = run(f"{sys.executable} -m torch.distributed.run --nproc_per_node=2 --master-port {free_port()} "
-                 f"tests/swav_rank_dump.py {args}")
+    args = " ".join(
+        TINY
+        + [
+            "--data_path",
+            os.path.join(tiny_data, "train"),
+            "--dump_path",
+            str(dump),
+            "--batch_size",
+            "4",
+            "--epochs",
+            "1",
+            "--queue_length",
+            "16",
+            "--epoch_queue_starts",
+            "0",
+        ]
+    )
+    result = run(
+        f"{sys.executable} -m torch.distributed.run --nproc_per_node=2 --master-port {free_port()} "
+        f"tests/swav_rank_dump.py {args}"
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "2 process(es) on cpu" in result.stdout
     s0, s1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")

@@ -5,16 +5,17 @@ names and shapes (tests/layouts.py, random weights), loaded as a teacher, and
 its embedding compared with the release's own forward written out below (or,
 for XCiT, timm's model loaded through timm's own converter); then one DisCo
 step trains a transformer student from it."""
+
 import importlib.util
 import os
 
+import layouts as L
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-
-import layouts as L
 from conftest import REPO, TINY_PRETRAIN, run
+
 from selfsup.core.errors import UserError
 from selfsup.models.teacher import load_teacher
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # -- the releases' forwards, written out ------------------------------------------
+
 
 def ref_vit(sd, x, heads, patch):
     """dino / moco-v3 / dinov2 vision_transformer.py at the native size: patch
@@ -38,14 +40,18 @@ def ref_vit(sd, x, heads, patch):
     for i in range(depth):
         b = lambda k: sd[f"blocks.{i}.{k}"]  # noqa: E731
         h = F.layer_norm(t, (dim,), b("norm1.weight"), b("norm1.bias"), eps=1e-6)
-        q, k, v = F.linear(h, b("attn.qkv.weight"), b("attn.qkv.bias")).reshape(
-            n, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            F.linear(h, b("attn.qkv.weight"), b("attn.qkv.bias"))
+            .reshape(n, tokens, 3, heads, dim // heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         a = ((q @ k.transpose(-2, -1)) * (dim // heads) ** -0.5).softmax(-1)
         o = F.linear((a @ v).transpose(1, 2).reshape(n, tokens, dim), b("attn.proj.weight"), b("attn.proj.bias"))
         t = t + (o * b("ls1.gamma") if f"blocks.{i}.ls1.gamma" in sd else o)
         h = F.layer_norm(t, (dim,), b("norm2.weight"), b("norm2.bias"), eps=1e-6)
-        m = F.linear(F.gelu(F.linear(h, b("mlp.fc1.weight"), b("mlp.fc1.bias"))), b("mlp.fc2.weight"),
-                     b("mlp.fc2.bias"))
+        m = F.linear(
+            F.gelu(F.linear(h, b("mlp.fc1.weight"), b("mlp.fc1.bias"))), b("mlp.fc2.weight"), b("mlp.fc2.bias")
+        )
         t = t + (m * b("ls2.gamma") if f"blocks.{i}.ls2.gamma" in sd else m)
     return F.layer_norm(t, (dim,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)[:, 0]
 
@@ -67,8 +73,16 @@ def ref_seq(sd, x, ops):
         elif op[0] == "lin":
             x = F.linear(x, sd[f"{op[1]}.weight"], sd.get(f"{op[1]}.bias"))
         else:
-            x = F.batch_norm(x, sd[f"{op[1]}.running_mean"], sd[f"{op[1]}.running_var"],
-                             sd.get(f"{op[1]}.weight"), sd.get(f"{op[1]}.bias"), False, 0.0, 1e-5)
+            x = F.batch_norm(
+                x,
+                sd[f"{op[1]}.running_mean"],
+                sd[f"{op[1]}.running_var"],
+                sd.get(f"{op[1]}.weight"),
+                sd.get(f"{op[1]}.bias"),
+                False,
+                0.0,
+                1e-5,
+            )
     return x
 
 
@@ -79,12 +93,13 @@ MOCOV3_RN_FC = [("lin", 0), ("bn", 1), "relu", ("lin", 3), ("bn", 4)]
 
 
 def sub(sd, prefix):
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def ref_xcit(sd, x):
     import timm
     from timm.models.xcit import checkpoint_filter_fn
+
     model = timm.create_model("xcit_small_12_p16_224", pretrained=False, num_classes=0)
     model.load_state_dict(checkpoint_filter_fn(dict(sd), model))
     return model.eval()(x)
@@ -94,43 +109,93 @@ def ref_xcit(sd, x):
 def _cases():
     return {
         "dino_vits16": ("dino_vits16", lambda: L.vit_state(16), lambda f, x: ref_vit(f, x, 6, 16), 224, 32),
-        "dino_vits16_full": ("dino_vits16", lambda: L.dino_full_checkpoint(L.vit_state(16), 384),
-                             lambda f, x: ref_seq(sub(f["teacher"], "head.mlp."),
-                                                  ref_vit(sub(f["teacher"], "backbone."), x, 6, 16), DINO_HEAD),
-                             224, 32),
+        "dino_vits16_full": (
+            "dino_vits16",
+            lambda: L.dino_full_checkpoint(L.vit_state(16), 384),
+            lambda f, x: ref_seq(
+                sub(f["teacher"], "head.mlp."), ref_vit(sub(f["teacher"], "backbone."), x, 6, 16), DINO_HEAD
+            ),
+            224,
+            32,
+        ),
         "dino_vits8": ("dino_vits8", lambda: L.vit_state(8), lambda f, x: ref_vit(f, x, 6, 8), 224, 32),
         "dino_xcit_small_12_p16": ("dino_xcit_small_12_p16", L.xcit_small_12_p16_state, ref_xcit, 224, 32),
         "dino_resnet50": ("dino_resnet50", L.resnet50_state, ref_resnet50, 64, 32),
-        "dino_resnet50_full": ("dino_resnet50",
-                               lambda: L.dino_full_checkpoint(L.resnet50_state(), 2048, bn=True, ddp_teacher=True),
-                               lambda f, x: ref_seq(sub(f["teacher"], "module.head.mlp."),
-                                                    ref_resnet50(sub(f["teacher"], "module.backbone."), x),
-                                                    DINO_HEAD_BN), 64, 32),
-        "mocov3_vit_small": ("mocov3_vit_small", lambda: L.mocov3_checkpoint(vit=True),
-                             lambda f, x: ref_seq(sub(f["state_dict"], "module.base_encoder.head."),
-                                                  ref_vit(sub(f["state_dict"], "module.base_encoder."), x, 12, 16),
-                                                  MOCOV3_VIT_HEAD), 224, 32),
-        "mocov3_resnet50": ("mocov3_resnet50", lambda: L.mocov3_checkpoint(vit=False),
-                            lambda f, x: ref_seq(sub(f["state_dict"], "module.base_encoder.fc."),
-                                                 ref_resnet50({k: v for k, v in sub(
-                                                     f["state_dict"], "module.base_encoder.").items()
-                                                     if not k.startswith("fc.")}, x), MOCOV3_RN_FC), 64, 32),
-        "dinov2_vits14": ("dinov2_vits14", lambda: L.vit_state(14, 518, layerscale=True, mask_token=True),
-                          lambda f, x: ref_vit(f, x, 6, 14), 518, 28),
-        "dinov2_vits14_reg": ("dinov2_vits14_reg",
-                              lambda: L.vit_state(14, 518, layerscale=True, mask_token=True, registers=4),
-                              lambda f, x: ref_vit(f, x, 6, 14), 518, 28),
+        "dino_resnet50_full": (
+            "dino_resnet50",
+            lambda: L.dino_full_checkpoint(L.resnet50_state(), 2048, bn=True, ddp_teacher=True),
+            lambda f, x: ref_seq(
+                sub(f["teacher"], "module.head.mlp."),
+                ref_resnet50(sub(f["teacher"], "module.backbone."), x),
+                DINO_HEAD_BN,
+            ),
+            64,
+            32,
+        ),
+        "mocov3_vit_small": (
+            "mocov3_vit_small",
+            lambda: L.mocov3_checkpoint(vit=True),
+            lambda f, x: ref_seq(
+                sub(f["state_dict"], "module.base_encoder.head."),
+                ref_vit(sub(f["state_dict"], "module.base_encoder."), x, 12, 16),
+                MOCOV3_VIT_HEAD,
+            ),
+            224,
+            32,
+        ),
+        "mocov3_resnet50": (
+            "mocov3_resnet50",
+            lambda: L.mocov3_checkpoint(vit=False),
+            lambda f, x: ref_seq(
+                sub(f["state_dict"], "module.base_encoder.fc."),
+                ref_resnet50(
+                    {k: v for k, v in sub(f["state_dict"], "module.base_encoder.").items() if not k.startswith("fc.")},
+                    x,
+                ),
+                MOCOV3_RN_FC,
+            ),
+            64,
+            32,
+        ),
+        "dinov2_vits14": (
+            "dinov2_vits14",
+            lambda: L.vit_state(14, 518, layerscale=True, mask_token=True),
+            lambda f, x: ref_vit(f, x, 6, 14),
+            518,
+            28,
+        ),
+        "dinov2_vits14_reg": (
+            "dinov2_vits14_reg",
+            lambda: L.vit_state(14, 518, layerscale=True, mask_token=True, registers=4),
+            lambda f, x: ref_vit(f, x, 6, 14),
+            518,
+            28,
+        ),
     }
 
 
 CASES = _cases()
-WIDTHS = {"dino_vits16": 384, "dino_vits16_full": 256, "dino_vits8": 384, "dino_xcit_small_12_p16": 384,
-          "dino_resnet50": 2048, "dino_resnet50_full": 256, "mocov3_vit_small": 256, "mocov3_resnet50": 256,
-          "dinov2_vits14": 384, "dinov2_vits14_reg": 384}
+WIDTHS = {
+    "dino_vits16": 384,
+    "dino_vits16_full": 256,
+    "dino_vits8": 384,
+    "dino_xcit_small_12_p16": 384,
+    "dino_resnet50": 2048,
+    "dino_resnet50_full": 256,
+    "mocov3_vit_small": 256,
+    "mocov3_resnet50": 256,
+    "dinov2_vits14": 384,
+    "dinov2_vits14_reg": 384,
+}
 # The transformer students each teacher family trains here (small-image variants).
-STUDENTS = {"dino_vits16": "vit_tiny", "dino_vits8": "xcit_tiny", "dino_xcit_small_12_p16": "xcit_tiny_12_p16_224",
-            "dinov2_vits14": "resnet18d", "dinov2_vits14_reg": "xcit_tiny_12_p8_224",
-            "dino_vits16_full": "vit_tiny_patch16_224"}
+STUDENTS = {
+    "dino_vits16": "vit_tiny",
+    "dino_vits8": "xcit_tiny",
+    "dino_xcit_small_12_p16": "xcit_tiny_12_p16_224",
+    "dinov2_vits14": "resnet18d",
+    "dinov2_vits14_reg": "xcit_tiny_12_p8_224",
+    "dino_vits16_full": "vit_tiny_patch16_224",
+}
 
 
 def disco_args(argv):
@@ -143,6 +208,7 @@ def disco_args(argv):
 @pytest.mark.parametrize("name", list(CASES))
 def test_release_teacher_embeds_as_the_release_and_trains_a_student(name, tmp_path, tiny_data):
     from selfsup.methods.disco import build_disco
+
     arch, make, reference, size, crop = CASES[name]
     torch.manual_seed(0)
     contents = make()
@@ -159,9 +225,27 @@ def test_release_teacher_embeds_as_the_release_and_trains_a_student(name, tmp_pa
     assert torch.allclose(got, expected, atol=2e-4), (got - expected).abs().max()
 
     student = STUDENTS.get(name, "vit_tiny")
-    args = disco_args([tiny_data, "-a", student, "--teacher_arch", arch, "--teacher", path, "--mlp",
-                       "--image-size", str(crop), "--small-images", "-b", "4", "--moco-k", "8",
-                       "--bn-splits", "2"])
+    args = disco_args(
+        [
+            tiny_data,
+            "-a",
+            student,
+            "--teacher_arch",
+            arch,
+            "--teacher",
+            path,
+            "--mlp",
+            "--image-size",
+            str(crop),
+            "--small-images",
+            "-b",
+            "4",
+            "--moco-k",
+            "8",
+            "--bn-splits",
+            "2",
+        ]
+    )
     model = build_disco(args).train()
     assert args.moco_dim == WIDTHS[name]  # sized to the teacher
     before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
@@ -178,10 +262,27 @@ def test_release_teacher_embeds_as_the_release_and_trains_a_student(name, tmp_pa
 
 def test_vit_tiny_at_224_px_patch_16_distils_from_dino_vits16(tmp_path, tiny_data):
     from selfsup.methods.disco import build_disco
+
     path = str(tmp_path / "dino_deitsmall16_pretrain.pth")
     torch.save(L.vit_state(16), path)
-    args = disco_args([tiny_data, "-a", "ViT-Tiny", "--teacher_arch", "dino_vits16", "--teacher", path,
-                       "--mlp", "-b", "2", "--moco-k", "4", "--bn-splits", "1"])
+    args = disco_args(
+        [
+            tiny_data,
+            "-a",
+            "ViT-Tiny",
+            "--teacher_arch",
+            "dino_vits16",
+            "--teacher",
+            path,
+            "--mlp",
+            "-b",
+            "2",
+            "--moco-k",
+            "4",
+            "--bn-splits",
+            "1",
+        ]
+    )
     model = build_disco(args).train()
     assert model.encoder_q.patch_embed.proj.kernel_size == (16, 16) and args.image_size == 224
     out = model(torch.randn(2, 3, 224, 224), torch.randn(2, 3, 224, 224))
@@ -206,10 +307,28 @@ def test_other_layouts_fail_in_one_line_naming_the_keys(tmp_path):
 
 def test_explicit_moco_dim_must_equal_the_teacher_width(tmp_path, tiny_data):
     from selfsup.methods.disco import build_disco
+
     torch.save(L.resnet50_state(), tmp_path / "dino_resnet50_pretrain.pth")
-    args = disco_args([tiny_data, "-a", "resnet18", "--teacher_arch", "dino_resnet50", "--teacher",
-                       str(tmp_path / "dino_resnet50_pretrain.pth"), "--moco-dim", "128", "--image-size", "32",
-                       "--small-images", "-b", "4", "--moco-k", "8"])
+    args = disco_args(
+        [
+            tiny_data,
+            "-a",
+            "resnet18",
+            "--teacher_arch",
+            "dino_resnet50",
+            "--teacher",
+            str(tmp_path / "dino_resnet50_pretrain.pth"),
+            "--moco-dim",
+            "128",
+            "--image-size",
+            "32",
+            "--small-images",
+            "-b",
+            "4",
+            "--moco-k",
+            "8",
+        ]
+    )
     with pytest.raises(UserError, match="2048 dimensions.*--moco-dim 128"):
         build_disco(args)
 
@@ -222,8 +341,10 @@ def test_readme_command_distils_a_timm_student_from_a_dino_release_file(tmp_path
     line = next(ln for ln in readme.splitlines() if "--teacher_arch dino_vits16" in ln)
     cmd = line.strip().rstrip("\\").strip().replace("/path/to/dino_deitsmall16_pretrain.pth", str(release))
     cmd = cmd.replace("/path/to/imagenet", tiny_data).replace("python ", "python3 ", 1)  # the test interpreter
-    result = run(f"{cmd} {TINY_PRETRAIN} --image-size 32 --ckpt-dir {tmp_path / 'ckpt'} --moco-k 32 -b 16 "
-                 "--resume ''", timeout=300)
+    result = run(
+        f"{cmd} {TINY_PRETRAIN} --image-size 32 --ckpt-dir {tmp_path / 'ckpt'} --moco-k 32 -b 16 --resume ''",
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "=> --moco-dim 384" in result.stdout
     assert os.path.exists(tmp_path / "ckpt" / "checkpoint_0000.pth.tar")

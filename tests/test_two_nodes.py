@@ -2,6 +2,7 @@
 moco/main_moco.py's --multiprocessing-distributed --world-size 2 --rank 0|1,
 and torchrun --nnodes 2. A node whose peer never comes stops with one line
 when --dist-timeout expires."""
+
 import os
 import socket
 import subprocess
@@ -9,12 +10,32 @@ import sys
 import time
 
 import torch
-
 from conftest import REPO, run
 
 NODE = os.path.join(REPO, "tests", "node_dump.py")
-TINY = ["-a", "resnet18", "-b", "8", "--moco-k", "32", "--image-size", "16", "--small-images", "-j", "0",
-        "-p", "100", "--epochs", "1", "--seed", "0", "--resume", "", "--dist-timeout", "60"]
+TINY = [
+    "-a",
+    "resnet18",
+    "-b",
+    "8",
+    "--moco-k",
+    "32",
+    "--image-size",
+    "16",
+    "--small-images",
+    "-j",
+    "0",
+    "-p",
+    "100",
+    "--epochs",
+    "1",
+    "--seed",
+    "0",
+    "--resume",
+    "",
+    "--dist-timeout",
+    "60",
+]
 
 
 def free_port():
@@ -65,9 +86,27 @@ def assert_in_step(folders):
 def test_two_nodes_multiprocessing_distributed(tiny_data, tmp_path):
     url = f"tcp://127.0.0.1:{free_port()}"
     folders = [str(tmp_path / f"node{r}") for r in range(2)]
-    procs = [start([sys.executable, NODE, *TINY, "--multiprocessing-distributed", "--world-size", "2",
-                    "--rank", str(r), "--dist-url", url, "--ckpt-dir", folders[r], tiny_data], REPO)
-             for r in range(2)]
+    procs = [
+        start(
+            [
+                sys.executable,
+                NODE,
+                *TINY,
+                "--multiprocessing-distributed",
+                "--world-size",
+                "2",
+                "--rank",
+                str(r),
+                "--dist-url",
+                url,
+                "--ckpt-dir",
+                folders[r],
+                tiny_data,
+            ],
+            REPO,
+        )
+        for r in range(2)
+    ]
     finish(procs)
     assert_in_step(folders)
     assert os.path.isfile(os.path.join(folders[0], "checkpoint_0000.pth.tar"))
@@ -77,10 +116,32 @@ def test_two_nodes_multiprocessing_distributed(tiny_data, tmp_path):
 def test_two_nodes_torchrun(tiny_data, tmp_path):
     port = free_port()
     folders = [str(tmp_path / f"node{r}") for r in range(2)]
-    procs = [start([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
-                    "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                    NODE, *TINY, "--ckpt-dir", folders[r], tiny_data], REPO)
-             for r in range(2)]
+    procs = [
+        start(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(r),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                NODE,
+                *TINY,
+                "--ckpt-dir",
+                folders[r],
+                tiny_data,
+            ],
+            REPO,
+        )
+        for r in range(2)
+    ]
     finish(procs)
     assert_in_step(folders)
 
@@ -88,9 +149,13 @@ def test_two_nodes_torchrun(tiny_data, tmp_path):
 def test_node_without_its_peer_stops_at_dist_timeout(tiny_data, tmp_path):
     url = f"tcp://127.0.0.1:{free_port()}"
     t0 = time.time()
-    r = run(f"python3 main_moco.py -a resnet18 -b 8 --moco-k 32 --image-size 16 --small-images -j 0 --epochs 1 "
-            f"--resume '' --multiprocessing-distributed --world-size 2 --rank 0 --dist-url {url} "
-            f"--dist-timeout 3 --ckpt-dir {tmp_path} {tiny_data}", cwd="moco", timeout=60)
+    r = run(
+        f"python3 main_moco.py -a resnet18 -b 8 --moco-k 32 --image-size 16 --small-images -j 0 --epochs 1 "
+        f"--resume '' --multiprocessing-distributed --world-size 2 --rank 0 --dist-url {url} "
+        f"--dist-timeout 3 --ckpt-dir {tmp_path} {tiny_data}",
+        cwd="moco",
+        timeout=60,
+    )
     took = time.time() - t0
     assert r.returncode == 2, r.stdout
     lines = [line for line in r.stdout.splitlines() if line.strip()]
@@ -102,9 +167,31 @@ def test_torchrun_node_without_its_peer_stops_at_the_rendezvous_timeout_docs_fla
     # docs/flags.md: under torchrun the wait happens before the script runs and
     # is bounded by torchrun's own --rdzv-conf timeout, not --dist-timeout.
     t0 = time.time()
-    proc = start([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", "0",
-                  "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                  "--rdzv-conf", "timeout=3", NODE, *TINY, "--ckpt-dir", str(tmp_path), tiny_data], REPO)
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            "0",
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "--rdzv-conf",
+            "timeout=3",
+            NODE,
+            *TINY,
+            "--ckpt-dir",
+            str(tmp_path),
+            tiny_data,
+        ],
+        REPO,
+    )
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode != 0
     assert "Timed out" in out and "1/2 clients joined" in out, out[-2000:]

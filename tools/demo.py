@@ -16,6 +16,7 @@ Everything lands in runs/demo/ (checkpoints, logs) and results/demo/
 (table, pictures). Set DEMO_SCALE=0.2 for a quick smoke run. The pipeline
 itself is tools/pipeline.py (shared with tools/tab1_small.py).
 """
+
 import argparse
 import os
 import sys
@@ -46,8 +47,12 @@ CONFIG = {
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=BUILTIN_DATA)
-    p.add_argument("--scale", type=float, default=float(os.environ.get("DEMO_SCALE", 1.0)),
-                   help="multiply every epoch count (0.2: a quick smoke run)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=float(os.environ.get("DEMO_SCALE", 1.0)),
+        help="multiply every epoch count (0.2: a quick smoke run)",
+    )
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "demo"))
     p.add_argument("--results", default=os.path.join(REPO_ROOT, "results", "demo"))
     p.add_argument("--batch-size", type=int, default=CONFIG["batch_size"])
@@ -56,11 +61,22 @@ def main():
     args = p.parse_args()
     start = time.time()
     reference = reference_step_seconds()
-    print(f"=> reference step on this machine: {reference:.3f} s (torchvision ResNet-18 forward and backward, "
-          "batch 64, 32 px, 1 thread, median of 5); the demo's timings scale with it", flush=True)
+    print(
+        f"=> reference step on this machine: {reference:.3f} s (torchvision ResNet-18 forward and backward, "
+        "batch 64, 32 px, 1 thread, median of 5); the demo's timings scale with it",
+        flush=True,
+    )
     try:
-        _, table = run_pipeline(dict(CONFIG, batch_size=args.batch_size), args.data, args.out, args.results,
-                                args.scale, not args.no_pictures, args.lanes, reference)
+        _, table = run_pipeline(
+            dict(CONFIG, batch_size=args.batch_size),
+            args.data,
+            args.out,
+            args.results,
+            args.scale,
+            not args.no_pictures,
+            args.lanes,
+            reference,
+        )
     except StepFailed as exc:
         sys.exit(str(exc))
     print("\nLinear evaluation on the built-in dataset (val, 1000 images):\n" + table)

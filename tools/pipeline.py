@@ -9,6 +9,7 @@ Not part of the library: this orchestration knows the checkout's layout
 `selfsup` must not assume. Imported by its siblings in tools/ (a script's
 folder is on sys.path) and by the tests (pytest's pythonpath = ["tools"]).
 """
+
 import concurrent.futures
 import csv
 import os
@@ -41,8 +42,9 @@ def sh(cmd, cwd, log, tag=None):
         # small machine, and more threads than cores makes OpenMP spin.
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("OMP_NUM_THREADS", "1")
-        proc = subprocess.Popen(cmd, shell=True, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env)
+        proc = subprocess.Popen(
+            cmd, shell=True, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
         for line in proc.stdout:
             f.write(line)
             if not line.startswith(("Test:",)) and ("Epoch:" not in line or "/" in line.split("]")[1][:8]):
@@ -91,8 +93,9 @@ class PipelineProgress:
         done = sum(self.costs[n] for n in self.done)
         left = sum(c for n, c in self.costs.items() if n not in self.done)
         eta = elapsed / done * left if done else float("nan")
-        line = (f"[demo] {len(self.done)}/{len(self.costs)} steps done ({name}); elapsed {elapsed / 60:.1f} min"
-                + (f", about {eta / 60:.1f} min left" if left else ""))
+        line = f"[demo] {len(self.done)}/{len(self.costs)} steps done ({name}); elapsed {elapsed / 60:.1f} min" + (
+            f", about {eta / 60:.1f} min left" if left else ""
+        )
         print(line, flush=True)
         return line
 
@@ -118,6 +121,7 @@ def reference_step_seconds(repeats=5):
     between machines: torchvision ResNet-18 forward and backward, batch 64,
     32 px, one thread; the median of `repeats` after one warm-up."""
     import torchvision
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -151,8 +155,10 @@ def plan_rows(config, runs, scale):
     c = config
     ep = lambda n: scaled(n, scale)  # noqa: E731
     t_arch = c["teacher"]["arch"]
-    rows = [dict(name="random_init", method="none", arch=c["students"][0], epochs=0),
-            dict(name="teacher", method="MoCo-v2", arch=t_arch, epochs=ep(c["teacher"]["epochs"]))]
+    rows = [
+        dict(name="random_init", method="none", arch=c["students"][0], epochs=0),
+        dict(name="teacher", method="MoCo-v2", arch=t_arch, epochs=ep(c["teacher"]["epochs"])),
+    ]
     for arch in c["students"]:
         e = ep(c["student_epochs"])
         suffix = "" if len(c["students"]) == 1 else f"_{arch}"
@@ -160,7 +166,9 @@ def plan_rows(config, runs, scale):
         rows.append(dict(name=f"student_disco{suffix}", method=f"DisCo <- {t_arch}", arch=arch, epochs=e))
     for r in rows:
         r["folder"] = os.path.join(runs, r["name"])
-        r["ckpt"] = os.path.join(r["folder"], "ckpt", f"checkpoint_{r['epochs'] - 1:04d}.pth.tar") if r["epochs"] else None
+        r["ckpt"] = (
+            os.path.join(r["folder"], "ckpt", f"checkpoint_{r['epochs'] - 1:04d}.pth.tar") if r["epochs"] else None
+        )
         r["seconds"] = 0.0
         shutil.rmtree(r["folder"], ignore_errors=True)  # the demo's own folders: every run starts fresh
         os.makedirs(r["folder"])
@@ -185,8 +193,10 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     def pretrain(r):
         flags = f"-a {r['arch']} {common} {c['pretrain_flags']} --epochs {r['epochs']} --ckpt-dir {r['folder']}/ckpt"
         if r["method"].startswith("DisCo"):
-            cmd = (f"{py} -u main.py {flags} {c['disco_flags']} --teacher_arch {teacher['arch']} "
-                   f"--teacher {teacher['ckpt']} {data}")
+            cmd = (
+                f"{py} -u main.py {flags} {c['disco_flags']} --teacher_arch {teacher['arch']} "
+                f"--teacher {teacher['ckpt']} {data}"
+            )
             cwd = os.path.join(REPO_ROOT, "DisCo")
         else:
             cmd = f"{py} -u main_moco.py {flags} {data}"
@@ -195,9 +205,11 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
 
     def evaluate(r):
         pretrained = f"--pretrained {r['ckpt']} " if r["ckpt"] else ""
-        cmd = (f"{py} -u main_lincls.py -a {r['arch']} {common} {c['lincls_flags']} "
-               f"--epochs {scaled(c['lincls_epochs'], scale)} {pretrained}"
-               f"--ckpt-dir {r['folder']}/lincls {data}")
+        cmd = (
+            f"{py} -u main_lincls.py -a {r['arch']} {common} {c['lincls_flags']} "
+            f"--epochs {scaled(c['lincls_epochs'], scale)} {pretrained}"
+            f"--ckpt-dir {r['folder']}/lincls {data}"
+        )
         r["seconds"] += sh(cmd, os.path.join(REPO_ROOT, "moco"), os.path.join(r["folder"], "lincls.log"), r["name"])
         m = last_row(os.path.join(r["folder"], "lincls", "metrics.csv"))
         r["acc1"], r["acc5"] = float(m["acc1"]), float(m["acc5"])
@@ -210,8 +222,10 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     # the evaluations as their checkpoints appear.
     steps = {}
     for r in rows[1:]:
-        steps[f"pretrain {r['name']}"] = ([f"pretrain {teacher['name']}"] if r["method"].startswith("DisCo") else [],
-                                          lambda r=r: pretrain(r))
+        steps[f"pretrain {r['name']}"] = (
+            [f"pretrain {teacher['name']}"] if r["method"].startswith("DisCo") else [],
+            lambda r=r: pretrain(r),
+        )
     for r in rows:
         steps[f"evaluate {r['name']}"] = ([f"pretrain {r['name']}"] if r["epochs"] else [], lambda r=r: evaluate(r))
     progress = PipelineProgress(step_costs(rows, c, scale))
@@ -236,8 +250,11 @@ TABLE_HEADER = ["model", "method", "arch", "pretrain epochs", "kNN top-1", "line
 def markdown_table(rows):
     """The results table (table.md) of run_pipeline's rows."""
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += [f"| {r['name']} | {r['method']} | {r['arch']} | {r['epochs']} | {r['knn']:.1f} | {r['acc1']:.1f} "
-              f"| {r['acc5']:.1f} | {r['seconds'] / 60:.1f} |" for r in rows]
+    lines += [
+        f"| {r['name']} | {r['method']} | {r['arch']} | {r['epochs']} | {r['knn']:.1f} | {r['acc1']:.1f} "
+        f"| {r['acc5']:.1f} | {r['seconds'] / 60:.1f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -259,14 +276,26 @@ def pictures(py, rows, runs, results, data):
     names = [r["name"] for r in rows]
     emb = os.path.join(results, "embeddings")
     for r in rows:
-        sh(f"{py} DisCo/export_embed.py -a {r['arch']} --pretrained {r['ckpt']} --name {r['name']} --out {emb} {data}",
-           REPO_ROOT, os.path.join(r["folder"], "export.log"))
-    sh(f"{py} -u draw.py --embed-dir {emb} --names {' '.join(names)} --out {os.path.join(results, 'tsne.png')}",
-       os.path.join(REPO_ROOT, "DisCo"), os.path.join(runs, "draw.log"))
+        sh(
+            f"{py} DisCo/export_embed.py -a {r['arch']} --pretrained {r['ckpt']} --name {r['name']} --out {emb} {data}",
+            REPO_ROOT,
+            os.path.join(r["folder"], "export.log"),
+        )
+    sh(
+        f"{py} -u draw.py --embed-dir {emb} --names {' '.join(names)} --out {os.path.join(results, 'tsne.png')}",
+        os.path.join(REPO_ROOT, "DisCo"),
+        os.path.join(runs, "draw.log"),
+    )
     ck_dirs = " ".join(os.path.join(runs, n, "ckpt") for n in names)
     lin_dirs = " ".join(os.path.join(runs, n, "lincls") for n in names)
     labels = f"--labels {' '.join(names)}"
-    sh(f"{py} -m selfsup.analysis.curves {ck_dirs} {labels} --out {os.path.join(results, 'curves_pretrain.png')}",
-       REPO_ROOT, os.path.join(runs, "curves.log"))
-    sh(f"{py} -m selfsup.analysis.curves {lin_dirs} {labels} --out {os.path.join(results, 'curves_lincls.png')}",
-       REPO_ROOT, os.path.join(runs, "curves_lincls.log"))
+    sh(
+        f"{py} -m selfsup.analysis.curves {ck_dirs} {labels} --out {os.path.join(results, 'curves_pretrain.png')}",
+        REPO_ROOT,
+        os.path.join(runs, "curves.log"),
+    )
+    sh(
+        f"{py} -m selfsup.analysis.curves {lin_dirs} {labels} --out {os.path.join(results, 'curves_lincls.png')}",
+        REPO_ROOT,
+        os.path.join(runs, "curves_lincls.log"),
+    )

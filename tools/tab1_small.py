@@ -16,6 +16,7 @@ data, two steps side by side. It is a benchmark, not a test.
 With --seeds N the whole table is repeated for seeds 0..N-1 (each in
 results/tab1/seedK/) and results/tab1/table.md holds mean ± std per cell.
 """
+
 import argparse
 import os
 import statistics
@@ -29,7 +30,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 # recipe and the pipeline it runs.
 from demo import CONFIG  # noqa: E402
 from pipeline import BUILTIN_DATA, REPO_ROOT, read_table, run_pipeline  # noqa: E402
-
 
 METRICS = ("knn", "acc1", "acc5", "minutes")
 
@@ -53,10 +53,15 @@ def summarise(tables):
 def summary_table(rows):
     """Markdown: mean ± std over the seeds for each cell."""
     cell = lambda r, m: f"{r[m]:.1f} ± {r[m + '_std']:.1f}"  # noqa: E731
-    lines = ["| model | method | arch | pretrain epochs | seeds | kNN top-1 | linear top-1 | linear top-5 | minutes |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['method']} | {r['arch']} | {int(r['epochs'])} | {r['seeds']} | {cell(r, 'knn')} "
-              f"| {cell(r, 'acc1')} | {cell(r, 'acc5')} | {r['minutes']:.1f} |" for r in rows]
+    lines = [
+        "| model | method | arch | pretrain epochs | seeds | kNN top-1 | linear top-1 | linear top-5 | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['name']} | {r['method']} | {r['arch']} | {int(r['epochs'])} | {r['seeds']} | {cell(r, 'knn')} "
+        f"| {cell(r, 'acc1')} | {cell(r, 'acc5')} | {r['minutes']:.1f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -117,8 +122,12 @@ def main():
         if args.replot:
             tables.append(read_table(os.path.join(results, "table.md")))
             continue
-        config = dict(CONFIG, teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
-                      students=args.students, student_epochs=args.student_epochs)
+        config = dict(
+            CONFIG,
+            teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
+            students=args.students,
+            student_epochs=args.student_epochs,
+        )
         out = args.out if args.seeds == 1 else os.path.join(args.out, f"seed{seed}")
         rows, table = run_pipeline(config, args.data, out, results, args.scale, pictures_too=False, seed=seed)
         print(f"seed {seed}:\n{table}", flush=True)

@@ -1,6 +1,7 @@
 """The BI analysis over several models: binning estimates of I(X;T) and
 I(T;Y) (see mutual_info.py) for a sweep of bin counts, as a table (CSV and
 markdown) and a picture."""
+
 import csv
 import math
 
@@ -35,11 +36,15 @@ def write_csv(rows, path):
 def markdown_table(rows, bins=None):
     """Markdown table of the rows with `bins` bins (all rows when None)."""
     keep = [r for r in rows if bins is None or r["bins"] == bins]
-    lines = ["| model | bins | I(X;T) bits | I(T;Y) bits | H(Y) bits | log2 N | distinct T | N |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | bins | I(X;T) bits | I(T;Y) bits | H(Y) bits | log2 N | distinct T | N |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in keep:
-        lines.append(f"| {r['name']} | {r['bins']} | {r['I_XT']:.3f} | {r['I_TY']:.3f} | {r['H_Y']:.3f} "
-                     f"| {math.log2(r['n']):.3f} | {r['n_distinct']} | {r['n']} |")
+        lines.append(
+            f"| {r['name']} | {r['bins']} | {r['I_XT']:.3f} | {r['I_TY']:.3f} | {r['H_Y']:.3f} "
+            f"| {math.log2(r['n']):.3f} | {r['n_distinct']} | {r['n']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -48,6 +53,7 @@ def plot(rows, out_path, bins=None, dpi=120):
     per model, with the ceilings log2 N and H(Y) dashed), and the information
     plane I(T;Y) against I(X;T) with the `bins` point of each model marked."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

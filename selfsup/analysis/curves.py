@@ -7,6 +7,7 @@ run.
 
     python -m selfsup.analysis.curves RUN_DIR [RUN_DIR ...] --out curves.png
 """
+
 import argparse
 import csv
 import math
@@ -26,8 +27,7 @@ def metrics_path(run):
     run = Path(run)
     path = run if run.is_file() else run / METRICS_FILE
     if not path.is_file():
-        raise UserError(f"{path}: no metrics file (expected a run folder holding {METRICS_FILE}, "
-                        "or the CSV itself)")
+        raise UserError(f"{path}: no metrics file (expected a run folder holding {METRICS_FILE}, or the CSV itself)")
     return path
 
 
@@ -77,6 +77,7 @@ def default_columns(runs):
             return (1, name)
         order = {"lr": 2, "acc1": 3, "acc5": 4}
         return (order.get(name, 5), name)
+
     return sorted(seen, key=rank)
 
 
@@ -86,6 +87,7 @@ def plot_curves(runs, out_path, labels=None, columns=None, dpi=120):
     runs: list of column dicts (from read_metrics). labels: legend names.
     columns: which columns to draw (default: default_columns)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -111,13 +113,11 @@ def plot_curves(runs, out_path, labels=None, columns=None, dpi=120):
             y = cols[name]
             x = cols["epoch"] if "epoch" in cols else np.arange(len(y))
             ok = ~np.isnan(y) & ~np.isnan(x)
-            ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, markersize=3,
-                    color=f"C{i % 10}", label=label)
+            ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, markersize=3, color=f"C{i % 10}", label=label)
         ax.set_title(_TITLES.get(name, name))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        xs = np.concatenate([c["epoch"] if "epoch" in c else np.arange(len(c[name]))
-                             for c in runs if name in c])
+        xs = np.concatenate([c["epoch"] if "epoch" in c else np.arange(len(c[name])) for c in runs if name in c])
         xs = xs[~np.isnan(xs)]
         if xs.size and xs.min() == xs.max():  # a single epoch: centre it, one tick
             ax.set_xlim(xs[0] - 1, xs[0] + 1)
@@ -150,15 +150,18 @@ def run_label(run):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Draw training curves (loss, lr, top-1, ...) "
-                                "of one or more runs from their metrics.csv files.")
-    p.add_argument("runs", nargs="+", metavar="RUN",
-                   help="run folder holding metrics.csv, or the CSV file itself")
+    p = argparse.ArgumentParser(
+        description="Draw training curves (loss, lr, top-1, ...) of one or more runs from their metrics.csv files."
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder holding metrics.csv, or the CSV file itself")
     p.add_argument("--out", default="curves.png", help="output PNG (default: curves.png)")
-    p.add_argument("--labels", nargs="+", default=None,
-                   help="legend names, one per run (default: folder names)")
-    p.add_argument("--columns", nargs="+", default=None,
-                   help="columns to draw (default: loss*, lr, acc1, acc5 and any other numeric column)")
+    p.add_argument("--labels", nargs="+", default=None, help="legend names, one per run (default: folder names)")
+    p.add_argument(
+        "--columns",
+        nargs="+",
+        default=None,
+        help="columns to draw (default: loss*, lr, acc1, acc5 and any other numeric column)",
+    )
     return p
 
 

@@ -5,6 +5,7 @@ data loader (torch is imported only there); the rest is plain numpy, so
 the analysis scripts that only read these files stay quick to start.
 selfsup.analysis.export writes them from a checkpoint.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,9 @@ def load(folder, name):
     if embed.ndim != 2:
         raise UserError(f"{e_path}: expected a 2-D array (samples x features), got shape {embed.shape}")
     if len(embed) != len(labels):
-        raise UserError(f"{e_path} has {len(embed)} rows but {l_path} has {len(labels)} labels; "
-                        "they must come from the same export")
+        raise UserError(
+            f"{e_path} has {len(embed)} rows but {l_path} has {len(labels)} labels; they must come from the same export"
+        )
     return embed, labels
 
 
@@ -70,9 +72,10 @@ def names_in(folder):
     """Names of the complete embedding/label pairs in a folder, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: embedding folder does not exist (export embeddings first, "
-                        "see DisCo/export_embed.py)")
-    names = sorted(p.name[:-len(EMBED_SUFFIX)] for p in folder.glob(f"*{EMBED_SUFFIX}"))
+        raise UserError(
+            f"{folder}: embedding folder does not exist (export embeddings first, see DisCo/export_embed.py)"
+        )
+    names = sorted(p.name[: -len(EMBED_SUFFIX)] for p in folder.glob(f"*{EMBED_SUFFIX}"))
     return [n for n in names if embed_paths(folder, n)[1].is_file()]
 
 

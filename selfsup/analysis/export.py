@@ -1,6 +1,7 @@
 """Embedding files from a checkpoint: the backbone of a pretraining (or
 linear-evaluation) checkpoint run over an ImageFolder tree, written in the
 format of selfsup.analysis.embeddings (DisCo/export_embed.py)."""
+
 from pathlib import Path
 from typing import Optional
 
@@ -35,9 +36,19 @@ def image_root(data, split: str) -> Path:
     return data
 
 
-def export_checkpoint(arch: str, checkpoint: str, data: str, out_dir: str, name: str, split: str = "val",
-                      image_size: Optional[int] = None, batch_size: int = 64, workers: int = 4,
-                      device: Optional[str] = None, max_per_class: Optional[int] = None):
+def export_checkpoint(
+    arch: str,
+    checkpoint: str,
+    data: str,
+    out_dir: str,
+    name: str,
+    split: str = "val",
+    image_size: Optional[int] = None,
+    batch_size: int = 64,
+    workers: int = 4,
+    device: Optional[str] = None,
+    max_per_class: Optional[int] = None,
+):
     """Embed the images of `data` with the backbone of `checkpoint` and save
     `<out_dir>/<name>_embed.npy`, `<name>_labels.npy` and `classes.txt`.
 
@@ -50,8 +61,7 @@ def export_checkpoint(arch: str, checkpoint: str, data: str, out_dir: str, name:
     model = load_backbone(arch, checkpoint)
     dataset = D.image_folder(str(image_root(data, split)), augment.eval_transform(image_size))
     subset = torch.utils.data.Subset(dataset, first_per_class(dataset.targets, max_per_class).tolist())
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
-                                         num_workers=workers)
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     embed, labels = extract(model, loader, device)

@@ -2,6 +2,7 @@
 as MoCo's CIFAR demo monitors it): no training and no hyper-parameters to
 tune, so it is a cheap, stable probe of a short pretraining run next to the
 linear evaluation."""
+
 import torch
 import torch.nn.functional as F
 

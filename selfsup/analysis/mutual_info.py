@@ -14,6 +14,7 @@ discrete symbol T. With empirical frequencies over the N samples:
 
 All values are in bits. I(X;T) <= log2 N and I(T;Y) <= H(Y).
 """
+
 import numpy as np
 
 from selfsup.core.errors import UserError
@@ -70,8 +71,7 @@ def discretise(t, edges):
     outside the edges to the first or last bin."""
     n_bins = len(edges) - 1
     low, high = float(edges[0]), float(edges[-1])
-    idx = np.floor((np.asarray(t, dtype=np.float32) - np.float32(low))
-                   / np.float32(high - low) * np.float32(n_bins))
+    idx = np.floor((np.asarray(t, dtype=np.float32) - np.float32(low)) / np.float32(high - low) * np.float32(n_bins))
     return np.clip(idx, 0, n_bins - 1).astype(np.int64)
 
 

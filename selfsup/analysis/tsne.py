@@ -3,6 +3,7 @@
 Uses scikit-learn's TSNE and matplotlib with the Agg backend (headless).
 Everything is seeded: the same inputs and seed give the same picture.
 """
+
 import numpy as np
 
 from selfsup.core.errors import UserError
@@ -23,8 +24,10 @@ def select_classes(labels, classes=None, num_classes=10, per_class=50, seed=0):
         chosen = np.asarray(list(classes))
         missing = [int(c) for c in chosen if c not in present]
         if missing:
-            raise UserError(f"classes {missing} do not occur in the labels "
-                            f"(present: {present.min()}..{present.max()}, {len(present)} classes)")
+            raise UserError(
+                f"classes {missing} do not occur in the labels "
+                f"(present: {present.min()}..{present.max()}, {len(present)} classes)"
+            )
     rng = np.random.default_rng(seed)
     keep = []
     for c in chosen:
@@ -54,8 +57,7 @@ def tsne_2d(x, seed=0, perplexity=30.0, threads=1):
     if n < 3:
         raise UserError(f"t-SNE needs at least 3 samples, got {n}")
     perplexity = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
-    model = TSNE(n_components=2, perplexity=perplexity, init="pca",
-                 learning_rate="auto", random_state=seed)
+    model = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
     with threadpool_limits(limits=threads):
         return model.fit_transform(x)
 
@@ -68,6 +70,7 @@ def draw_panels(panels, out_path, class_names=None, point_size=12, dpi=120):
     class_names: optional mapping label -> name for the legend.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -92,10 +95,18 @@ def draw_panels(panels, out_path, class_names=None, point_size=12, dpi=120):
         ax.set_xticks([])
         ax.set_yticks([])
     from matplotlib.lines import Line2D
+
     handles = [Line2D([], [], marker="o", linestyle="", color=colour[lab]) for lab in all_labels]
     names = [_name(lab, class_names) for lab in all_labels]
-    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1 - legend_w / width, 0.5),
-               ncol=legend_cols, fontsize="small", frameon=False)
+    fig.legend(
+        handles,
+        names,
+        loc="center left",
+        bbox_to_anchor=(1 - legend_w / width, 0.5),
+        ncol=legend_cols,
+        fontsize="small",
+        frameon=False,
+    )
     fig.tight_layout(rect=(0, 0, 1 - legend_w / width, 1))
     fig.savefig(out_path, dpi=dpi)
     plt.close(fig)

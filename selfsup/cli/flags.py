@@ -1,5 +1,6 @@
 """Flags shared by the MoCo-family scripts, with the original's names and
 defaults (see docs/flags.md for ours that the original did not have)."""
+
 import argparse
 import os
 import sys
@@ -7,8 +8,8 @@ from typing import Optional
 
 from selfsup.core import checks as check
 from selfsup.core.checkpoint import set_unsafe_load
-from selfsup.models.backbones import default_image_size
 from selfsup.core.errors import UserError
+from selfsup.models.backbones import default_image_size
 
 
 def default_data(script: Optional[str] = None) -> str:
@@ -25,37 +26,70 @@ def default_data(script: Optional[str] = None) -> str:
 
 def common_parser(description, lr, epochs, schedule, wd, workers=32, batch_size=256):
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("data", metavar="DIR", nargs="?", default=None,
-                   help="folder with train/ and val/ (default: $DISCO_DATA or data/builtin)")
+    p.add_argument(
+        "data",
+        metavar="DIR",
+        nargs="?",
+        default=None,
+        help="folder with train/ and val/ (default: $DISCO_DATA or data/builtin)",
+    )
     p.add_argument("-a", "--arch", metavar="ARCH", default="resnet50", help="backbone (see selfsup.models.backbones)")
-    p.add_argument("-j", "--workers", default=workers, type=int, metavar="N",
-                   help="data loading workers (capped at the CPU count)")
+    p.add_argument(
+        "-j", "--workers", default=workers, type=int, metavar="N", help="data loading workers (capped at the CPU count)"
+    )
     p.add_argument("--epochs", default=epochs, type=int, metavar="N")
     p.add_argument("--start-epoch", default=0, type=int, metavar="N")
-    p.add_argument("-b", "--batch-size", default=batch_size, type=int, metavar="N",
-                   help="total batch size over the processes of a node")
+    p.add_argument(
+        "-b",
+        "--batch-size",
+        default=batch_size,
+        type=int,
+        metavar="N",
+        help="total batch size over the processes of a node",
+    )
     p.add_argument("--lr", "--learning-rate", default=lr, type=float, metavar="LR", dest="lr")
-    p.add_argument("--schedule", default=list(schedule), nargs="*", type=int,
-                   help="epochs at which the lr is multiplied by --gamma")
+    p.add_argument(
+        "--schedule",
+        default=list(schedule),
+        nargs="*",
+        type=int,
+        help="epochs at which the lr is multiplied by --gamma",
+    )
     p.add_argument("--momentum", default=0.9, type=float, metavar="M")
     p.add_argument("--wd", "--weight-decay", default=wd, type=float, metavar="W", dest="weight_decay")
     p.add_argument("-p", "--print-freq", default=10, type=int, metavar="N")
-    p.add_argument("--resume", default="", type=str, metavar="PATH",
-                   help="checkpoint file to resume from (a folder: its newest checkpoint)")
+    p.add_argument(
+        "--resume",
+        default="",
+        type=str,
+        metavar="PATH",
+        help="checkpoint file to resume from (a folder: its newest checkpoint)",
+    )
     p.add_argument("--world-size", default=-1, type=int, help="number of nodes")
     p.add_argument("--rank", default=-1, type=int, help="node rank")
     p.add_argument("--dist-url", default="tcp://localhost:10001", type=str)
     p.add_argument("--dist-backend", default="nccl", type=str, help="nccl on GPUs; gloo is used on CPU")
     p.add_argument("--seed", default=None, type=int)
     p.add_argument("--gpu", default=None, type=int, help="GPU id for a single-process run")
-    p.add_argument("--multiprocessing-distributed", action="store_true",
-                   help="one process per GPU of the node (per --cpu-procs on a machine without GPUs)")
+    p.add_argument(
+        "--multiprocessing-distributed",
+        action="store_true",
+        help="one process per GPU of the node (per --cpu-procs on a machine without GPUs)",
+    )
     # Ours.
-    p.add_argument("--cpu-procs", default=1, type=int,
-                   help="processes per node with --multiprocessing-distributed when no GPU is visible (gloo)")
+    p.add_argument(
+        "--cpu-procs",
+        default=1,
+        type=int,
+        help="processes per node with --multiprocessing-distributed when no GPU is visible (gloo)",
+    )
     p.add_argument("--image-size", default=224, type=int, help="crop size (32-64 for the built-in data)")
-    p.add_argument("--small-images", action="store_true", default=None,
-                   help="3x3 stride-1 stem without max-pool, for 32-64 px images")
+    p.add_argument(
+        "--small-images",
+        action="store_true",
+        default=None,
+        help="3x3 stride-1 stem without max-pool, for 32-64 px images",
+    )
     p.add_argument("--ckpt-dir", default="./ckpt", help="where checkpoints and metrics.csv go")
     add_dist_timeout_arg(p)
     add_skip_bad_images_arg(p)
@@ -64,9 +98,15 @@ def common_parser(description, lr, epochs, schedule, wd, workers=32, batch_size=
 
 def add_dist_timeout_arg(p, *names):
     """How long a process waits for its peers (rendezvous and collectives)."""
-    p.add_argument(*(names or ("--dist-timeout",)), default=300.0, type=float, metavar="SECONDS", dest="dist_timeout",
-                   help="seconds to wait for the other processes or nodes to join (and for each collective) "
-                        "before stopping with one line (default 300)")
+    p.add_argument(
+        *(names or ("--dist-timeout",)),
+        default=300.0,
+        type=float,
+        metavar="SECONDS",
+        dest="dist_timeout",
+        help="seconds to wait for the other processes or nodes to join (and for each collective) "
+        "before stopping with one line (default 300)",
+    )
     return p
 
 
@@ -83,10 +123,14 @@ class _SkipBadImages(argparse.Action):
 
 
 def add_skip_bad_images_arg(p, *names):
-    p.add_argument(*(names or ("--skip-bad-images",)), action=_SkipBadImages, dest="skip_bad_images",
-                   help="an unreadable image met during training is reported by path and replaced by the next "
-                        "readable one (the count is printed after each epoch). Default: the run stops with one "
-                        "line naming the file")
+    p.add_argument(
+        *(names or ("--skip-bad-images",)),
+        action=_SkipBadImages,
+        dest="skip_bad_images",
+        help="an unreadable image met during training is reported by path and replaced by the next "
+        "readable one (the count is printed after each epoch). Default: the run stops with one "
+        "line naming the file",
+    )
     return p
 
 
@@ -104,27 +148,41 @@ class _UnsafeLoad(argparse.Action):
 
 def add_unsafe_load_arg(p):
     """--unsafe-load, for every script that reads a checkpoint or data pickle."""
-    p.add_argument("--unsafe-load", action=_UnsafeLoad,
-                   help="load checkpoints (and CIFAR pickles) with plain pickle, which can run code hidden "
-                        "in the file: only for files you trust. Default: tensors and plain values only "
-                        "(docs/safety.md)")
+    p.add_argument(
+        "--unsafe-load",
+        action=_UnsafeLoad,
+        help="load checkpoints (and CIFAR pickles) with plain pickle, which can run code hidden "
+        "in the file: only for files you trust. Default: tensors and plain values only "
+        "(docs/safety.md)",
+    )
     return p
 
 
 def add_speed_args(p, gpu_aug=True):
     """--precision, --channels-last and (pretraining) --gpu-aug; see docs/speed.md.
     The defaults are the original's path: fp32, contiguous, PIL workers."""
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="fp32 (default, the paper's numbers); bf16 autocast (fp16 + grad scaler on GPUs "
-                        "without bf16); fp16 autocast with a grad scaler. Losses and the queue stay fp32")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="fp32 (default, the paper's numbers); bf16 autocast (fp16 + grad scaler on GPUs "
+        "without bf16); fp16 autocast with a grad scaler. Losses and the queue stay fp32",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and inputs")
     if gpu_aug:
-        p.add_argument("--gpu-aug", action="store_true",
-                       help="workers only read files; JPEG decode (nvjpeg) and the MoCo augmentation run "
-                            "batched on the training device")
-        p.add_argument("--gpu-aug-decode", default="gpu", choices=["gpu", "workers"],
-                       help="with --gpu-aug: decode JPEGs on the GPU (gpu), or decode and crop in the workers "
-                            "and do the rest on the GPU (workers)")
+        p.add_argument(
+            "--gpu-aug",
+            action="store_true",
+            help="workers only read files; JPEG decode (nvjpeg) and the MoCo augmentation run "
+            "batched on the training device",
+        )
+        p.add_argument(
+            "--gpu-aug-decode",
+            default="gpu",
+            choices=["gpu", "workers"],
+            help="with --gpu-aug: decode JPEGs on the GPU (gpu), or decode and crop in the workers "
+            "and do the rest on the GPU (workers)",
+        )
     return p
 
 
@@ -136,11 +194,14 @@ def add_moco_args(p, moco_t=0.07):
     p.add_argument("--mlp", action="store_true", help="MLP projection head")
     p.add_argument("--aug-plus", action="store_true", help="MoCo-v2 augmentation")
     p.add_argument("--cos", action="store_true", help="cosine lr schedule")
-    p.add_argument("--hidden", default=-1, type=int,
-                   help="MLP hidden width: -1 backbone width, 0 none, N width N")
+    p.add_argument("--hidden", default=-1, type=int, help="MLP hidden width: -1 backbone width, 0 none, N width N")
     p.add_argument("--resume-ckpt", action="store_true", help="resume from the newest checkpoint in --ckpt-dir")
-    p.add_argument("--bn-splits", default=8, type=int,
-                   help="BatchNorm groups when one process holds the whole batch (shuffle-BN stand-in)")
+    p.add_argument(
+        "--bn-splits",
+        default=8,
+        type=int,
+        help="BatchNorm groups when one process holds the whole batch (shuffle-BN stand-in)",
+    )
     p.add_argument("--gamma", default=0.1, type=float, help="lr factor at each --schedule milestone")
     return add_speed_args(p)
 
@@ -185,11 +246,11 @@ def check_launch(args):
     if args.rank < -1:
         raise UserError(f"--rank {args.rank}: expected the node's rank (0 or more)")
     if args.world_size > 0 and args.rank >= args.world_size:
-        raise UserError(f"--rank {args.rank} with --world-size {args.world_size}: expected a rank below "
-                        f"{args.world_size}")
+        raise UserError(
+            f"--rank {args.rank} with --world-size {args.world_size}: expected a rank below {args.world_size}"
+        )
     if args.multiprocessing_distributed and args.world_size > 1 and args.rank < 0:
-        raise UserError(f"--world-size {args.world_size} nodes: give each node its --rank (0 to "
-                        f"{args.world_size - 1})")
+        raise UserError(f"--world-size {args.world_size} nodes: give each node its --rank (0 to {args.world_size - 1})")
     if args.dist_backend not in ("nccl", "gloo", "mpi", "ucc"):
         raise UserError(f"--dist-backend {args.dist_backend}: expected nccl or gloo")
     check.positive(args.dist_timeout, "--dist-timeout", "a positive number of seconds")
@@ -210,8 +271,10 @@ def finish_moco(args, default_hidden=-1):
     if args.resume and args.resume_ckpt:
         raise UserError("--resume PATH and --resume-ckpt both given: choose one")
     if args.moco_k < args.batch_size:
-        raise UserError(f"--moco-k {args.moco_k} is smaller than -b/--batch-size {args.batch_size}: "
-                        "the queue must hold at least one batch of keys")
+        raise UserError(
+            f"--moco-k {args.moco_k} is smaller than -b/--batch-size {args.batch_size}: "
+            "the queue must hold at least one batch of keys"
+        )
     return args
 
 
@@ -223,13 +286,16 @@ def lincls_parser(description, lr=30.0, epochs=100, schedule=(60, 80), gamma=0.1
     p.add_argument("-e", "--evaluate", action="store_true", help="evaluate --resume/--pretrained on val only")
     p.add_argument("--pretrained", default="", type=str, metavar="PATH", help="pretraining checkpoint")
     rule = gamma.__doc__.splitlines()[0].rstrip(".") if callable(gamma) else gamma
-    p.add_argument("--gamma", default=None, type=float,
-                   help=f"lr factor at each --schedule milestone (default: {rule})")
+    p.add_argument(
+        "--gamma", default=None, type=float, help=f"lr factor at each --schedule milestone (default: {rule})"
+    )
     p.add_argument("--cos", action="store_true", help="cosine lr schedule instead of --schedule (ours)")
     p.set_defaults(ckpt_dir="./ckpt_lincls", gamma_default=gamma)
-    p._option_string_actions["--resume"].help = ("linear-eval checkpoint to resume from: a file, or a folder "
-                                                 "holding checkpoint.pth.tar; default: --ckpt-dir's "
-                                                 "checkpoint.pth.tar, so a rerun resumes; '' starts from scratch")
+    p._option_string_actions["--resume"].help = (
+        "linear-eval checkpoint to resume from: a file, or a folder "
+        "holding checkpoint.pth.tar; default: --ckpt-dir's "
+        "checkpoint.pth.tar, so a rerun resumes; '' starts from scratch"
+    )
     p.set_defaults(resume=None)
     add_save_freq_arg(p)
     return add_speed_args(p, gpu_aug=False)
@@ -267,25 +333,41 @@ def add_teacher_args(p):
     """DisCo/RKD flags; --hidden defaults to 2048, the width the original
     hard-coded for every student's MLP. --moco-dim, when not given, follows
     the teacher's embedding width (128 for MoCo-v2/SwAV teachers, as before)."""
-    p.add_argument("--teacher_arch", default="resnet50",
-                   help="resnet50/101/152 (MoCo-v2 checkpoints), SWAVresnet50, resnet50w2 (SwAV), DCresnet50 "
-                        "(DeepCluster-v2), SELAresnet50 (SeLa-v2), any -a arch (a MoCo-v2 checkpoint of it), "
-                        "or a release: dino_vits16, dino_vits8, dino_xcit_small_12_p16, dino_resnet50, "
-                        "mocov3_vit_small, mocov3_resnet50, dinov2_vits14, dinov2_vits14_reg (docs/teachers.md)")
-    p.add_argument("--teacher", default="", type=str, metavar="PATH",
-                   help="teacher checkpoint or release file (read safely, never downloaded)")
+    p.add_argument(
+        "--teacher_arch",
+        default="resnet50",
+        help="resnet50/101/152 (MoCo-v2 checkpoints), SWAVresnet50, resnet50w2 (SwAV), DCresnet50 "
+        "(DeepCluster-v2), SELAresnet50 (SeLa-v2), any -a arch (a MoCo-v2 checkpoint of it), "
+        "or a release: dino_vits16, dino_vits8, dino_xcit_small_12_p16, dino_resnet50, "
+        "mocov3_vit_small, mocov3_resnet50, dinov2_vits14, dinov2_vits14_reg (docs/teachers.md)",
+    )
+    p.add_argument(
+        "--teacher",
+        default="",
+        type=str,
+        metavar="PATH",
+        help="teacher checkpoint or release file (read safely, never downloaded)",
+    )
     dim = p._option_string_actions.get("--moco-dim")
     if dim is not None:
         dim.__class__ = _StoreGivenDim
         dim.help = "embedding width (default: the teacher's, 128 for MoCo-v2 and SwAV teachers)"
         p.set_defaults(moco_dim_given=False)
     p.add_argument("--nmb_prototypes", default=0, type=int, help="prototypes of a SwAV teacher (0: none)")
-    p.add_argument("--teacher-bn", default="train", choices=["train", "eval"],
-                   help="teacher BatchNorm: train (batch statistics, the original's; running averages are "
-                        "not updated) or eval (running statistics, a fixed teacher)")
-    p.add_argument("--mse-reduction", default="sum", choices=["sum", "mean"],
-                   help="reduction of the MSE term (the original sums per GPU; one process "
-                        "divides its sum by its --bn-splits groups)")
+    p.add_argument(
+        "--teacher-bn",
+        default="train",
+        choices=["train", "eval"],
+        help="teacher BatchNorm: train (batch statistics, the original's; running averages are "
+        "not updated) or eval (running statistics, a fixed teacher)",
+    )
+    p.add_argument(
+        "--mse-reduction",
+        default="sum",
+        choices=["sum", "mean"],
+        help="reduction of the MSE term (the original sums per GPU; one process "
+        "divides its sum by its --bn-splits groups)",
+    )
     p.set_defaults(hidden=2048)
     return p
 
@@ -303,9 +385,15 @@ def finish_distill(args):
 
 def add_save_freq_arg(p, name="--save-freq"):
     """--save-freq N: mid-epoch checkpoints every N iterations (docs/resume.md)."""
-    p.add_argument(name, default=0, type=int, metavar="N", dest="save_freq",
-                   help="also write a checkpoint every N iterations within an epoch, from which a rerun "
-                        "continues exactly (0: only after each epoch; SIGTERM/SIGUSR1 always write one)")
+    p.add_argument(
+        name,
+        default=0,
+        type=int,
+        metavar="N",
+        dest="save_freq",
+        help="also write a checkpoint every N iterations within an epoch, from which a rerun "
+        "continues exactly (0: only after each epoch; SIGTERM/SIGUSR1 always write one)",
+    )
     return p
 
 
@@ -315,7 +403,8 @@ def resume_from_ckpt_dir(p):
     p.set_defaults(resume=None)
     p._option_string_actions["--resume"].help = (
         "checkpoint file, or folder (its newest checkpoint_NNNN.pth.tar), to resume from; "
-        "default: --ckpt-dir, so a rerun resumes; '' starts from scratch")
+        "default: --ckpt-dir, so a rerun resumes; '' starts from scratch"
+    )
     return p
 
 
@@ -325,5 +414,7 @@ def main_moco_defaults(p):
     is --ckpt-dir (./ckpt unless given), and --resume '' starts fresh.
     --image-size: the original crops efficientb5 at 456 px, the rest at 224."""
     p.set_defaults(image_size=None)
-    p._option_string_actions["--image-size"].help = "crop size (default: the original's for -a: 456 for efficientb5, else 224)"
+    p._option_string_actions[
+        "--image-size"
+    ].help = "crop size (default: the original's for -a: 456 for efficientb5, else 224)"
     return resume_from_ckpt_dir(p)

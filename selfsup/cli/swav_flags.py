@@ -3,6 +3,7 @@ names and defaults (``--dump_path``, ``--base_lr``, ...), plus ours.
 
 Each script builds its own parser from these groups and adds the flags only
 it has; see swav-master/main_swav.py, main_swav_distill.py, eval_linear.py."""
+
 import argparse
 import os
 
@@ -29,20 +30,32 @@ def bool_flag(s: str) -> bool:
 
 def add_dist_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The launch flags (selfsup.engine.runtime.init_distributed reads them)."""
-    p.add_argument("--local_rank", "--local-rank", default=0, type=int, dest="local_rank",
-                   help="set by torch.distributed.launch; $LOCAL_RANK wins when set")
-    p.add_argument("--dist_url", default="env://", type=str,
-                   help="only env:// (set by the launcher); no launcher: one process")
+    p.add_argument(
+        "--local_rank",
+        "--local-rank",
+        default=0,
+        type=int,
+        dest="local_rank",
+        help="set by torch.distributed.launch; $LOCAL_RANK wins when set",
+    )
+    p.add_argument(
+        "--dist_url", default="env://", type=str, help="only env:// (set by the launcher); no launcher: one process"
+    )
     p.add_argument("--world_size", default=-1, type=int, help="set by the launcher ($WORLD_SIZE)")
     p.add_argument("--rank", default=0, type=int, help="set by the launcher ($RANK)")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
-                   help="ours: auto = GPU when one is visible, else CPU (gloo between processes)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cuda", "cpu"],
+        help="ours: auto = GPU when one is visible, else CPU (gloo between processes)",
+    )
     add_dist_timeout_arg(p, "--dist_timeout", "--dist-timeout")
     add_skip_bad_images_arg(p, "--skip_bad_images", "--skip-bad-images")
     return add_unsafe_load_arg(p)  # every SwAV script reads a checkpoint
 
 
 # -- main_swav.py and main_swav_distill.py -------------------------------------------
+
 
 def add_swav_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Data, multi-crop, and SwAV's own: codes, prototypes, queue."""
@@ -88,11 +101,19 @@ def add_swav_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--sync_bn", type=str, default="pytorch", help="pytorch: SyncBatchNorm across GPUs; apex: same as pytorch")
     a("--syncbn_process_group_size", type=int, default=8, help="accepted; SyncBatchNorm spans all ranks here")
     a("--dump_path", type=str, default=".", help="checkpoints, queue, metrics.csv")
-    a("--restart", type=bool_flag, default=True,
-      help="ours: continue the run in --dump_path (default, as the original); false starts from scratch "
-           "and moves that run's files to --dump_path/previous-N")
-    a("--save_freq", type=int, default=0,
-      help="ours: also checkpoint every N iterations within an epoch (docs/resume.md)")
+    a(
+        "--restart",
+        type=bool_flag,
+        default=True,
+        help="ours: continue the run in --dump_path (default, as the original); false starts from scratch "
+        "and moves that run's files to --dump_path/previous-N",
+    )
+    a(
+        "--save_freq",
+        type=int,
+        default=0,
+        help="ours: also checkpoint every N iterations within an epoch (docs/resume.md)",
+    )
     a("--seed", type=int, default=31)
     return p
 
@@ -101,15 +122,27 @@ def add_swav_ours_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Ours: small-image stem, autocast dtype, progress lines, memory format, --precision."""
     a = p.add_argument
     a("--small_images", type=bool_flag, default=False, help="ours: 3x3 stride-1 stem for 16-64 px crops")
-    a("--amp_dtype", default="auto", choices=["auto", "bfloat16", "float16"],
-      help="ours: autocast dtype of --use_fp16 true (auto: bf16 where the GPU has it, fp16 otherwise, fp32 on CPU)")
+    a(
+        "--amp_dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16"],
+        help="ours: autocast dtype of --use_fp16 true (auto: bf16 where the GPU has it, fp16 otherwise, fp32 on CPU)",
+    )
     a("--print_freq", type=int, default=50, help="ours: iterations between progress lines")
     # false, as the MoCo scripts' --channels-last and the original (contiguous tensors): a memory layout only.
-    a("--channels_last", type=bool_flag, default=False,
-      help="ours: channels-last memory format for the model and the crops (as the MoCo scripts' --channels-last)")
-    a("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-      help="ours, the MoCo scripts' flag: fp32 = --use_fp16 false; bf16/fp16 = --use_fp16 true with "
-           "--amp_dtype bfloat16/float16 (bf16 falls back to fp16 on GPUs without it)")
+    a(
+        "--channels_last",
+        type=bool_flag,
+        default=False,
+        help="ours: channels-last memory format for the model and the crops (as the MoCo scripts' --channels-last)",
+    )
+    a(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "fp16"],
+        help="ours, the MoCo scripts' flag: fp32 = --use_fp16 false; bf16/fp16 = --use_fp16 true with "
+        "--amp_dtype bfloat16/float16 (bf16 falls back to fp16 on GPUs without it)",
+    )
     return p
 
 
@@ -144,11 +177,14 @@ def finish_swav_args(args: argparse.Namespace, distill: bool = False) -> argpars
 
 # -- eval_linear.py ----------------------------------------------------------------
 
+
 def finish_eval_linear_args(args: argparse.Namespace) -> argparse.Namespace:
     if not args.global_pooling:
         if backbone_spec(args.arch).family != "resnet":
-            raise UserError(f"--global_pooling false pools a ResNet's final feature map (the original: resnet50 "
-                            f"only); --arch {args.arch} needs --global_pooling true")
+            raise UserError(
+                f"--global_pooling false pools a ResNet's final feature map (the original: resnet50 "
+                f"only); --arch {args.arch} needs --global_pooling true"
+            )
         if args.pooled_bn:
             raise UserError("--pooled_bn true needs --global_pooling true (use --use_bn without global pooling)")
     if args.batch_size < 1 or args.epochs < 1:
@@ -167,8 +203,12 @@ _RANGES = [
     ("workers", lambda v, f: check.at_least(v, 0, f, "0 or more")),
     ("print_freq", lambda v, f: check.at_least(v, 1, f, "a positive number of iterations")),
     ("checkpoint_freq", lambda v, f: check.at_least(v, 1, f, "a positive number of epochs")),
-    ("base_lr", check.learning_rate), ("lr", check.learning_rate), ("final_lr", check.non_negative),
-    ("start_warmup", check.non_negative), ("wd", check.non_negative), ("gamma", check.non_negative),
+    ("base_lr", check.learning_rate),
+    ("lr", check.learning_rate),
+    ("final_lr", check.non_negative),
+    ("start_warmup", check.non_negative),
+    ("wd", check.non_negative),
+    ("gamma", check.non_negative),
     ("mse_weight", check.non_negative),
     ("temperature", lambda v, f: check.positive(v, f, "a temperature > 0")),
     ("epsilon", lambda v, f: check.positive(v, f, "a number > 0")),

@@ -6,6 +6,7 @@ Layout (MoCo's): ``{"epoch", "arch", "state_dict", "optimizer"}`` with
 ``module.encoder_k.*``, ``module.queue``, ...). We add ``small_images`` so a
 later script rebuilds the same stem.
 """
+
 import argparse
 import glob
 import os
@@ -27,7 +28,11 @@ TMP_PATTERN = re.compile(r"\.tmp(\d+)$")
 def checkpoint_name(epoch, iteration=None):
     """checkpoint_NNNN.pth.tar after epoch NNNN; checkpoint_NNNN_iterIIIIII.pth.tar
     for a mid-epoch checkpoint (IIIIII batches of epoch NNNN done)."""
-    return f"checkpoint_{epoch:04d}.pth.tar" if iteration is None else f"checkpoint_{epoch:04d}_iter{iteration:06d}.pth.tar"
+    return (
+        f"checkpoint_{epoch:04d}.pth.tar"
+        if iteration is None
+        else f"checkpoint_{epoch:04d}_iter{iteration:06d}.pth.tar"
+    )
 
 
 def remove_stale_temporaries(folder):
@@ -189,18 +194,25 @@ def load_file(path, what="checkpoint", unsafe=None):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
-            raise UserError(f"{what} '{path}' is not a readable torch checkpoint ({type(exc).__name__}: "
-                            f"{exc})") from None
+            raise UserError(
+                f"{what} '{path}' is not a readable torch checkpoint ({type(exc).__name__}: {exc})"
+            ) from None
         names, is_pickle = _refused_globals(path, exc)
         if names:
-            raise UserError(f"{what} '{path}' needs {', '.join(names)}, which is not on the allow-list of "
-                            f"checkpoint types (loading it could run code); {UNSAFE_HINT}") from None
+            raise UserError(
+                f"{what} '{path}' needs {', '.join(names)}, which is not on the allow-list of "
+                f"checkpoint types (loading it could run code); {UNSAFE_HINT}"
+            ) from None
         detail = re.search(r"WeightsUnpickler error:\s*([^\n]*)", str(exc))
         if not is_pickle:  # garbage or a truncated file: nothing to trust
-            raise UserError(f"{what} '{path}' is not a readable torch checkpoint "
-                            f"({detail.group(1).strip() if detail else 'not a pickle'})") from None
-        raise UserError(f"{what} '{path}' cannot be read with weights_only=True "
-                        f"({detail.group(1).strip() if detail else 'not a torch.save file'}); {UNSAFE_HINT}") from None
+            raise UserError(
+                f"{what} '{path}' is not a readable torch checkpoint "
+                f"({detail.group(1).strip() if detail else 'not a pickle'})"
+            ) from None
+        raise UserError(
+            f"{what} '{path}' cannot be read with weights_only=True "
+            f"({detail.group(1).strip() if detail else 'not a torch.save file'}); {UNSAFE_HINT}"
+        ) from None
     except Exception as exc:  # zip and EOF errors all mean the same thing here
         raise UserError(f"{what} '{path}' is not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
 
@@ -218,11 +230,18 @@ def state_dict_of(ckpt, path="checkpoint"):
 
 
 def strip_prefix(state_dict, prefix):
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-ENCODER_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.encoder.", "encoder.", "module.backbone.",
-                    "backbone.", "module.")
+ENCODER_PREFIXES = (
+    "module.encoder_q.",
+    "encoder_q.",
+    "module.encoder.",
+    "encoder.",
+    "module.backbone.",
+    "backbone.",
+    "module.",
+)
 
 
 def backbone_state(state_dict, head_name):
@@ -242,8 +261,11 @@ def describe_mismatch(model_state, loaded, limit=3):
     """A short text naming the first missing, unexpected and mis-shaped keys."""
     missing = [k for k in model_state if k not in loaded]
     unexpected = [k for k in loaded if k not in model_state]
-    shapes = [f"{k} {tuple(loaded[k].shape)} vs {tuple(model_state[k].shape)}"
-              for k in model_state if k in loaded and loaded[k].shape != model_state[k].shape]
+    shapes = [
+        f"{k} {tuple(loaded[k].shape)} vs {tuple(model_state[k].shape)}"
+        for k in model_state
+        if k in loaded and loaded[k].shape != model_state[k].shape
+    ]
     parts = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (checkpoint vs model)", shapes)):
         if items:

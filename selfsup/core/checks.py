@@ -1,6 +1,7 @@
 """Up-front checks of flag values, so that bad input fails before any work
 with one line naming the flag and what was expected. No torch import: the
 data/ scripts use these too."""
+
 import os
 import re
 import socket
@@ -46,7 +47,7 @@ def in_unit_interval(value, flag):
 
 def seed(value, flag="--seed"):
     # numpy's generator takes 0 .. 2**32-1; a negative seed would fail deep inside
-    if value is not None and not 0 <= value < 2 ** 32:
+    if value is not None and not 0 <= value < 2**32:
         raise UserError(f"{flag} {value}: expected an integer in [0, 2**32)")
 
 
@@ -84,6 +85,7 @@ def output_file(path, flag):
 
 # ---- launch settings -----------------------------------------------------
 
+
 def parse_dist_url(url, flag="--dist-url"):
     """(scheme, host, port) of a torch.distributed init URL; host and port are
     None for env:// and file://. Anything else is one line, at once."""
@@ -112,8 +114,9 @@ def resolve_host(host, flag="--dist-url"):
     try:
         return socket.getaddrinfo(host, None)[0][4][0]
     except (socket.gaierror, UnicodeError) as exc:
-        raise UserError(f"{flag}: host '{host}' cannot be resolved ({exc}); give the rank-0 node's name "
-                        "or address") from None
+        raise UserError(
+            f"{flag}: host '{host}' cannot be resolved ({exc}); give the rank-0 node's name or address"
+        ) from None
 
 
 def is_local_address(address):
@@ -135,5 +138,4 @@ def port_free(port, flag="--dist-url"):
         try:
             s.bind(("", port))
         except OSError as exc:
-            raise UserError(f"{flag}: port {port} is in use ({exc.strerror or exc}); "
-                            "pick another port") from None
+            raise UserError(f"{flag}: port {port} is in use ({exc.strerror or exc}); pick another port") from None

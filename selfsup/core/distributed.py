@@ -1,7 +1,8 @@
 """torch.distributed helpers that also work when no process group exists."""
+
 import torch
-import torch.nn as nn
 import torch.distributed as dist
+import torch.nn as nn
 
 
 def is_dist():

@@ -5,6 +5,7 @@ folder, a wrong checkpoint, a flag that does not fit) and wrap their entry
 point in :func:`cli_main`, which prints the message on one line and exits
 with status 2 instead of showing a traceback.
 """
+
 import functools
 import gc
 import sys
@@ -23,7 +24,7 @@ def one_line(exc):
     if "Traceback" in text:  # re-raised from a worker: the cause is the last line
         text = text.splitlines()[-1]
         if text.startswith(_PREFIX):
-            text = text[len(_PREFIX):]
+            text = text[len(_PREFIX) :]
     return " ".join(text.split())
 
 
@@ -40,6 +41,7 @@ def exit_with(exc):
 
 def cli_main(fn):
     """Decorator for script entry points: UserError -> one line on stderr, exit 2."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         error = None
@@ -48,4 +50,5 @@ def cli_main(fn):
         except UserError as exc:
             error = exc
         exit_with(error)  # outside the except block, which would keep the traceback alive
+
     return wrapper

@@ -2,6 +2,7 @@
 lock files (is a holder alive?), the checkpoint writer (is a temporary's
 writer alive?) and the data-loader workers (which leave stop signals to the
 main process)."""
+
 import os
 import signal
 import sys

@@ -2,10 +2,11 @@
 
 Sizes are parameters so the same recipes run at 224 px on ImageNet and at
 32-64 px on the built-in dataset."""
+
 import random
 
-from PIL import ImageFilter
 import torchvision.transforms as T
+from PIL import ImageFilter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,27 +38,31 @@ def blur_sigma(size=224):
 def moco_v2_transform(size=224):
     """MoCo-v2 (`--aug-plus`): crop 0.2-1, jitter 0.4/0.4/0.4/0.1 p=0.8,
     grayscale p=0.2, blur p=0.5 (sigma 0.1-2 at 224 px, see blur_sigma), flip."""
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([PILGaussianBlur(blur_sigma(size))], p=0.5),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        normalize(),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([PILGaussianBlur(blur_sigma(size))], p=0.5),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            normalize(),
+        ]
+    )
 
 
 def moco_v1_transform(size=224):
     """MoCo v1: crop 0.2-1, grayscale p=0.2, jitter 0.4 (always), flip."""
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-        T.RandomGrayscale(p=0.2),
-        T.ColorJitter(0.4, 0.4, 0.4, 0.4),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        normalize(),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomGrayscale(p=0.2),
+            T.ColorJitter(0.4, 0.4, 0.4, 0.4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            normalize(),
+        ]
+    )
 
 
 def pretrain_transform(aug_plus, size=224):
@@ -77,8 +82,9 @@ class TwoCropsTransform:
 def linear_train_transform(size=224, interpolation=T.InterpolationMode.BILINEAR):
     """Random resized crop + flip; torchvision's bilinear default as the ImageNet
     evaluations, bicubic for CIFAR (orig:DisCo/cifar_main_lincls.py:301)."""
-    return T.Compose([T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip(),
-                      T.ToTensor(), normalize()])
+    return T.Compose(
+        [T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip(), T.ToTensor(), normalize()]
+    )
 
 
 def eval_transform(size=224):

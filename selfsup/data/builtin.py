@@ -14,6 +14,7 @@ its features fell below a random init's (kNN top-1 16% against 26%). With
 the colours muted, what tells two images apart after jitter is geometry:
 shape, texture, size, rotation, which is what the classes are made of.
 """
+
 import math
 import os
 
@@ -44,7 +45,7 @@ def _background(rng, size, tone):
 def _polygon(cx, cy, r, n, rot, inner=None):
     pts = []
     for i in range(n * (2 if inner else 1)):
-        radius = (inner if (inner and i % 2) else r)
+        radius = inner if (inner and i % 2) else r
         a = rot + i * math.pi / (n if inner else n / 2)
         pts.append((cx + radius * math.cos(a), cy + radius * math.sin(a)))
     return pts
@@ -67,8 +68,15 @@ def _draw_shape(name, draw, rng, size, colour):
         for a in (rot, rot + math.pi / 2):
             dx, dy = math.cos(a), math.sin(a)
             px, py = -dy * w, dx * w
-            draw.polygon([(cx - dx * r + px, cy - dy * r + py), (cx + dx * r + px, cy + dy * r + py),
-                          (cx + dx * r - px, cy + dy * r - py), (cx - dx * r - px, cy - dy * r - py)], fill=fill)
+            draw.polygon(
+                [
+                    (cx - dx * r + px, cy - dy * r + py),
+                    (cx + dx * r + px, cy + dy * r + py),
+                    (cx + dx * r - px, cy + dy * r - py),
+                    (cx - dx * r - px, cy - dy * r - py),
+                ],
+                fill=fill,
+            )
     elif name == "ring":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=max(1, int(r * 0.3)))
     elif name == "star":
@@ -99,7 +107,7 @@ def _texture(name, rng, size, colour, base):
     elif name == "dots":
         gap = period * 1.3
         u, v = (xx + phase) % gap - gap / 2, (yy + phase) % gap - gap / 2
-        mask = u ** 2 + v ** 2 < (gap * 0.28) ** 2
+        mask = u**2 + v**2 < (gap * 0.28) ** 2
     else:
         raise ValueError(name)
     out = base.copy()

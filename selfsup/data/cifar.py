@@ -19,6 +19,7 @@ known md5 collisions need both files chosen by the attacker).
 vouches for the files instead: the md5 lists are dropped and any file in
 the layout is read (own re-packed or subset archives, the tests' fakes).
 """
+
 import os
 import shutil
 import tarfile
@@ -63,8 +64,11 @@ def _files(dataset: type) -> list:
 def _not_official(folder: str, name: str, exc: Exception) -> UserError:
     """The one line for files that failed torchvision's md5 check, naming them."""
     dataset = DATASETS[name]
-    wrong = [os.path.join(folder, file_name) for file_name, md5 in _files(dataset)
-             if not check_integrity(os.path.join(folder, file_name), md5)]
+    wrong = [
+        os.path.join(folder, file_name)
+        for file_name, md5 in _files(dataset)
+        if not check_integrity(os.path.join(folder, file_name), md5)
+    ]
     if not wrong:  # not the md5 check after all
         return UserError(f"CIFAR files in '{folder}': {exc}")
     listed = ", ".join(f"'{path}'" for path in wrong)
@@ -72,9 +76,11 @@ def _not_official(folder: str, name: str, exc: Exception) -> UserError:
         what, it = f"file {listed} is not the official {TITLES[name]} file", "it"
     else:
         what, it = f"files {listed} are not the official {TITLES[name]} files", "them"
-    return UserError(f"CIFAR {what} (md5 differs: corrupt, or not from the authors' archive; unpickling {it} "
-                     f"could run code): download {it} again; if you trust {it}, rerun with --unsafe-load "
-                     "(see docs/safety.md)")
+    return UserError(
+        f"CIFAR {what} (md5 differs: corrupt, or not from the authors' archive; unpickling {it} "
+        f"could run code): download {it} again; if you trust {it}, rerun with --unsafe-load "
+        "(see docs/safety.md)"
+    )
 
 
 def cifar_folder(root: str, name: str) -> str:
@@ -87,8 +93,10 @@ def cifar_folder(root: str, name: str) -> str:
     if not os.path.isdir(path) and os.path.isfile(os.path.join(root, archive)):
         _unpack(os.path.join(root, archive), root, folder)
     if not os.path.isdir(path):
-        raise UserError(f"no {name} under '{root}': expected the folder '{path}' or the archive "
-                        f"'{os.path.join(root, archive)}' (CIFAR python version; nothing is downloaded)")
+        raise UserError(
+            f"no {name} under '{root}': expected the folder '{path}' or the archive "
+            f"'{os.path.join(root, archive)}' (CIFAR python version; nothing is downloaded)"
+        )
     return path
 
 
@@ -109,14 +117,14 @@ def _unpack(archive: str, root: str, folder: str) -> None:
             raise UserError(f"archive '{archive}' holds no '{folder}/' folder: not the CIFAR python version")
         os.rename(unpacked, os.path.join(root, folder))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise UserError(f"archive '{archive}' is corrupt or truncated ({exc or type(exc).__name__}): download "
-                        "it again") from None
+        raise UserError(
+            f"archive '{archive}' is corrupt or truncated ({exc or type(exc).__name__}): download it again"
+        ) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def CIFAR(root: str, name: str = "cifar10", train: bool = True,
-          transform: Optional[Callable] = None) -> CIFAR10:
+def CIFAR(root: str, name: str = "cifar10", train: bool = True, transform: Optional[Callable] = None) -> CIFAR10:
     """The train or test split of CIFAR-10/100 under `root`, as torchvision's
     dataset (PIL images, `targets`, `classes`); every failure is one line."""
     folder = cifar_folder(root, name)
@@ -132,5 +140,6 @@ def CIFAR(root: str, name: str = "cifar10", train: bool = True,
             raise _not_official(folder, name, exc) from None
         raise UserError(f"CIFAR files in '{folder}': {exc}") from None
     except Exception as exc:  # only files trusted by --unsafe-load get here: unpickled, but not CIFAR's
-        raise UserError(f"CIFAR files in '{folder}' are not CIFAR python pickles "
-                        f"({type(exc).__name__}: {exc})") from None
+        raise UserError(
+            f"CIFAR files in '{folder}' are not CIFAR python pickles ({type(exc).__name__}: {exc})"
+        ) from None

@@ -10,6 +10,7 @@ and upscaled bicubically to `size` px, written as an RGB PNG (three equal
 channels, as the MoCo-v2 pipeline expects). A seeded, class-stratified
 `val_fraction` of each digit goes to val/.
 """
+
 import os
 
 import numpy as np

@@ -1,4 +1,5 @@
 """ImageFolder datasets with checks that turn bad input into one-line errors."""
+
 import atexit
 import math
 import multiprocessing
@@ -6,9 +7,9 @@ import os
 import random
 import signal
 
-from PIL import Image, UnidentifiedImageError
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torchvision import datasets
 
 from selfsup.core import distributed as du
@@ -25,12 +26,22 @@ def pil_loader(path):
         with open(path, "rb") as f:
             img = Image.open(f)
             return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
-            Image.DecompressionBombError) as exc:
+    except (
+        OSError,
+        UnidentifiedImageError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        IndexError,
+        TypeError,
+        Image.DecompressionBombError,
+    ) as exc:
         # A plain UserError (its message survives a DataLoader worker's
         # re-raise as one line); `bad_image` tells SkippingImageFolder.
-        err = UserError(f"unreadable image '{path}': {exc or type(exc).__name__} (fix or remove the file, "
-                        "or rerun with --skip-bad-images)")
+        err = UserError(
+            f"unreadable image '{path}': {exc or type(exc).__name__} (fix or remove the file, "
+            "or rerun with --skip-bad-images)"
+        )
         err.bad_image = path
         raise err from None
 
@@ -48,6 +59,7 @@ class SkippingImageFolder(datasets.ImageFolder):
     def __init__(self, root, transform):
         super().__init__(root, transform=transform, loader=pil_loader)
         import multiprocessing
+
         self.skipped = multiprocessing.Value("i", 0)
         self._known_bad = set()
 
@@ -75,8 +87,7 @@ def report_skipped(dataset, epoch):
     with counter.get_lock():
         n, counter.value = counter.value, 0
     if n:
-        print(f"=> epoch {epoch}: skipped {n} unreadable image{'s' if n != 1 else ''} (--skip-bad-images)",
-              flush=True)
+        print(f"=> epoch {epoch}: skipped {n} unreadable image{'s' if n != 1 else ''} (--skip-bad-images)", flush=True)
     return n
 
 
@@ -86,13 +97,18 @@ def check_image_folder(root, what="data folder"):
         raise UserError(f"{what} '{root}' does not exist (expected a folder of class sub-folders with images)")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
-        raise UserError(f"{what} '{root}' has no class sub-folders (expected ImageFolder layout: {root}/<class>/<image>)")
+        raise UserError(
+            f"{what} '{root}' has no class sub-folders (expected ImageFolder layout: {root}/<class>/<image>)"
+        )
     for c in classes:
         folder = os.path.join(root, c)
-        if not any(datasets.folder.has_file_allowed_extension(f, datasets.folder.IMG_EXTENSIONS)
-                   for f in os.listdir(folder)):
-            raise UserError(f"class folder '{folder}' holds no images (expected files ending in "
-                            f"{', '.join(datasets.folder.IMG_EXTENSIONS[:4])}, ...)")
+        if not any(
+            datasets.folder.has_file_allowed_extension(f, datasets.folder.IMG_EXTENSIONS) for f in os.listdir(folder)
+        ):
+            raise UserError(
+                f"class folder '{folder}' holds no images (expected files ending in "
+                f"{', '.join(datasets.folder.IMG_EXTENSIONS[:4])}, ...)"
+            )
 
 
 def image_folder(root, transform, what="data folder"):
@@ -166,8 +182,8 @@ class ResumableBatchSampler:
         if not self.distributed:
             return order
         total = self._local_count() * self.world
-        order += (order * math.ceil(total / max(len(order), 1)))[:total - len(order)]
-        return order[self.rank:total:self.world]
+        order += (order * math.ceil(total / max(len(order), 1)))[: total - len(order)]
+        return order[self.rank : total : self.world]
 
     def __iter__(self):
         if self._resume is not None:
@@ -178,7 +194,9 @@ class ResumableBatchSampler:
         self.state = state
         order, bs = self._indices(state["perm_seed"]), self.batch_size
         for b in range(state["start"], len(self)):
-            yield [(idx, _sample_seed(state["aug_seed"], b * bs + k)) for k, idx in enumerate(order[b * bs:(b + 1) * bs])]
+            yield [
+                (idx, _sample_seed(state["aug_seed"], b * bs + k)) for k, idx in enumerate(order[b * bs : (b + 1) * bs])
+            ]
 
 
 class SeededDataset(torch.utils.data.Dataset):
@@ -303,13 +321,21 @@ def make_loader(dataset, batch_size, workers, shuffle, drop_last, distributed, s
     """A ResumableLoader (DataLoader with a ResumableBatchSampler); call
     loader.set_epoch(epoch) before each epoch."""
     if len(dataset) < batch_size and drop_last:
-        raise UserError(f"batch size {batch_size} per process is larger than the {len(dataset)} images of "
-                        f"'{getattr(dataset, 'root', 'the dataset')}' (lower -b/--batch-size)")
+        raise UserError(
+            f"batch size {batch_size} per process is larger than the {len(dataset)} images of "
+            f"'{getattr(dataset, 'root', 'the dataset')}' (lower -b/--batch-size)"
+        )
     batches = ResumableBatchSampler(len(dataset), batch_size, shuffle, drop_last, distributed, seed)
     generator = torch.Generator()  # worker base seeds: kept off the global generator
     generator.manual_seed(seed or 0)
     loader = torch.utils.data.DataLoader(
-        SeededDataset(dataset), batch_sampler=batches, num_workers=workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0, collate_fn=collate_fn, generator=generator,
-        worker_init_fn=_worker_init if workers > 0 else None)
+        SeededDataset(dataset),
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        collate_fn=collate_fn,
+        generator=generator,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )
     return ResumableLoader(loader, batches)

@@ -21,6 +21,7 @@ here everything stays float32 and the blur is a true Gaussian truncated at
 3 sigma. The resize filters differ slightly (PIL bilinear with antialias vs
 roi_align's averaged bilinear samples).
 """
+
 import math
 from dataclasses import dataclass
 
@@ -67,8 +68,9 @@ def sample_crop_boxes(heights, widths, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), a
     W = torch.as_tensor(widths, dtype=torch.float64).view(-1, 1)
     n = H.shape[0]
     area = H * W * torch.empty(n, attempts, dtype=torch.float64).uniform_(*scale, generator=generator)
-    log_r = torch.empty(n, attempts, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]),
-                                                                  generator=generator)
+    log_r = torch.empty(n, attempts, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
     aspect = torch.exp(log_r)
     w = torch.round(torch.sqrt(area * aspect))
     h = torch.round(torch.sqrt(area / aspect))
@@ -105,8 +107,11 @@ def sample_params(spec, heights, widths=None, generator=None):
     left out: they were made in the DataLoader workers."""
     n = heights if isinstance(heights, int) else len(heights)
     b, c, s, h = spec.jitter
-    crops = {} if widths is None else {
-        "boxes": sample_crop_boxes(heights, widths, spec.scale, spec.ratio, generator=generator)}
+    crops = (
+        {}
+        if widths is None
+        else {"boxes": sample_crop_boxes(heights, widths, spec.scale, spec.ratio, generator=generator)}
+    )
     return {
         **crops,
         "jitter": _bernoulli(n, spec.jitter_p, generator),
@@ -150,12 +155,11 @@ def crop_resize(images, boxes, size, views=1, max_elements=1 << 27):
         else:
             batch = torch.zeros(len(chunk), 3, hmax, wmax, device=device)
             for i, im in enumerate(chunk):
-                batch[i, :, :im.shape[1], :im.shape[2]] = im
+                batch[i, :, : im.shape[1], : im.shape[2]] = im
         index = torch.arange(len(chunk), device=device, dtype=torch.float32).view(1, -1, 1).expand(views, -1, 1)
         rois = torch.cat([index, boxes[:, start:end]], dim=2).reshape(-1, 5)
         # aligned=True: pixel k covers [k, k+1), so box (x0, x1) holds pixels x0..x1-1.
-        crops = torchvision.ops.roi_align(batch, rois, (size, size), spatial_scale=1.0,
-                                          sampling_ratio=-1, aligned=True)
+        crops = torchvision.ops.roi_align(batch, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         out.append(crops.view(views, len(chunk), 3, size, size))
         start = end
     return torch.cat(out, dim=1).reshape(views * n, 3, size, size).div_(255.0).clamp_(0.0, 1.0)
@@ -168,6 +172,7 @@ def _on(device, mask):
 
 def _gray(x):
     import kornia.color
+
     return kornia.color.rgb_to_grayscale(x).expand(-1, 3, -1, -1)
 
 
@@ -175,10 +180,12 @@ def color_jitter(x, params, mask=None):
     """kornia's per-sample colour operations in each view's own random order."""
     import kornia.enhance as E
 
-    ops = [("brightness", E.adjust_brightness_accumulative),
-           ("contrast", E.adjust_contrast_with_mean_subtraction),
-           ("saturation", E.adjust_saturation_with_gray_subtraction),
-           ("hue", lambda img, f: E.adjust_hue(img, f * (2 * math.pi)))]
+    ops = [
+        ("brightness", E.adjust_brightness_accumulative),
+        ("contrast", E.adjust_contrast_with_mean_subtraction),
+        ("saturation", E.adjust_saturation_with_gray_subtraction),
+        ("hue", lambda img, f: E.adjust_hue(img, f * (2 * math.pi))),
+    ]
     mask = params["jitter"] if mask is None else mask
     order = params["order"]
     for step in range(4):
@@ -195,6 +202,7 @@ def color_jitter(x, params, mask=None):
 def gaussian_blur(x, sigma, sigma_max):
     """Gaussian blur with one sigma per image, truncated at 3 * sigma_max."""
     import kornia.filters
+
     radius = min(int(math.ceil(3 * sigma_max)), x.shape[-1] - 1, x.shape[-2] - 1)
     k = 2 * max(radius, 0) + 1
     if k == 1:
@@ -235,10 +243,15 @@ def crop_pair(img, spec, generator=None):
     """Two random resized crops of one uint8 (3, H, W) image on the CPU, as
     uint8 (2, 3, size, size): the crop half of the pipeline, for workers."""
     from torchvision.transforms.v2 import functional as TF
+
     h, w = img.shape[-2:]
     boxes = sample_crop_boxes([h, h], [w, w], spec.scale, spec.ratio, generator=generator).long().tolist()
-    return torch.stack([TF.resized_crop(img, y0, x0, y1 - y0, x1 - x0, [spec.size, spec.size], antialias=True)
-                        for x0, y0, x1, y1 in boxes])
+    return torch.stack(
+        [
+            TF.resized_crop(img, y0, x0, y1 - y0, x1 - x0, [spec.size, spec.size], antialias=True)
+            for x0, y0, x1, y1 in boxes
+        ]
+    )
 
 
 class CroppedTwoViews:

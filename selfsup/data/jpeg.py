@@ -6,6 +6,7 @@ Any image folder works: a file that is not a JPEG (the built-in data is PNG)
 is decoded to uint8 pixels in the worker instead (torchvision.io, else PIL).
 Without a GPU the same code decodes the JPEGs on the CPU in the main process.
 """
+
 import numpy as np
 import torch
 from torchvision import datasets
@@ -147,10 +148,19 @@ def two_view_loader(root, spec, batch_size, workers, device, distributed=False, 
     if decode == "workers":
         D.check_image_folder(root)
         dataset = datasets.ImageFolder(root, loader=CropPairReader(spec))
-        loader = D.make_loader(dataset, batch_size, workers, shuffle=True, drop_last=True,
-                               distributed=distributed, seed=seed)
+        loader = D.make_loader(
+            dataset, batch_size, workers, shuffle=True, drop_last=True, distributed=distributed, seed=seed
+        )
         return CroppedPairLoader(loader, CroppedTwoViews(spec), device)
     dataset = EncodedImageFolder(root)
-    loader = D.make_loader(dataset, batch_size, workers, shuffle=True, drop_last=True,
-                           distributed=distributed, seed=seed, collate_fn=collate_encoded)
+    loader = D.make_loader(
+        dataset,
+        batch_size,
+        workers,
+        shuffle=True,
+        drop_last=True,
+        distributed=distributed,
+        seed=seed,
+        collate_fn=collate_encoded,
+    )
     return TwoViewLoader(loader, BatchTwoViews(spec), device)

@@ -4,25 +4,29 @@ random resized crops of ``size_crops[i]`` px with scale in
 colour distortion (jitter 0.8/0.8/0.8/0.2 with p=0.8, grayscale p=0.2) and a
 Gaussian blur (radius 0.1-2, p=0.5). Crops come out grouped by resolution
 (all large crops first), as the model batches equal sizes together."""
+
 import torchvision.transforms as T
 
-from selfsup.data.augment import PILGaussianBlur
 from selfsup.core.errors import UserError
+from selfsup.data.augment import PILGaussianBlur
 
 SWAV_MEAN = (0.485, 0.456, 0.406)
 SWAV_STD = (0.228, 0.224, 0.225)
 
 
 def color_distortion(s=1.0):
-    return T.Compose([T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
-                      T.RandomGrayscale(p=0.2)])
+    return T.Compose(
+        [T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8), T.RandomGrayscale(p=0.2)]
+    )
 
 
 def check_multicrop_args(size_crops, nmb_crops, min_scale_crops, max_scale_crops):
     lengths = {len(size_crops), len(nmb_crops), len(min_scale_crops), len(max_scale_crops)}
     if len(lengths) != 1:
-        raise UserError(f"--size_crops {size_crops}, --nmb_crops {nmb_crops}, --min_scale_crops "
-                        f"{min_scale_crops} and --max_scale_crops {max_scale_crops} need one value per resolution")
+        raise UserError(
+            f"--size_crops {size_crops}, --nmb_crops {nmb_crops}, --min_scale_crops "
+            f"{min_scale_crops} and --max_scale_crops {max_scale_crops} need one value per resolution"
+        )
     if any(n < 0 for n in nmb_crops) or sum(nmb_crops) < 2:
         raise UserError(f"--nmb_crops {nmb_crops}: SwAV needs at least two crops per image")
     for lo, hi in zip(min_scale_crops, max_scale_crops):
@@ -35,8 +39,15 @@ def check_multicrop_args(size_crops, nmb_crops, min_scale_crops, max_scale_crops
 class MultiCropTransform:
     def __init__(self, size_crops, nmb_crops, min_scale_crops, max_scale_crops):
         check_multicrop_args(size_crops, nmb_crops, min_scale_crops, max_scale_crops)
-        tail = T.Compose([T.RandomHorizontalFlip(p=0.5), color_distortion(), T.RandomApply([PILGaussianBlur()], p=0.5),
-                          T.ToTensor(), T.Normalize(mean=SWAV_MEAN, std=SWAV_STD)])
+        tail = T.Compose(
+            [
+                T.RandomHorizontalFlip(p=0.5),
+                color_distortion(),
+                T.RandomApply([PILGaussianBlur()], p=0.5),
+                T.ToTensor(),
+                T.Normalize(mean=SWAV_MEAN, std=SWAV_STD),
+            ]
+        )
         self.transforms = []
         for size, n, lo, hi in zip(size_crops, nmb_crops, min_scale_crops, max_scale_crops):
             crop = T.Compose([T.RandomResizedCrop(size, scale=(lo, hi)), tail])

@@ -4,13 +4,14 @@ SimCLR published the 1% and 10% ImageNet subsets as lists of file names
 (1percent.txt, 10percent.txt, one `n01440764_10026.JPEG` a line); with such a
 file the subset is exactly that list. Without one, a seeded class-balanced
 subset takes ceil(ratio% of each class) images."""
+
 import math
 import os
 import random
 import shutil
 
-from selfsup.data.folders import check_image_folder
 from selfsup.core.errors import UserError
+from selfsup.data.folders import check_image_folder
 
 
 def class_files(root):
@@ -46,8 +47,9 @@ def split_file_subset(files_by_class, split_file):
         else:
             missing.append(name)
     if missing:
-        raise UserError(f"--split-file '{split_file}' names {len(missing)} files not in the source "
-                        f"(first: {missing[0]})")
+        raise UserError(
+            f"--split-file '{split_file}' names {len(missing)} files not in the source (first: {missing[0]})"
+        )
     return chosen
 
 

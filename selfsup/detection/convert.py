@@ -22,6 +22,7 @@ it: some of its tensors even have the same shapes as bottleneck tensors and
 would load into the wrong slots, so it is dropped and res5 starts from
 detectron2's initialisation. For ResNet-50/101/152 every stage transfers.
 """
+
 import os
 import pickle
 import re
@@ -42,29 +43,30 @@ _DEPTHS = {
     ("bottleneck", (3, 8, 36, 3)): 152,
 }
 RESNET_ARCHS = {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
-_IGNORED_PREFIXES = ("encoder_k.", "teacher.", "queue", "queue_ptr", "predictor.",
-                     "projector.")
+_IGNORED_PREFIXES = ("encoder_k.", "teacher.", "queue", "queue_ptr", "predictor.", "projector.")
 _KEY_RE = re.compile(
     r"^(conv1\.weight|bn1\.(weight|bias|running_mean|running_var|num_batches_tracked)"
     r"|layer[1-4]\.\d+\.(conv[1-3]\.weight"
     r"|bn[1-3]\.(weight|bias|running_mean|running_var|num_batches_tracked)"
     r"|downsample\.0\.weight"
-    r"|downsample\.1\.(weight|bias|running_mean|running_var|num_batches_tracked)))$")
+    r"|downsample\.1\.(weight|bias|running_mean|running_var|num_batches_tracked)))$"
+)
 
 
 @dataclass
 class Conversion:
     """The result of :func:`convert_state_dict`."""
-    model: dict                      # detectron2 name -> numpy array
-    arch: str                        # resnet18 ... resnet152
-    block: str                       # "basic" or "bottleneck"
-    source: str                      # which input layout was recognised
-    stages: list                     # detectron2 stages kept, e.g. ["stem", "res2", ...]
+
+    model: dict  # detectron2 name -> numpy array
+    arch: str  # resnet18 ... resnet152
+    block: str  # "basic" or "bottleneck"
+    source: str  # which input layout was recognised
+    stages: list  # detectron2 stages kept, e.g. ["stem", "res2", ...]
     dropped: dict = field(default_factory=dict)  # reason -> number of tensors
 
     @property
     def depth(self):
-        return int(self.arch[len("resnet"):])
+        return int(self.arch[len("resnet") :])
 
     def overrides(self):
         """The config overrides this backbone needs in the R-C4 configs."""
@@ -73,13 +75,17 @@ class Conversion:
         return f"MODEL.RESNETS.DEPTH {self.depth}"
 
     def report(self):
-        lines = [f"converted {self.arch} ({self.block} blocks, from {self.source}): "
-                 f"{len(self.model)} tensors kept for {', '.join(self.stages)}"]
+        lines = [
+            f"converted {self.arch} ({self.block} blocks, from {self.source}): "
+            f"{len(self.model)} tensors kept for {', '.join(self.stages)}"
+        ]
         for reason, n in self.dropped.items():
             lines.append(f"  dropped {n} tensors: {reason}")
         if self.block == "basic":
-            lines.append("  note: in R-C4 res5 is the ROI head and is built of bottleneck "
-                         "blocks, so res5 starts fresh for this backbone")
+            lines.append(
+                "  note: in R-C4 res5 is the ROI head and is built of bottleneck "
+                "blocks, so res5 starts fresh for this backbone"
+            )
         lines.append(f"  train with: {self.overrides()}")
         return "\n".join(lines)
 
@@ -92,8 +98,9 @@ def extract_backbone(obj, where="checkpoint"):
     """From a loaded checkpoint object, return (arch or None, source, {torchvision
     resnet name: tensor} including fc.*, number of ignored tensors)."""
     if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a dict saved by torch.save (a checkpoint or "
-                        f"state dict), got {type(obj).__name__}")
+        raise UserError(
+            f"{where}: expected a dict saved by torch.save (a checkpoint or state dict), got {type(obj).__name__}"
+        )
     arch = obj.get("arch") if isinstance(obj.get("arch"), str) else None
     sd = None
     for key in ("state_dict", "model"):
@@ -104,13 +111,12 @@ def extract_backbone(obj, where="checkpoint"):
         sd = obj
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not sd:
-        raise UserError(f"{where}: no tensors found; expected a checkpoint with 'state_dict' "
-                        f"or a ResNet state dict")
+        raise UserError(f"{where}: no tensors found; expected a checkpoint with 'state_dict' or a ResNet state dict")
     if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     if any(k.startswith("encoder_q.") for k in sd):
         source = "pretraining checkpoint (encoder_q)"
-        picked = {k[len("encoder_q."):]: v for k, v in sd.items() if k.startswith("encoder_q.")}
+        picked = {k[len("encoder_q.") :]: v for k, v in sd.items() if k.startswith("encoder_q.")}
     else:
         source = "linear-eval checkpoint" if "state_dict" in obj else "plain state dict"
         picked = {k: v for k, v in sd.items() if not k.startswith(_IGNORED_PREFIXES)}
@@ -122,13 +128,15 @@ def _infer_layout(sd, arch, where):
     if arch is not None and arch not in RESNET_ARCHS:
         raise UserError(
             f"{where}: arch '{arch}' is not a ResNet; detection transfer uses detectron2's "
-            f"R-C4 Faster R-CNN, which needs a ResNet (resnet18/34/50/101/152) backbone")
+            f"R-C4 Faster R-CNN, which needs a ResNet (resnet18/34/50/101/152) backbone"
+        )
     if "conv1.weight" not in sd or "layer1.0.conv1.weight" not in sd:
         sample = ", ".join(sorted(sd)[:3])
         raise UserError(
             f"{where}: not a torchvision ResNet (no conv1.weight / layer1.0.conv1.weight; "
             f"keys start {sample}); detection transfer supports ResNet backbones only, "
-            f"e.g. EfficientNet or MobileNet students cannot go into the R-C4 config")
+            f"e.g. EfficientNet or MobileNet students cannot go into the R-C4 config"
+        )
     block = "bottleneck" if "layer1.0.conv3.weight" in sd else "basic"
     counts = []
     for layer in range(1, 5):
@@ -136,15 +144,16 @@ def _infer_layout(sd, arch, where):
         counts.append(len(idx))
     depth = _DEPTHS.get((block, tuple(counts)))
     if depth is None:
-        raise UserError(f"{where}: ResNet with {block} blocks {counts} per stage is not one of "
-                        f"resnet18/34/50/101/152")
+        raise UserError(f"{where}: ResNet with {block} blocks {counts} per stage is not one of resnet18/34/50/101/152")
     found = f"resnet{depth}"
     if arch is not None and arch != found:
         raise UserError(f"{where}: 'arch' says {arch} but the weights are a {found}")
     width = sd["conv1.weight"].shape[0]
     if width != 64:
-        raise UserError(f"{where}: stem has {width} channels, expected 64 (standard torchvision "
-                        f"ResNet widths are required by detectron2's ResNet)")
+        raise UserError(
+            f"{where}: stem has {width} channels, expected 64 (standard torchvision "
+            f"ResNet widths are required by detectron2's ResNet)"
+        )
     return found, block
 
 
@@ -171,8 +180,7 @@ def convert_state_dict(obj, where="checkpoint"):
         dropped["fc (projection head or classifier)"] = len(head)
     other = [k for k in sd if not k.startswith("fc.") and not _KEY_RE.match(k)]
     if other:
-        raise UserError(f"{where}: unexpected keys for a torchvision {arch}: "
-                        f"{', '.join(sorted(other)[:5])}")
+        raise UserError(f"{where}: unexpected keys for a torchvision {arch}: {', '.join(sorted(other)[:5])}")
     keep_res5 = block == "bottleneck"
     if not keep_res5:
         n = sum(1 for k in sd if k.startswith("layer4."))
@@ -183,8 +191,7 @@ def convert_state_dict(obj, where="checkpoint"):
             continue
         model[rename_key(k)] = v.detach().cpu().numpy()
     stages = ["stem", "res2", "res3", "res4"] + (["res5"] if keep_res5 else [])
-    return Conversion(model=model, arch=arch, block=block, source=source, stages=stages,
-                      dropped=dropped)
+    return Conversion(model=model, arch=arch, block=block, source=source, stages=stages, dropped=dropped)
 
 
 def load_checkpoint(path):
@@ -202,8 +209,7 @@ def save_pickle(conv, out_path):
         raise UserError(f"{out_path}: is a folder; give the pickle's file name (e.g. ./output.pkl)")
     if not os.path.isdir(out_dir):
         raise UserError(f"{out_path}: output folder {out_dir} does not exist")
-    data = {"model": conv.model, "__author__": "DisCo-pytorch selfsup.detection",
-            "matching_heuristics": True}
+    data = {"model": conv.model, "__author__": "DisCo-pytorch selfsup.detection", "matching_heuristics": True}
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=out_dir)
     try:
         with os.fdopen(fd, "wb") as f:

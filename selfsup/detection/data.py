@@ -6,6 +6,7 @@ detectron2 registers ``voc_2007_trainval``, ``coco_2017_train`` ... under
 again for another root (replacing those names), so a process that imported
 detectron2 earlier, such as a test, can point the same names at another tree.
 """
+
 import contextlib
 import os
 
@@ -50,17 +51,23 @@ def check_datasets(names):
     """One-line error if a registered VOC / COCO dataset's files are missing."""
     for name in names:
         if name not in DatasetCatalog:
-            raise UserError(f"dataset '{name}' is not registered; the configs use detectron2's "
-                            f"builtin names (voc_2007_trainval, coco_2017_train, ...)")
+            raise UserError(
+                f"dataset '{name}' is not registered; the configs use detectron2's "
+                f"builtin names (voc_2007_trainval, coco_2017_train, ...)"
+            )
         meta = MetadataCatalog.get(name)
         kind = meta.get("evaluator_type", None)
         if kind == "pascal_voc":
             split_file = os.path.join(meta.dirname, "ImageSets", "Main", meta.split + ".txt")
             if not os.path.isfile(split_file):
-                raise UserError(f"dataset '{name}': {split_file} not found (set "
-                                f"DETECTRON2_DATASETS to the folder holding VOC2007/ and VOC2012/)")
+                raise UserError(
+                    f"dataset '{name}': {split_file} not found (set "
+                    f"DETECTRON2_DATASETS to the folder holding VOC2007/ and VOC2012/)"
+                )
         elif kind == "coco":
             json_file = meta.get("json_file", None)
             if json_file and "://" not in json_file and not os.path.isfile(json_file):
-                raise UserError(f"dataset '{name}': {json_file} not found (set "
-                                f"DETECTRON2_DATASETS to the folder holding coco/annotations/)")
+                raise UserError(
+                    f"dataset '{name}': {json_file} not found (set "
+                    f"DETECTRON2_DATASETS to the folder holding coco/annotations/)"
+                )

@@ -1,4 +1,5 @@
 """Model parts the configs refer to by name (registered in detectron2's registries)."""
+
 from detectron2.layers import get_norm
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads

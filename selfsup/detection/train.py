@@ -1,4 +1,5 @@
 """detectron2 training / evaluation for the R-C4 transfer configs (detection/train_net.py)."""
+
 import logging
 import os
 
@@ -9,15 +10,14 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
+from selfsup.core.errors import UserError
 from selfsup.detection import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from selfsup.detection.cli import check_gpus, get_parser  # noqa: F401
 from selfsup.detection.data import check_datasets, dataset_root, register_builtin_datasets
-from selfsup.core.errors import UserError
 
 logger = logging.getLogger("selfsup.detection")
 
-_NORM_KEYS = (("RESNETS", "NORM"), ("ROI_BOX_HEAD", "NORM"), ("ROI_MASK_HEAD", "NORM"),
-              ("FPN", "NORM"))
+_NORM_KEYS = (("RESNETS", "NORM"), ("ROI_BOX_HEAD", "NORM"), ("ROI_MASK_HEAD", "NORM"), ("FPN", "NORM"))
 
 
 class Trainer(DefaultTrainer):
@@ -32,8 +32,9 @@ class Trainer(DefaultTrainer):
             return COCOEvaluator(dataset_name, output_dir=output_folder)
         if kind == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
-        raise UserError(f"DATASETS.TEST '{dataset_name}': no evaluator for evaluator_type "
-                        f"{kind!r} (expected a VOC or COCO dataset)")
+        raise UserError(
+            f"DATASETS.TEST '{dataset_name}': no evaluator for evaluator_type {kind!r} (expected a VOC or COCO dataset)"
+        )
 
 
 def use_cpu(num_gpus):
@@ -49,13 +50,15 @@ def build_cfg(args):
     try:
         cfg.merge_from_file(args.config_file)
     except Exception as exc:
-        raise UserError(f"--config-file {args.config_file}: {type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())}") from None
+        raise UserError(
+            f"--config-file {args.config_file}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        ) from None
     try:
         cfg.merge_from_list(args.opts)
     except Exception as exc:  # KeyError for unknown keys, AssertionError for odd length ...
-        raise UserError(f"config overrides {' '.join(args.opts)}: {type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())}") from None
+        raise UserError(
+            f"config overrides {' '.join(args.opts)}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        ) from None
     if use_cpu(args.num_gpus):
         cfg.MODEL.DEVICE = "cpu"
     if args.num_gpus * args.num_machines <= 1:
@@ -63,9 +66,11 @@ def build_cfg(args):
             if cfg.MODEL[node][key] == "SyncBN":
                 cfg.MODEL[node][key] = "BN"
     if cfg.MODEL.RESNETS.DEPTH in (18, 34) and cfg.MODEL.RESNETS.RES2_OUT_CHANNELS != 64:
-        raise UserError(f"MODEL.RESNETS.DEPTH {cfg.MODEL.RESNETS.DEPTH} needs "
-                        f"MODEL.RESNETS.RES2_OUT_CHANNELS 64 (got "
-                        f"{cfg.MODEL.RESNETS.RES2_OUT_CHANNELS})")
+        raise UserError(
+            f"MODEL.RESNETS.DEPTH {cfg.MODEL.RESNETS.DEPTH} needs "
+            f"MODEL.RESNETS.RES2_OUT_CHANNELS 64 (got "
+            f"{cfg.MODEL.RESNETS.RES2_OUT_CHANNELS})"
+        )
     cfg.freeze()
     return cfg
 
@@ -76,15 +81,16 @@ def _has_last_checkpoint(cfg):
 
 def check_inputs(cfg, args):
     """Data and weights must exist before any process starts."""
-    names = list(cfg.DATASETS.TEST) if args.eval_only else \
-        list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    names = list(cfg.DATASETS.TEST) if args.eval_only else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     check_datasets(names)
     weights = cfg.MODEL.WEIGHTS
     resuming = args.resume and _has_last_checkpoint(cfg)
     if weights and "://" not in weights and not resuming and not os.path.isfile(weights):
-        raise UserError(f"MODEL.WEIGHTS {weights}: file not found (run "
-                        f"convert-pretrain-to-detectron2.py CKPT {weights} first, or pass "
-                        f"MODEL.WEIGHTS PATH)")
+        raise UserError(
+            f"MODEL.WEIGHTS {weights}: file not found (run "
+            f"convert-pretrain-to-detectron2.py CKPT {weights} first, or pass "
+            f"MODEL.WEIGHTS PATH)"
+        )
 
 
 def worker(args):
@@ -95,8 +101,7 @@ def worker(args):
     logger.info("datasets under %s; device %s", dataset_root(), cfg.MODEL.DEVICE)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -113,5 +118,11 @@ def main(args):
     check_inputs(cfg, args)
     if args.num_gpus <= 1 and args.num_machines <= 1:
         return worker(args)
-    return launch(worker, args.num_gpus, num_machines=args.num_machines,
-                  machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    return launch(
+        worker,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

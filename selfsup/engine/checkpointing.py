@@ -9,6 +9,7 @@ fixed for the run (``run`` identity, ``small_images``, ``image_size``),
 save adds (``best_acc1``, an LR scheduler's state, and for a mid-epoch
 checkpoint ``iteration``, ``sampler`` and ``rng``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,15 +28,27 @@ class CheckpointWriter:
     `fixed` for the run. `weights` gives the "state_dict" entry of another
     layout (e.g. SwAV's official one); by default the model's, ``module.``-prefixed."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, arch: str,
-                 prec: Precision | None = None, weights: Callable[[], dict] | None = None, **fixed):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        arch: str,
+        prec: Precision | None = None,
+        weights: Callable[[], dict] | None = None,
+        **fixed,
+    ):
         self.model, self.optimizer, self.arch, self.prec, self.fixed = model, optimizer, arch, prec, fixed
         self.weights = weights or (lambda: ck.prefixed_state(self.model))
 
     def state(self, epoch: int, **extra) -> dict:
         """The checkpoint dict after `epoch` epochs (plus the batches of a mid-epoch one)."""
-        state = {"epoch": epoch, "arch": self.arch, "state_dict": self.weights(),
-                 "optimizer": self.optimizer.state_dict(), **self.fixed}
+        state = {
+            "epoch": epoch,
+            "arch": self.arch,
+            "state_dict": self.weights(),
+            "optimizer": self.optimizer.state_dict(),
+            **self.fixed,
+        }
         scaler = self.prec.state_dict() if self.prec is not None else None
         if scaler is not None:  # fp16: the loss scale goes on where it was
             state["scaler"] = scaler

@@ -7,6 +7,7 @@ Two failure modes seen on small runs (docs/disco.md, "When DisCo collapses"):
   MSE then pulls the student onto that one vector, and the student's InfoNCE
   goes to ln(K+1).
 """
+
 import math
 
 import torch
@@ -29,9 +30,11 @@ def infonce_warning(infonce, queue_size, epoch, rel_tol=0.005):
     chance = chance_infonce(queue_size)
     if abs(infonce - chance) > rel_tol * chance:
         return None
-    return (f"warning: epoch {epoch}: InfoNCE {infonce:.4f} sits at ln(K+1) = {chance:.4f}, the loss of equal "
-            "logits: the embeddings have collapsed onto one vector (lower --lr, or for DisCo check the "
-            "teacher's spread above; docs/disco.md)")
+    return (
+        f"warning: epoch {epoch}: InfoNCE {infonce:.4f} sits at ln(K+1) = {chance:.4f}, the loss of equal "
+        "logits: the embeddings have collapsed onto one vector (lower --lr, or for DisCo check the "
+        "teacher's spread above; docs/disco.md)"
+    )
 
 
 def mean_pairwise_cosine(z):
@@ -53,6 +56,8 @@ def spread_report(spread, n):
     maps every image to nearly the same vector."""
     line = f"=> teacher embedding spread on {n} training images: mean pairwise cosine {spread:.3f}"
     if spread > TEACHER_SPREAD_WARN:
-        line += (f"\nwarning: the teacher maps these images to nearly the same vector (mean cosine > "
-                 f"{TEACHER_SPREAD_WARN}): distilling it pulls the student onto one point (docs/disco.md)")
+        line += (
+            f"\nwarning: the teacher maps these images to nearly the same vector (mean cosine > "
+            f"{TEACHER_SPREAD_WARN}): distilling it pulls the student onto one point (docs/disco.md)"
+        )
     return line

@@ -10,6 +10,7 @@ Mixed precision: hand LARS to ``Precision.backward_step`` (or
 ``GradScaler.step``) like any optimiser. The scaler unscales the gradients
 of ``param_groups`` before it calls ``step()``, and skips the step when one
 is not finite, so the trust ratios always see the true gradients."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

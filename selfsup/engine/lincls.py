@@ -8,6 +8,7 @@ Checkpoint (the original's keys): ``{"epoch", "arch", "state_dict",
 "best_acc1", "optimizer"}`` plus ``small_images``, ``image_size``, ``run``
 and, with a grad scaler (fp16), ``scaler``.
 """
+
 import os
 
 import torch
@@ -52,8 +53,9 @@ def cifar_datasets(args):
     """(train, test) CIFAR-10/100 from the python archives in args.data, resized
     with bicubic interpolation as the original (orig:DisCo/cifar_main_lincls.py:297-337)."""
     bicubic = augment.T.InterpolationMode.BICUBIC
-    train = CIFAR(args.data, args.dataset, train=True,
-                  transform=augment.linear_train_transform(args.image_size, bicubic))
+    train = CIFAR(
+        args.data, args.dataset, train=True, transform=augment.linear_train_transform(args.image_size, bicubic)
+    )
     test = CIFAR(args.data, args.dataset, train=False, transform=augment.resize_transform(args.image_size, bicubic))
     return train, test
 
@@ -99,8 +101,24 @@ def sanity_check(model, pretrained_state, path):
 
 
 # Flags that define a linear evaluation (stored as "run", compared on resume).
-RUN_KEYS = ("arch", "lr", "momentum", "weight_decay", "schedule", "gamma", "cos", "batch_size", "world_size",
-            "image_size", "small_images", "seed", "precision", "channels_last", "label", "dataset")
+RUN_KEYS = (
+    "arch",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "gamma",
+    "cos",
+    "batch_size",
+    "world_size",
+    "image_size",
+    "small_images",
+    "seed",
+    "precision",
+    "channels_last",
+    "label",
+    "dataset",
+)
 RUN_OUTPUTS = ("checkpoint.pth.tar", "model_best.pth.tar", "metrics.csv", "tb")
 
 
@@ -114,8 +132,12 @@ def lincls_resume_path(args):
     path = os.path.join(args.ckpt_dir, "checkpoint.pth.tar")
     found = os.path.isfile(path)
     if du.is_main_process():
-        print(f"=> resuming from '{path}' (--resume '' starts from scratch)" if found
-              else f"=> no checkpoint found at '{args.ckpt_dir}': starting from scratch", flush=True)
+        print(
+            f"=> resuming from '{path}' (--resume '' starts from scratch)"
+            if found
+            else f"=> no checkpoint found at '{args.ckpt_dir}': starting from scratch",
+            flush=True,
+        )
     return path if found else None
 
 
@@ -134,7 +156,9 @@ def _lincls(args, build_datasets):
     num_classes = len(train_set.classes)
     small = args.small_images
     if small is None:
-        small = ck.small_images_of(ck.load_file(args.pretrained, "--pretrained checkpoint")) if args.pretrained else False
+        small = (
+            ck.small_images_of(ck.load_file(args.pretrained, "--pretrained checkpoint")) if args.pretrained else False
+        )
     args.small_images = bool(small)
     model = build_classifier(args.arch, num_classes, small)
     pretrained_state = None
@@ -147,14 +171,16 @@ def _lincls(args, build_datasets):
     model = prec.model(model.to(args.device))
     if args.distributed:
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if args.device.type == "cuda" else None)
+            model, device_ids=[args.gpu] if args.device.type == "cuda" else None
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     assert len(params) == 2, "only the classifier's weight and bias are trained"
     optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     criterion = nn.CrossEntropyLoss()
     identity = rs.run_identity(args, RUN_KEYS, ("pretrained",))
-    writer = CheckpointWriter(model, optimizer, args.arch, prec, small_images=bool(small),
-                              image_size=args.image_size, run=identity)
+    writer = CheckpointWriter(
+        model, optimizer, args.arch, prec, small_images=bool(small), image_size=args.image_size, run=identity
+    )
 
     best_acc1, mid = 0.0, None
     resume = lincls_resume_path(args)
@@ -166,14 +192,17 @@ def _lincls(args, build_datasets):
     if resume:
         ckpt = ck.load_file(resume, "--resume checkpoint")
         if not args.evaluate:
-            hint = ("use another --ckpt-dir, or --resume '' to start from scratch" if args.resume is None
-                    else "resume with the flags of that run, or leave out --resume")
+            hint = (
+                "use another --ckpt-dir, or --resume '' to start from scratch"
+                if args.resume is None
+                else "resume with the flags of that run, or leave out --resume"
+            )
             # An explicit --resume may change the schedule (the original allowed it); a rerun may not.
-            checked = identity if args.resume is None else {k: v for k, v in identity.items()
-                                                            if k not in rs.SCHEDULE_KEYS}
+            checked = (
+                identity if args.resume is None else {k: v for k, v in identity.items() if k not in rs.SCHEDULE_KEYS}
+            )
             rs.check_identity(ckpt.get("run"), checked, resume, hint, rs.moco_flag_name)
-        ck.load_into(unwrap(model), ck.strip_prefix(ck.state_dict_of(ckpt, resume), "module."),
-                     resume, args.arch)
+        ck.load_into(unwrap(model), ck.strip_prefix(ck.state_dict_of(ckpt, resume), "module."), resume, args.arch)
         writer.restore(ckpt, optimizer_required=False)
         args.start_epoch, best_acc1 = int(ckpt.get("epoch", 0)), float(ckpt.get("best_acc1", 0.0))
         if ckpt.get("iteration") is not None:
@@ -182,10 +211,18 @@ def _lincls(args, build_datasets):
             where = f", iteration {ckpt['iteration']}" if mid else ""
             print(f"=> resumed '{resume}' (epoch {args.start_epoch}{where})", flush=True)
 
-    train_loader = D.make_loader(train_set, args.batch_size, args.workers, shuffle=True, drop_last=False,
-                                 distributed=args.distributed, seed=args.seed)
-    val_loader = D.make_loader(val_set, args.batch_size, args.workers, shuffle=False, drop_last=False,
-                               distributed=False)
+    train_loader = D.make_loader(
+        train_set,
+        args.batch_size,
+        args.workers,
+        shuffle=True,
+        drop_last=False,
+        distributed=args.distributed,
+        seed=args.seed,
+    )
+    val_loader = D.make_loader(
+        val_set, args.batch_size, args.workers, shuffle=False, drop_last=False, distributed=False
+    )
     if args.evaluate:
         acc1, acc5, _ = validate(val_loader, model, criterion, args, prec)
         return {"acc1": acc1, "acc5": acc5}
@@ -213,8 +250,16 @@ def _lincls(args, build_datasets):
         is_best = acc1 > best_acc1
         best_acc1 = max(acc1, best_acc1)
         if main:
-            metrics.write(epoch, lr=lr, loss=train["loss"], train_acc1=train["acc1"], val_loss=val_loss,
-                          acc1=acc1, acc5=acc5, best_acc1=best_acc1)
+            metrics.write(
+                epoch,
+                lr=lr,
+                loss=train["loss"],
+                train_acc1=train["acc1"],
+                val_loss=val_loss,
+                acc1=acc1,
+                acc5=acc5,
+                best_acc1=best_acc1,
+            )
             writer.save(last, epoch + 1, best_acc1=best_acc1)
             if is_best:
                 writer.save(os.path.join(args.ckpt_dir, "model_best.pth.tar"), epoch + 1, best_acc1=best_acc1)
@@ -264,8 +309,10 @@ def validate(loader, model, criterion, args, prec=None):
             output = net(prec.inputs(images)).float()
         loss = criterion(output, target)
         if not torch.isfinite(loss):  # the last step made the weights non-finite: no accuracy, no model_best
-            raise UserError(f"validation loss became {loss.item()}: the classifier's weights are not finite; "
-                            "lower --lr (checkpoints already written are unchanged)")
+            raise UserError(
+                f"validation loss became {loss.item()}: the classifier's weights are not finite; "
+                "lower --lr (checkpoints already written are unchanged)"
+            )
         meters.update({"loss": loss, "logits": output, "labels": target}, target.shape[0])
         meters.batch_done(i)
     row = meters.summary()

@@ -1,4 +1,5 @@
 """Learning-rate schedules of the original scripts, as pure functions."""
+
 import math
 
 

@@ -7,6 +7,7 @@ to fp16 with a gradient scaler. fp16 always uses a gradient scaler. Weights,
 optimiser state, the MoCo queue and every loss stay fp32: the losses in
 selfsup.methods.losses cast their inputs to fp32 before dividing by the temperature.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -85,8 +86,7 @@ class Precision:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def backward_step(self, loss: torch.Tensor, optimizer: Any,
-                      before_step: Callable[[], None] | None = None) -> None:
+    def backward_step(self, loss: torch.Tensor, optimizer: Any, before_step: Callable[[], None] | None = None) -> None:
         """loss.backward() and optimizer.step(), through the scaler for fp16.
 
         `optimizer` is any object with param_groups and step(), e.g. LARS:

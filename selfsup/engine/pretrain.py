@@ -5,6 +5,7 @@ A method is a module whose ``forward(im_q, im_k)`` returns a dict with
 accuracy) and optionally more ``loss_*`` terms to log. Everything else
 (processes, data, optimiser, schedule, checkpoints, resume, logs) is here.
 """
+
 import os
 
 import torch
@@ -36,8 +37,12 @@ def resume_path(args):
     if args.resume is None:  # moco/main_moco.py's default: the run's own folder, as the original's ./ckpt
         path = ck.latest_checkpoint(args.ckpt_dir)
         if du.is_main_process():
-            print(f"=> resuming from the newest checkpoint in '{args.ckpt_dir}' (--resume '' starts from scratch)"
-                  if path else f"=> no checkpoint found at '{args.ckpt_dir}': starting from scratch", flush=True)
+            print(
+                f"=> resuming from the newest checkpoint in '{args.ckpt_dir}' (--resume '' starts from scratch)"
+                if path
+                else f"=> no checkpoint found at '{args.ckpt_dir}': starting from scratch",
+                flush=True,
+            )
         return path
     if args.resume and os.path.isdir(args.resume):
         path = ck.latest_checkpoint(args.resume)
@@ -53,22 +58,68 @@ def pretrain_loader(args):
     decoded and augmented in batches on args.device (selfsup.data.jpeg)."""
     train_dir = D.split_folder(args.data, "train")
     if getattr(args, "gpu_aug", False):
-        return two_view_loader(train_dir, moco_spec(args.aug_plus, args.image_size), args.batch_size,
-                               args.workers, args.device, distributed=args.distributed, seed=args.seed,
-                               decode=getattr(args, "gpu_aug_decode", "gpu"))
-    dataset = D.image_folder(train_dir, augment.TwoCropsTransform(
-        augment.pretrain_transform(args.aug_plus, args.image_size)))
-    return D.make_loader(dataset, args.batch_size, args.workers, shuffle=True, drop_last=True,
-                         distributed=args.distributed, seed=args.seed)
+        return two_view_loader(
+            train_dir,
+            moco_spec(args.aug_plus, args.image_size),
+            args.batch_size,
+            args.workers,
+            args.device,
+            distributed=args.distributed,
+            seed=args.seed,
+            decode=getattr(args, "gpu_aug_decode", "gpu"),
+        )
+    dataset = D.image_folder(
+        train_dir, augment.TwoCropsTransform(augment.pretrain_transform(args.aug_plus, args.image_size))
+    )
+    return D.make_loader(
+        dataset,
+        args.batch_size,
+        args.workers,
+        shuffle=True,
+        drop_last=True,
+        distributed=args.distributed,
+        seed=args.seed,
+    )
 
 
 # The flags that define a pretraining run (stored as the checkpoint's "run",
 # compared on resume). Not --epochs (a finished run may be extended), nor
 # paths, workers or print frequency (they do not change what is computed).
-RUN_KEYS = ("method", "arch", "moco_dim", "moco_k", "moco_m", "moco_t", "mlp", "hidden", "aug_plus", "image_size",
-            "small_images", "batch_size", "world_size", "bn_splits", "lr", "momentum", "weight_decay", "cos",
-            "schedule", "gamma", "seed", "precision", "channels_last", "gpu_aug", "teacher_arch", "nmb_prototypes",
-            "teacher_bn", "mse_reduction", "only_mse", "use_mse", "rkd_dist_weight", "rkd_angle_weight", "rkd_views")
+RUN_KEYS = (
+    "method",
+    "arch",
+    "moco_dim",
+    "moco_k",
+    "moco_m",
+    "moco_t",
+    "mlp",
+    "hidden",
+    "aug_plus",
+    "image_size",
+    "small_images",
+    "batch_size",
+    "world_size",
+    "bn_splits",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "cos",
+    "schedule",
+    "gamma",
+    "seed",
+    "precision",
+    "channels_last",
+    "gpu_aug",
+    "teacher_arch",
+    "nmb_prototypes",
+    "teacher_bn",
+    "mse_reduction",
+    "only_mse",
+    "use_mse",
+    "rkd_dist_weight",
+    "rkd_angle_weight",
+    "rkd_views",
+)
 RUN_FILES = ("teacher",)
 # What a fresh run moves aside when the folder holds another run's files.
 RUN_OUTPUTS = ("metrics.csv", "tb")
@@ -83,11 +134,16 @@ def resume(writer, path, args):
     saves) after checking that the checkpoint's run had the same flags;
     returns (epoch to start at, the mid-epoch state or None)."""
     ckpt = ck.load_file(path, "--resume checkpoint")
-    hint = ("use another --ckpt-dir, or --resume '' to start from scratch" if args.resume is None
-            else "resume with the flags of that run, or start from scratch without --resume")
+    hint = (
+        "use another --ckpt-dir, or --resume '' to start from scratch"
+        if args.resume is None
+        else "resume with the flags of that run, or start from scratch without --resume"
+    )
     if ckpt.get("arch") not in (None, args.arch):
-        raise UserError(f"--resume '{path}' holds arch '{ckpt.get('arch')}', not -a {args.arch}"
-                        f"{'; ' + hint if args.resume is None else ''}")
+        raise UserError(
+            f"--resume '{path}' holds arch '{ckpt.get('arch')}', not -a {args.arch}"
+            f"{'; ' + hint if args.resume is None else ''}"
+        )
     identity = run_identity(args)
     if args.resume:  # an explicit --resume may change the schedule (the original allowed it); a rerun may not
         identity = {k: v for k, v in identity.items() if k not in rs.SCHEDULE_KEYS}
@@ -153,21 +209,32 @@ def _pretrain(args, build_model):
     args.method = getattr(build_model, "__name__", type(build_model).__name__)
     main = du.is_main_process()
     if main:
-        print(f"=> creating model '{args.arch}' on {args.device}"
-              f"{f' ({args.world_size} processes)' if args.distributed else ''}", flush=True)
+        print(
+            f"=> creating model '{args.arch}' on {args.device}"
+            f"{f' ({args.world_size} processes)' if args.distributed else ''}",
+            flush=True,
+        )
     prec = Precision.from_args(args)
     model = prec.model(build_model(args).to(args.device))
     if main and (prec.dtype is not None or prec.channels_last or getattr(args, "gpu_aug", False)):
-        print(f"=> precision {prec.name}{', GPU data pipeline' if getattr(args, 'gpu_aug', False) else ''}",
-              flush=True)
+        print(f"=> precision {prec.name}{', GPU data pipeline' if getattr(args, 'gpu_aug', False) else ''}", flush=True)
     if args.distributed:
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if args.device.type == "cuda" else None,
-            find_unused_parameters=getattr(model, "find_unused_parameters", False))
+            model,
+            device_ids=[args.gpu] if args.device.type == "cuda" else None,
+            find_unused_parameters=getattr(model, "find_unused_parameters", False),
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    writer = CheckpointWriter(model, optimizer, args.arch, prec, small_images=bool(args.small_images),
-                              image_size=args.image_size, run=run_identity(args))
+    writer = CheckpointWriter(
+        model,
+        optimizer,
+        args.arch,
+        prec,
+        small_images=bool(args.small_images),
+        image_size=args.image_size,
+        run=run_identity(args),
+    )
 
     path = resume_path(args)
     prepare_folder(args, path)

@@ -1,6 +1,7 @@
 """What a run shows and leaves behind: MoCo-style progress lines with rate
 and ETA (EpochMeters, the one set of meters of every epoch loop), and
 per-epoch metrics in CSV (and TensorBoard when installed)."""
+
 from __future__ import annotations
 
 import csv
@@ -68,8 +69,15 @@ class EpochMeters:
         row = meters.summary()        # {"loss", parts, "acc1", ..., "epoch_time"}
     """
 
-    def __init__(self, num_batches: int, prefix: str = "", print_freq: int | None = None,
-                 topk: Sequence[int] = (1, 5), data_time: bool = True, part_names: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        num_batches: int,
+        prefix: str = "",
+        print_freq: int | None = None,
+        topk: Sequence[int] = (1, 5),
+        data_time: bool = True,
+        part_names: Mapping[str, str] | None = None,
+    ):
         """print_freq None: never print (a loop that only summarises);
         data_time False: no Data column (validation); part_names: the column
         title of a ``loss_*`` key (default: the key itself)."""
@@ -148,7 +156,7 @@ def accuracy(output, target, topk=(1,)):
         maxk = min(max(topk), output.shape[1])
         _, pred = output.topk(maxk, 1, True, True)
         correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
-        return [correct[:min(k, maxk)].reshape(-1).float().sum().mul_(100.0 / target.shape[0]) for k in topk]
+        return [correct[: min(k, maxk)].reshape(-1).float().sum().mul_(100.0 / target.shape[0]) for k in topk]
 
 
 class MetricsWriter:
@@ -164,6 +172,7 @@ class MetricsWriter:
         self.rows = self._read_rows(start_epoch)
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(os.path.join(folder, "tb"))
         except Exception:  # tensorboard missing: the CSV is the record
             self.tb = None
@@ -180,8 +189,11 @@ class MetricsWriter:
             rows = list(csv.DictReader(f))
         kept = [r for r in rows if int(r["epoch"]) < start_epoch]
         if len(kept) < len(rows):
-            print(f"=> {self.path}: kept {len(kept)} row(s) of the epochs before {start_epoch}, redoing "
-                  f"{len(rows) - len(kept)} from epoch {start_epoch} on", flush=True)
+            print(
+                f"=> {self.path}: kept {len(kept)} row(s) of the epochs before {start_epoch}, redoing "
+                f"{len(rows) - len(kept)} from epoch {start_epoch} on",
+                flush=True,
+            )
         return kept
 
     def write(self, epoch, **values):

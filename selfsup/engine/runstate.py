@@ -8,6 +8,7 @@
   the next iteration boundary and exits 0;
 - RNG states of every rank, and agreement between DDP ranks on a flag.
 """
+
 import contextlib
 import os
 import random
@@ -20,8 +21,13 @@ import torch
 from selfsup.core import distributed as du
 from selfsup.core.checkpoint import latest_checkpoint
 from selfsup.core.errors import UserError
-from selfsup.core.processes import (install_signal_handlers, pid_alive, pid_start_time,  # noqa: F401
-                                    restore_signal_handlers, stop_signal)
+from selfsup.core.processes import (  # noqa: F401
+    install_signal_handlers,
+    pid_alive,
+    pid_start_time,
+    restore_signal_handlers,
+    stop_signal,
+)
 
 LOCK_NAME = "run.lock"
 
@@ -77,9 +83,11 @@ class RunLock:
                     continue  # released meanwhile
                 if self._is_live(holder):
                     pid, host, _ = holder
-                    raise UserError(f"{self.flag} '{self.folder}' is in use by another run (pid {pid} on {host}, "
-                                    f"{self.path}): wait for it or use another {self.flag}; if no run is "
-                                    "using it, delete the lock file") from None
+                    raise UserError(
+                        f"{self.flag} '{self.folder}' is in use by another run (pid {pid} on {host}, "
+                        f"{self.path}): wait for it or use another {self.flag}; if no run is "
+                        "using it, delete the lock file"
+                    ) from None
                 try:
                     os.remove(self.path)
                 except FileNotFoundError:
@@ -145,6 +153,7 @@ def folder_lock(folder, flag="--ckpt-dir"):
 
 # -- run identity ---------------------------------------------------------------
 
+
 def file_identity(path):
     """Path, size and mtime of a file a run depends on (a teacher, a
     pretrained backbone): enough to tell another or a rewritten file."""
@@ -207,10 +216,12 @@ def check_identity(saved, current, path, hint, flag_name=lambda k: "--" + k.repl
 
 def moco_flag_name(key):
     return {"arch": "-a", "batch_size": "-b", "weight_decay": "--wd", "method": "the script"}.get(
-        key, "--" + key.replace("_", "-"))
+        key, "--" + key.replace("_", "-")
+    )
 
 
 # -- previous runs ----------------------------------------------------------------
+
 
 def archive_previous_run(folder, names, flag="--ckpt-dir"):
     """Move `names` (files of a run this one does not continue) into
@@ -244,9 +255,9 @@ def owned_run(folder, flag="--ckpt-dir"):
 
 # -- ranks --------------------------------------------------------------------------
 
+
 def _device():
-    if torch.cuda.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_backend() == "nccl":
+    if torch.cuda.is_available() and torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -282,14 +293,21 @@ def gather_objects(obj):
 
 # -- RNG states ---------------------------------------------------------------------
 
+
 def capture_rng():
     """Python, numpy, torch CPU and CUDA generator states, as plain values
     and tensors (loadable with weights_only=True)."""
     np_state = np.random.get_state(legacy=False)
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                       "gauss": float(np_state["gauss"])}}
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -299,15 +317,21 @@ def restore_rng(state):
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32),
-                                                               "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # -- the iteration boundary -------------------------------------------------------------
+
 
 class Preempted(SystemExit):
     """Raised on every rank after the stop checkpoint is written: exit 0."""
@@ -321,20 +345,24 @@ def boundary_hook(save, save_freq, device=None):
     are done (0 < i < len). Every `save_freq` batches, and on a stop signal
     (agreed by all ranks), `save(epoch, i)` writes a mid-epoch checkpoint
     (a collective: every rank calls it) and returns its path."""
+
     def hook(epoch, i):
         stop = any_rank(stop_signal() is not None, device)
         if stop or (save_freq and i % save_freq == 0):
             path = save(epoch, i)
             if stop:
                 announce_stop(path, epoch, i)
+
     return hook
 
 
 def announce_stop(path, epoch, i=None):
     if du.is_main_process():
         where = f"epoch {epoch} iteration {i}" if i is not None else f"the end of epoch {epoch}"
-        print(f"=> {stop_signal() or 'stop signal'}: saved '{path}' at {where}; rerun the same command "
-              "to continue", flush=True)
+        print(
+            f"=> {stop_signal() or 'stop signal'}: saved '{path}' at {where}; rerun the same command to continue",
+            flush=True,
+        )
     raise Preempted()
 
 
@@ -342,8 +370,9 @@ def announce_stop(path, epoch, i=None):
 
 # Debug hook for the tests of docs/resume.md: SELFSUP_DEBUG_NAN=RANK:EPOCH:BATCH
 # makes that rank's loss NaN at that batch (read once; off when unset).
-_POISON = tuple(int(x) for x in os.environ["SELFSUP_DEBUG_NAN"].split(":")) \
-    if os.environ.get("SELFSUP_DEBUG_NAN") else None
+_POISON = (
+    tuple(int(x) for x in os.environ["SELFSUP_DEBUG_NAN"].split(":")) if os.environ.get("SELFSUP_DEBUG_NAN") else None
+)
 
 
 def check_finite(loss, epoch, i, hint, folder, device=None):

@@ -18,6 +18,7 @@ call ``launch_in_place(worker, args)``: they never spawn, their
 ``--world_size``, ``--rank``, ``--local_rank``, ``--device``.
 Either way the worker sees args.rank, world_size, gpu, device and distributed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,15 +41,17 @@ from selfsup.core.errors import UserError, exit_with, one_line
 @dataclass(frozen=True)
 class Placement:
     """Where one process sits among all of a run's processes."""
-    rank: int          # among all processes
-    world_size: int    # all processes
-    local_rank: int    # among this node's processes: its GPU index
-    per_node: int      # processes on this node
+
+    rank: int  # among all processes
+    world_size: int  # all processes
+    local_rank: int  # among this node's processes: its GPU index
+    per_node: int  # processes on this node
 
 
 @dataclass(frozen=True)
 class GroupFlags:
     """The spelling of the launch flags in a script family, for messages."""
+
     url: str = "--dist-url"
     timeout: str = "--dist-timeout"
 
@@ -67,12 +70,17 @@ def launcher_placement(local_rank_flag: int | None = None) -> Placement | None:
     if local is None and local_rank_flag is None:
         return None
     world_size = int(os.environ["WORLD_SIZE"])
-    return Placement(int(os.environ["RANK"]), world_size, int(local if local is not None else local_rank_flag),
-                     int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    return Placement(
+        int(os.environ["RANK"]),
+        world_size,
+        int(local if local is not None else local_rank_flag),
+        int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
+    )
 
 
-def start_process(args: Any, place: Placement, gpu: int | None, backend: str, url: str,
-                  flags: GroupFlags = MOCO_FLAGS) -> Any:
+def start_process(
+    args: Any, place: Placement, gpu: int | None, backend: str, url: str, flags: GroupFlags = MOCO_FLAGS
+) -> Any:
     """Set this process up: device (GPU `gpu`, or the CPU when None), CPU
     threads and denormals, then the process group when there are several
     processes. Fills args.rank, world_size, gpu, device and distributed."""
@@ -89,8 +97,15 @@ def start_process(args: Any, place: Placement, gpu: int | None, backend: str, ur
     args.rank, args.world_size = place.rank, place.world_size
     args.distributed = place.world_size > 1
     if args.distributed:
-        init_group(backend if gpu is not None else "gloo", url, place.world_size, place.rank,
-                   getattr(args, "dist_timeout", 300.0), flag=flags.url, timeout_flag=flags.timeout)
+        init_group(
+            backend if gpu is not None else "gloo",
+            url,
+            place.world_size,
+            place.rank,
+            getattr(args, "dist_timeout", 300.0),
+            flag=flags.url,
+            timeout_flag=flags.timeout,
+        )
     return args
 
 
@@ -101,6 +116,7 @@ def finish_process(args: Any) -> None:
 
 
 # -- the MoCo-family scripts: they may spawn their processes ---------------------
+
 
 def launch(worker: Callable[[Any], Any], args: Any) -> Any:
     """Run `worker(args)` in every process of the run (see the module docstring)."""
@@ -159,6 +175,7 @@ def _run(place, worker, args, single=False):
 
 # -- the SwAV scripts: started by a launcher, or one process ----------------------
 
+
 def init_distributed(args: Any) -> Any:
     """Join the launcher's process group (or run as the only process) on
     --device: auto = a GPU when one is visible. Also fills args.local_rank."""
@@ -168,12 +185,15 @@ def init_distributed(args: Any) -> Any:
     place = launcher_placement(args.local_rank)
     if place is None:
         if args.world_size > 1:
-            raise UserError(f"--world_size {args.world_size} without a launcher: start the processes with "
-                            "torchrun or python -m torch.distributed.launch")
+            raise UserError(
+                f"--world_size {args.world_size} without a launcher: start the processes with "
+                "torchrun or python -m torch.distributed.launch"
+            )
         place = Placement(0, 1, max(args.local_rank, 0), 1)
     if cuda and place.local_rank >= torch.cuda.device_count():
-        raise UserError(f"local rank {place.local_rank} but only {torch.cuda.device_count()} GPU(s) visible: "
-                        "lower --nproc_per_node")
+        raise UserError(
+            f"local rank {place.local_rank} but only {torch.cuda.device_count()} GPU(s) visible: lower --nproc_per_node"
+        )
     args.local_rank = place.local_rank
     # SwAV's --dist_url is env:// only: the launcher's environment is the rendezvous.
     return start_process(args, place, place.local_rank if cuda else None, "nccl", "env://", SWAV_FLAGS)
@@ -221,15 +241,23 @@ def init_group(backend, url, world_size, rank, timeout_s, flag="--dist-url", tim
     with one line saying what to do."""
     try:
         with _quiet_stderr():
-            dist.init_process_group(backend=backend, init_method=url, world_size=world_size, rank=rank,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
+            dist.init_process_group(
+                backend=backend,
+                init_method=url,
+                world_size=world_size,
+                rank=rank,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
     except (RuntimeError, ValueError, OSError) as exc:  # DistStoreError, DistNetworkError are RuntimeErrors
         text = one_line(exc)
         if "address already in use" in text.lower() or "eaddrinuse" in text.lower():
             raise UserError(f"{flag} {url}: the port is in use; pick another port") from None
         if "timeout" in text.lower() or "timed out" in text.lower():
-            raise UserError(f"{flag} {url}: not all {world_size} processes joined within {timeout_flag} "
-                            f"{timeout_s:g} s (rank {rank}); start every node with the same {flag} and world "
-                            "size, check the rank-0 host is reachable, or raise " + timeout_flag) from None
-        raise UserError(f"{flag} {url}: could not join the process group (rank {rank} of {world_size}): "
-                        f"{text[:300]}") from None
+            raise UserError(
+                f"{flag} {url}: not all {world_size} processes joined within {timeout_flag} "
+                f"{timeout_s:g} s (rank {rank}); start every node with the same {flag} and world "
+                "size, check the rank-0 host is reachable, or raise " + timeout_flag
+            ) from None
+        raise UserError(
+            f"{flag} {url}: could not join the process group (rank {rank} of {world_size}): {text[:300]}"
+        ) from None

@@ -4,6 +4,7 @@ in eval mode, its features pooled globally (or, --global_pooling false, a
 layer trained with SGD and a cosine or step schedule; top-1/top-5 on val/
 after every epoch; `checkpoint.pth.tar` in --dump_path and automatic restart.
 Its flags: swav-master/eval_linear.py and selfsup.cli.swav_flags."""
+
 import os
 
 import torch
@@ -11,16 +12,16 @@ import torch.nn as nn
 import torchvision.transforms as T
 
 from selfsup.core import checkpoint as ck
-from selfsup.data import folders as D
 from selfsup.core import distributed as du
-from selfsup.engine import runstate as rs
-from selfsup.models.backbones import create_backbone
-from selfsup.core.errors import UserError
-from selfsup.data.multicrop import SWAV_MEAN, SWAV_STD
-from selfsup.engine.runstate import seed_everything
 from selfsup.core.distributed import unwrap
+from selfsup.core.errors import UserError
+from selfsup.data import folders as D
+from selfsup.data.multicrop import SWAV_MEAN, SWAV_STD
+from selfsup.engine import runstate as rs
 from selfsup.engine.checkpointing import CheckpointWriter
 from selfsup.engine.progress import EpochMeters, MetricsWriter
+from selfsup.engine.runstate import seed_everything
+from selfsup.models.backbones import create_backbone
 
 
 def linear_transforms(size=224):
@@ -66,8 +67,10 @@ class LinearHead(nn.Module):
         else:
             h, w = map_size
             if h < 6 or w < 6:
-                raise UserError(f"--global_pooling false needs a final feature map of at least 6x6, got {h}x{w}: "
-                                "raise --image_size or use --global_pooling true")
+                raise UserError(
+                    f"--global_pooling false needs a final feature map of at least 6x6, got {h}x{w}: "
+                    "raise --image_size or use --global_pooling true"
+                )
             self.pool = nn.AvgPool2d(6, stride=1)
             inputs = width * (h - 5) * (w - 5)
             if use_bn:
@@ -126,8 +129,24 @@ def load_frozen_backbone(args):
 
 
 # Flags that define an evaluation (the checkpoint's "run", compared on restart).
-RUN_KEYS = ("arch", "global_pooling", "use_bn", "pooled_bn", "batch_size", "world_size", "lr", "wd", "nesterov",
-            "scheduler_type", "decay_epochs", "gamma", "final_lr", "seed", "image_size", "small_images")
+RUN_KEYS = (
+    "arch",
+    "global_pooling",
+    "use_bn",
+    "pooled_bn",
+    "batch_size",
+    "world_size",
+    "lr",
+    "wd",
+    "nesterov",
+    "scheduler_type",
+    "decay_epochs",
+    "gamma",
+    "final_lr",
+    "seed",
+    "image_size",
+    "small_images",
+)
 
 
 def run_eval_linear(args):
@@ -143,10 +162,18 @@ def _eval_linear(args):
     val_set = D.image_folder(D.split_folder(args.data_path, "val"), val_tf, what="--data_path val folder")
     if train_set.classes != val_set.classes:
         raise UserError(f"'{args.data_path}/train' and '{args.data_path}/val' have different class folders")
-    train_loader = D.make_loader(train_set, args.batch_size, args.workers, shuffle=True, drop_last=False,
-                                 distributed=args.distributed, seed=args.seed)
-    val_loader = D.make_loader(val_set, args.batch_size, args.workers, shuffle=False, drop_last=False,
-                               distributed=False)
+    train_loader = D.make_loader(
+        train_set,
+        args.batch_size,
+        args.workers,
+        shuffle=True,
+        drop_last=False,
+        distributed=args.distributed,
+        seed=args.seed,
+    )
+    val_loader = D.make_loader(
+        val_set, args.batch_size, args.workers, shuffle=False, drop_last=False, distributed=False
+    )
     model, width, small = load_frozen_backbone(args)
     if not args.global_pooling:
         model = ResNetFeatureMap(model).eval()
@@ -156,14 +183,17 @@ def _eval_linear(args):
         head = nn.SyncBatchNorm.convert_sync_batchnorm(head)  # as the original; only matters with --use_bn
     head = head.to(args.device)
     if args.distributed:
-        head = nn.parallel.DistributedDataParallel(
-            head, device_ids=[args.gpu] if args.device.type == "cuda" else None)
+        head = nn.parallel.DistributedDataParallel(head, device_ids=[args.gpu] if args.device.type == "cuda" else None)
     if main:
-        print(f"=> {args.arch} (frozen, small_images={small}) + linear "
-              f"{unwrap(head).linear.in_features}->{len(train_set.classes)}; "
-              f"{len(train_set)} train / {len(val_set)} val images", flush=True)
-    optimizer = torch.optim.SGD(head.parameters(), lr=args.lr, nesterov=args.nesterov, momentum=0.9,
-                                weight_decay=args.wd)
+        print(
+            f"=> {args.arch} (frozen, small_images={small}) + linear "
+            f"{unwrap(head).linear.in_features}->{len(train_set.classes)}; "
+            f"{len(train_set)} train / {len(val_set)} val images",
+            flush=True,
+        )
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=args.lr, nesterov=args.nesterov, momentum=0.9, weight_decay=args.wd
+    )
     scheduler = make_scheduler(optimizer, args)
 
     start_epoch, best_acc = 0, 0.0
@@ -178,10 +208,12 @@ def _eval_linear(args):
     if os.path.isfile(last):
         ckpt = ck.load_file(last, "restart checkpoint")
         # Another --pretrained (or flags) would report the old model's accuracy as the new one's.
-        rs.check_identity(ckpt.get("run"), identity, last,
-                          "use another --dump_path, or --restart false to start from scratch")
-        ck.load_into(unwrap(head), ck.strip_prefix(ck.state_dict_of(ckpt, last), "module."), last, args.arch,
-                     flag="--arch")
+        rs.check_identity(
+            ckpt.get("run"), identity, last, "use another --dump_path, or --restart false to start from scratch"
+        )
+        ck.load_into(
+            unwrap(head), ck.strip_prefix(ck.state_dict_of(ckpt, last), "module."), last, args.arch, flag="--arch"
+        )
         writer.restore(ckpt)
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt.get("best_acc", 0.0))
@@ -200,11 +232,21 @@ def _eval_linear(args):
         acc1, acc5, val_loss = validate(model, unwrap(head), val_loader, criterion, args)
         best_acc = max(best_acc, acc1)
         if main:
-            print(f"Test: Epoch [{epoch}]\tAcc@1 {acc1:.3f}\tAcc@5 {acc5:.3f}\tBest Acc@1 so far {best_acc:.3f}",
-                  flush=True)
+            print(
+                f"Test: Epoch [{epoch}]\tAcc@1 {acc1:.3f}\tAcc@5 {acc5:.3f}\tBest Acc@1 so far {best_acc:.3f}",
+                flush=True,
+            )
             writer.save(last, epoch + 1, scheduler=scheduler.state_dict(), best_acc=best_acc)
-            metrics.write(epoch, lr=lr, loss=train["loss"], train_acc1=train["acc1"], val_loss=val_loss, acc1=acc1,
-                          acc5=acc5, best_acc1=best_acc)
+            metrics.write(
+                epoch,
+                lr=lr,
+                loss=train["loss"],
+                train_acc1=train["acc1"],
+                val_loss=val_loss,
+                acc1=acc1,
+                acc5=acc5,
+                best_acc1=best_acc,
+            )
     if main:
         metrics.close()
         print(f"=> linear evaluation done: best Acc@1 {best_acc:.3f}", flush=True)
@@ -245,8 +287,10 @@ def validate(model, head, loader, criterion, args):
         output = head(model(images))
         loss = criterion(output, target)
         if not torch.isfinite(loss):  # the last step made the weights non-finite: no accuracy, no checkpoint
-            raise UserError(f"validation loss became {loss.item()}: the linear head's weights are not finite; "
-                            "lower --lr (the checkpoint already written is unchanged)")
+            raise UserError(
+                f"validation loss became {loss.item()}: the linear head's weights are not finite; "
+                "lower --lr (the checkpoint already written is unchanged)"
+            )
         meters.update({"loss": loss, "logits": output, "labels": target}, images.shape[0])
     row = meters.summary()
     if du.is_main_process():

@@ -3,6 +3,7 @@ main_swav_distill.py (flags: selfsup.cli.swav_flags): multi-crop data, the
 method (selfsup.methods.swav: SwAV, or SwAV + DisCo with a frozen teacher),
 LARS, warmup + cosine per iteration, the feature queue, checkpoints in the
 official SwAV layout and automatic restart from --dump_path."""
+
 import math
 import os
 import shutil
@@ -47,11 +48,39 @@ def _log(msg):
 
 
 # Flags that define a SwAV run (the checkpoint's "run", compared on restart).
-RUN_KEYS = ("arch", "hidden_mlp", "feat_dim", "nmb_prototypes", "size_crops", "nmb_crops", "min_scale_crops",
-            "max_scale_crops", "crops_for_assign", "temperature", "epsilon", "sinkhorn_iterations", "queue_length",
-            "epoch_queue_starts", "batch_size", "world_size", "freeze_prototypes_niters", "warmup_epochs",
-            "start_warmup", "seed", "use_fp16", "amp_dtype", "small_images", "teacher_arch", "mse_weight",
-            "teacher_normalize", "teacher_hidden_mlp", "base_lr", "final_lr", "wd", "distill")
+RUN_KEYS = (
+    "arch",
+    "hidden_mlp",
+    "feat_dim",
+    "nmb_prototypes",
+    "size_crops",
+    "nmb_crops",
+    "min_scale_crops",
+    "max_scale_crops",
+    "crops_for_assign",
+    "temperature",
+    "epsilon",
+    "sinkhorn_iterations",
+    "queue_length",
+    "epoch_queue_starts",
+    "batch_size",
+    "world_size",
+    "freeze_prototypes_niters",
+    "warmup_epochs",
+    "start_warmup",
+    "seed",
+    "use_fp16",
+    "amp_dtype",
+    "small_images",
+    "teacher_arch",
+    "mse_weight",
+    "teacher_normalize",
+    "teacher_hidden_mlp",
+    "base_lr",
+    "final_lr",
+    "wd",
+    "distill",
+)
 RUN_OUTPUTS = ("checkpoint.pth.tar", "checkpoints", "metrics.csv", "tb")
 
 
@@ -76,8 +105,13 @@ def prepare_dump(args, outputs):
 
 def build_model(args, prec: Precision) -> nn.Module:
     """The student SwAVModel on args.device (SyncBatchNorm across GPUs, as the original)."""
-    model = SwAVModel(args.arch, hidden_mlp=args.hidden_mlp, feat_dim=args.feat_dim,
-                      nmb_prototypes=args.nmb_prototypes, small_images=args.small_images)
+    model = SwAVModel(
+        args.arch,
+        hidden_mlp=args.hidden_mlp,
+        feat_dim=args.feat_dim,
+        nmb_prototypes=args.nmb_prototypes,
+        small_images=args.small_images,
+    )
     if args.sync_bn != "none" and args.distributed and args.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return prec.model(model.to(args.device))
@@ -101,27 +135,44 @@ def _swav(args, distill):
     os.makedirs(os.path.join(args.dump_path, "checkpoints"), exist_ok=True)
     du.barrier()
 
-    dataset = D.image_folder(args.data_path, MultiCropTransform(
-        args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops), what="--data_path")
-    loader = D.make_loader(dataset, args.batch_size, args.workers, shuffle=True, drop_last=True,
-                           distributed=args.distributed, seed=args.seed)
-    _log(f"=> {len(dataset)} images in '{args.data_path}', {len(loader)} iterations per epoch, "
-         f"{args.world_size} process(es) on {args.device}")
+    dataset = D.image_folder(
+        args.data_path,
+        MultiCropTransform(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops),
+        what="--data_path",
+    )
+    loader = D.make_loader(
+        dataset,
+        args.batch_size,
+        args.workers,
+        shuffle=True,
+        drop_last=True,
+        distributed=args.distributed,
+        seed=args.seed,
+    )
+    _log(
+        f"=> {len(dataset)} images in '{args.data_path}', {len(loader)} iterations per epoch, "
+        f"{args.world_size} process(es) on {args.device}"
+    )
 
     prec = Precision.from_swav_args(args)
     model = build_model(args, prec)
     teacher = None
     if distill:
         teacher = prec.model(load_distill_teacher(args).to(args.device))
-        _log(f"=> frozen teacher {args.teacher_arch} from '{args.teacher}' "
-             f"({'normalised' if args.teacher_normalize else 'raw'} embedding)")
+        _log(
+            f"=> frozen teacher {args.teacher_arch} from '{args.teacher}' "
+            f"({'normalised' if args.teacher_normalize else 'raw'} embedding)"
+        )
     if args.distributed:
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if args.device.type == "cuda" else None)
+            model, device_ids=[args.gpu] if args.device.type == "cuda" else None
+        )
     method = build_swav(args, model, teacher)
     optimizer = LARS(torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=args.wd))
-    _log(f"=> {args.arch}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-         f"precision {prec.dtype or torch.float32}")
+    _log(
+        f"=> {args.arch}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"precision {prec.dtype or torch.float32}"
+    )
     schedule = lr_schedule(args, len(loader))
 
     identity = rs.run_identity(args, RUN_KEYS, ("teacher",))
@@ -137,17 +188,32 @@ def _swav(args, distill):
 
     def state(epoch, **extra):
         queues = rs.gather_objects(method.queue.cpu() if method.queue is not None else None)
-        st = {"epoch": epoch, "state_dict": official_state_dict(model), "optimizer": optimizer.state_dict(),
-              "arch": args.arch, "small_images": bool(args.small_images), "hidden_mlp": args.hidden_mlp,
-              "feat_dim": args.feat_dim, "nmb_prototypes": args.nmb_prototypes, "size_crops": args.size_crops,
-              "run": identity, **({"queues": queues} if any(q is not None for q in queues) else {}), **extra}
+        st = {
+            "epoch": epoch,
+            "state_dict": official_state_dict(model),
+            "optimizer": optimizer.state_dict(),
+            "arch": args.arch,
+            "small_images": bool(args.small_images),
+            "hidden_mlp": args.hidden_mlp,
+            "feat_dim": args.feat_dim,
+            "nmb_prototypes": args.nmb_prototypes,
+            "size_crops": args.size_crops,
+            "run": identity,
+            **({"queues": queues} if any(q is not None for q in queues) else {}),
+            **extra,
+        }
         if prec.scaler.is_enabled():
             st["scaler"] = prec.state_dict()
         return st
 
     def save_mid(epoch, i):
-        st = state(epoch, iteration=i, sampler=loader.position(i), rng=rs.gather_objects(rs.capture_rng()),
-                   use_the_queue=bool(method.use_the_queue))
+        st = state(
+            epoch,
+            iteration=i,
+            sampler=loader.position(i),
+            rng=rs.gather_objects(rs.capture_rng()),
+            use_the_queue=bool(method.use_the_queue),
+        )
         if du.is_main_process():
             ck.save_checkpoint(st, last)
         if method.queue is not None:
@@ -166,8 +232,9 @@ def _swav(args, distill):
         else:
             seed_everything(args.seed + 1000 * epoch + args.rank)
         if args.queue_length > 0 and epoch >= args.epoch_queue_starts and method.queue is None:
-            method.queue = torch.zeros(len(args.crops_for_assign), args.queue_length // args.world_size,
-                                       args.feat_dim, device=args.device)
+            method.queue = torch.zeros(
+                len(args.crops_for_assign), args.queue_length // args.world_size, args.feat_dim, device=args.device
+            )
         stats = train_one_epoch(loader, method, optimizer, prec, epoch, schedule, args)
         st = state(epoch + 1)
         if du.is_main_process():
@@ -193,11 +260,13 @@ def restart_from_checkpoint(args, model, optimizer, prec: Precision, identity=No
         return 0, None
     ckpt = ck.load_file(path, "restart checkpoint")
     if ckpt.get("arch") not in (None, args.arch):
-        raise UserError(f"'{path}' holds arch '{ckpt.get('arch')}', not --arch {args.arch}: "
-                        "use another --dump_path or delete it")
+        raise UserError(
+            f"'{path}' holds arch '{ckpt.get('arch')}', not --arch {args.arch}: use another --dump_path or delete it"
+        )
     if identity is not None:
-        rs.check_identity(ckpt.get("run"), identity, path,
-                          "use another --dump_path, or --restart false to start from scratch")
+        rs.check_identity(
+            ckpt.get("run"), identity, path, "use another --dump_path, or --restart false to start from scratch"
+        )
     state = ck.strip_prefix(ck.state_dict_of(ckpt, path), "module.")
     load_official_state(unwrap(model), state, path, "restart checkpoint")
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -232,7 +301,12 @@ def train_one_epoch(loader, method: SwAV, optimizer: LARS, prec: Precision, epoc
         meters.batch_done(it)
     row = meters.summary()
     seconds, images = row["epoch_time"], len(loader) * n * args.world_size
-    stats = {"loss": row["loss"], "lr": lr, "queue": int(method.use_the_queue), "epoch_time": seconds,
-             "images_per_s": images / seconds if seconds > 0 else 0.0}
+    stats = {
+        "loss": row["loss"],
+        "lr": lr,
+        "queue": int(method.use_the_queue),
+        "epoch_time": seconds,
+        "images_per_s": images / seconds if seconds > 0 else 0.0,
+    }
     stats.update({key: value for key, value in row.items() if key in PART_NAMES})
     return stats

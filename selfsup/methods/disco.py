@@ -1,6 +1,7 @@
 """DisCo (Gao et al., ECCV 2022): MoCo-v2 plus a consistency term that pulls
 the student's final embedding onto a frozen teacher's; and the RKD
 comparison (Park et al., CVPR 2019) on the same embeddings."""
+
 import torch
 
 from selfsup.core import distributed as du
@@ -64,8 +65,13 @@ class DistilledMoCo(MoCo):
         loss_nce, logits, labels = self.contrast(q1, k)
         terms = self.distill_loss(q1, q2, t1, t2)
         loss = sum(terms.values()) + (0.0 if getattr(self, "only_mse", False) else loss_nce)
-        return {"loss": loss, "loss_nce": loss_nce.detach(), **{k: v.detach() for k, v in terms.items()},
-                "logits": logits, "labels": labels}
+        return {
+            "loss": loss,
+            "loss_nce": loss_nce.detach(),
+            **{k: v.detach() for k, v in terms.items()},
+            "logits": logits,
+            "labels": labels,
+        }
 
 
 class DisCo(DistilledMoCo):
@@ -88,8 +94,17 @@ class MoCoRKD(DistilledMoCo):
     457-474): weights 1 and 1, RKD between the normalised student and teacher
     embeddings of the first view only. views=2 adds the second view's pair."""
 
-    def __init__(self, encoder_q, teacher, dist_weight=1.0, angle_weight=1.0, views=1, use_mse=False,
-                 mse_reduction="sum", **kwargs):
+    def __init__(
+        self,
+        encoder_q,
+        teacher,
+        dist_weight=1.0,
+        angle_weight=1.0,
+        views=1,
+        use_mse=False,
+        mse_reduction="sum",
+        **kwargs,
+    ):
         super().__init__(encoder_q, teacher, **kwargs)
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, not {views!r}")
@@ -108,7 +123,7 @@ class MoCoRKD(DistilledMoCo):
         return total
 
     def distill_loss(self, q1, q2, t1, t2):
-        pairs = [(q1, t1), (q2, t2)][:self.views]
+        pairs = [(q1, t1), (q2, t2)][: self.views]
         terms = {
             "loss_rkd_dist": self.dist_weight * self.rkd_term(rkd_distance, pairs),
             "loss_rkd_angle": self.angle_weight * self.rkd_term(rkd_angle, pairs),
@@ -129,12 +144,15 @@ def _teacher_for(args):
             width = teacher.eval()(torch.zeros(2, 3, size, size)).shape[1]
     except (AssertionError, RuntimeError) as exc:  # e.g. DINOv2's 14 px patches and a 32 px crop
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"teacher --teacher_arch {args.teacher_arch} cannot embed --image-size {size} "
-                        f"crops: {first}") from None
+        raise UserError(
+            f"teacher --teacher_arch {args.teacher_arch} cannot embed --image-size {size} crops: {first}"
+        ) from None
     if width != args.moco_dim:
         if getattr(args, "moco_dim_given", True):
-            raise UserError(f"teacher '{args.teacher}' embeds into {width} dimensions, the student into "
-                            f"--moco-dim {args.moco_dim}: they must be equal")
+            raise UserError(
+                f"teacher '{args.teacher}' embeds into {width} dimensions, the student into "
+                f"--moco-dim {args.moco_dim}: they must be equal"
+            )
         if du.is_main_process():
             print(f"=> --moco-dim {width}: the width of the teacher's embedding ({args.teacher_arch})", flush=True)
         args.moco_dim = width
@@ -142,18 +160,36 @@ def _teacher_for(args):
 
 
 def _moco_kwargs(args):
-    return {"dim": args.moco_dim, "K": args.moco_k, "m": args.moco_m, "T": args.moco_t,
-            "bn_splits": args.bn_splits, "teacher_bn": args.teacher_bn}
+    return {
+        "dim": args.moco_dim,
+        "K": args.moco_k,
+        "m": args.moco_m,
+        "T": args.moco_t,
+        "bn_splits": args.bn_splits,
+        "teacher_bn": args.teacher_bn,
+    }
 
 
 def build_disco(args):
     teacher = _teacher_for(args)  # first: it may set --moco-dim
-    return DisCo(build_query_encoder(args), teacher, only_mse=args.only_mse,
-                 mse_reduction=args.mse_reduction, **_moco_kwargs(args))
+    return DisCo(
+        build_query_encoder(args),
+        teacher,
+        only_mse=args.only_mse,
+        mse_reduction=args.mse_reduction,
+        **_moco_kwargs(args),
+    )
 
 
 def build_moco_rkd(args):
     teacher = _teacher_for(args)  # first: it may set --moco-dim
-    return MoCoRKD(build_query_encoder(args), teacher, dist_weight=args.rkd_dist_weight,
-                   angle_weight=args.rkd_angle_weight, views=args.rkd_views, use_mse=args.use_mse,
-                   mse_reduction=args.mse_reduction, **_moco_kwargs(args))
+    return MoCoRKD(
+        build_query_encoder(args),
+        teacher,
+        dist_weight=args.rkd_dist_weight,
+        angle_weight=args.rkd_angle_weight,
+        views=args.rkd_views,
+        use_mse=args.use_mse,
+        mse_reduction=args.mse_reduction,
+        **_moco_kwargs(args),
+    )

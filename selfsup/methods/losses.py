@@ -1,6 +1,7 @@
 """Losses as pure functions of embeddings: MoCo's InfoNCE, DisCo's MSE,
 RKD's distance and angle terms, SwAV's Sinkhorn codes and swapped
 prediction, and SwAV + DisCo's combination."""
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,7 @@ def rkd_distance(student, teacher):
 
 
 def _angles(e):
-    diff = e.unsqueeze(0) - e.unsqueeze(1)              # (N, N, C): e_j - e_i
+    diff = e.unsqueeze(0) - e.unsqueeze(1)  # (N, N, C): e_j - e_i
     diff = F.normalize(diff, p=2, dim=2)
     return torch.bmm(diff, diff.transpose(1, 2)).view(-1)  # cos of angle at i for (j, k)
 
@@ -73,6 +74,7 @@ def rkd_angle(student, teacher):
 
 
 # -- SwAV (Caron et al. 2020) ---------------------------------------------------
+
 
 def _all_reduce(t, op=None):
     if du.world_size() > 1:
@@ -101,19 +103,27 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
     normalisation of prototype rows and sample columns) carried out in log
     space in fp32: nothing overflows or underflows whatever the dtype or
     scale of `scores`."""
-    log_q = scores.detach().float().t() / epsilon          # (K, B)
+    log_q = scores.detach().float().t() / epsilon  # (K, B)
     k = log_q.shape[0]
     b_total = log_q.shape[1] * du.world_size()
     for _ in range(iterations):
-        log_q = log_q - _row_logsumexp_all_ranks(log_q) - math.log(k)      # each prototype: mass 1/K
+        log_q = log_q - _row_logsumexp_all_ranks(log_q) - math.log(k)  # each prototype: mass 1/K
         log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(b_total)  # each sample: 1/B
     return torch.exp(log_q + math.log(b_total)).t()
 
 
-def swav_loss(embedding: torch.Tensor, scores: torch.Tensor, batch_size: int,
-              crops_for_assign: Sequence[int] = (0, 1), temperature: float = 0.1, epsilon: float = 0.05,
-              sinkhorn_iterations: int = 3, queue: torch.Tensor | None = None,
-              prototypes: torch.Tensor | None = None, use_the_queue: bool = False) -> tuple[torch.Tensor, bool]:
+def swav_loss(
+    embedding: torch.Tensor,
+    scores: torch.Tensor,
+    batch_size: int,
+    crops_for_assign: Sequence[int] = (0, 1),
+    temperature: float = 0.1,
+    epsilon: float = 0.05,
+    sinkhorn_iterations: int = 3,
+    queue: torch.Tensor | None = None,
+    prototypes: torch.Tensor | None = None,
+    use_the_queue: bool = False,
+) -> tuple[torch.Tensor, bool]:
     """SwAV's swapped prediction over multi-crop outputs.
 
     embedding (N*B, D) and scores (N*B, K) hold the N crops of B images,
@@ -132,25 +142,30 @@ def swav_loss(embedding: torch.Tensor, scores: torch.Tensor, batch_size: int,
     loss = 0.0
     for i, crop_id in enumerate(crops_for_assign):
         with torch.no_grad():
-            out = scores[batch_size * crop_id: batch_size * (crop_id + 1)].detach().float()
+            out = scores[batch_size * crop_id : batch_size * (crop_id + 1)].detach().float()
             if queue is not None:
                 if use_the_queue or not torch.all(queue[i, -1, :] == 0):
                     use_the_queue = True
                     out = torch.cat((queue[i].float() @ prototypes.detach().float().t(), out))
                 queue[i, batch_size:] = queue[i, :-batch_size].clone()
-                queue[i, :batch_size] = embedding[crop_id * batch_size: (crop_id + 1) * batch_size].to(queue.dtype)
+                queue[i, :batch_size] = embedding[crop_id * batch_size : (crop_id + 1) * batch_size].to(queue.dtype)
             q = sinkhorn(out, epsilon, sinkhorn_iterations)[-batch_size:]
         subloss = 0.0
         others = [v for v in range(n_crops) if v != crop_id]
         for v in others:
-            x = scores[batch_size * v: batch_size * (v + 1)].float() / temperature
+            x = scores[batch_size * v : batch_size * (v + 1)].float() / temperature
             subloss = subloss - torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
         loss = loss + subloss / len(others)
     return loss / len(crops_for_assign), use_the_queue
 
 
-def swav_disco_loss(swav: torch.Tensor, student_embedding: torch.Tensor, teacher_embedding: torch.Tensor,
-                    n_assign: int, mse_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def swav_disco_loss(
+    swav: torch.Tensor,
+    student_embedding: torch.Tensor,
+    teacher_embedding: torch.Tensor,
+    n_assign: int,
+    mse_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SwAV + DisCo loss of the original main_swav_distill.py:
     ``(sum over crops_for_assign of the swapped losses + mse_weight * MSE) / n_assign``.
 

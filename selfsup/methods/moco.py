@@ -1,5 +1,6 @@
 """MoCo-v2 (He et al. 2020; Chen et al. 2020): a query encoder trained by
 InfoNCE against a momentum key encoder and a queue of past keys."""
+
 import copy
 
 import torch

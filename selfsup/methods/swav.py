@@ -6,6 +6,7 @@ swav-master/main_swav_distill.py) as methods: modules whose
 A method holds the SwAV model (or its DDP wrapper), the feature queue and
 whether the queue is in use yet; the loop (selfsup.engine.swav_train) owns
 the data, optimiser, schedule and checkpoints."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,14 +27,20 @@ class SwAV(nn.Module):
     under whatever autocast the caller set; the codes and losses are
     computed in fp32 with autocast off (selfsup.methods.losses)."""
 
-    def __init__(self, model: nn.Module, crops_for_assign: Sequence[int] = (0, 1), temperature: float = 0.1,
-                 epsilon: float = 0.05, sinkhorn_iterations: int = 3):
+    def __init__(
+        self,
+        model: nn.Module,
+        crops_for_assign: Sequence[int] = (0, 1),
+        temperature: float = 0.1,
+        epsilon: float = 0.05,
+        sinkhorn_iterations: int = 3,
+    ):
         super().__init__()
         self.model = model
         self.crops_for_assign, self.temperature = list(crops_for_assign), temperature
         self.epsilon, self.sinkhorn_iterations = epsilon, sinkhorn_iterations
-        self.queue: torch.Tensor | None = None   # (len(crops_for_assign), L, feat_dim), set by the loop
-        self.use_the_queue = False                  # becomes True once the queue is full
+        self.queue: torch.Tensor | None = None  # (len(crops_for_assign), L, feat_dim), set by the loop
+        self.use_the_queue = False  # becomes True once the queue is full
 
     @property
     def net(self) -> nn.Module:
@@ -50,9 +57,17 @@ class SwAV(nn.Module):
         """swav_loss of this batch against (and into) the queue, in fp32."""
         with torch.autocast(embedding.device.type, enabled=False):
             loss, self.use_the_queue = swav_loss(
-                embedding, scores, batch_size, self.crops_for_assign, self.temperature, self.epsilon,
-                self.sinkhorn_iterations, queue=self.queue, prototypes=self.net.prototypes.weight,
-                use_the_queue=self.use_the_queue)
+                embedding,
+                scores,
+                batch_size,
+                self.crops_for_assign,
+                self.temperature,
+                self.epsilon,
+                self.sinkhorn_iterations,
+                queue=self.queue,
+                prototypes=self.net.prototypes.weight,
+                use_the_queue=self.use_the_queue,
+            )
         return loss
 
     def encode(self, crops):
@@ -96,8 +111,12 @@ class SwAVDisCo(SwAV):
 
 
 def swav_kwargs(args: Any) -> dict[str, Any]:
-    return {"crops_for_assign": args.crops_for_assign, "temperature": args.temperature, "epsilon": args.epsilon,
-            "sinkhorn_iterations": args.sinkhorn_iterations}
+    return {
+        "crops_for_assign": args.crops_for_assign,
+        "temperature": args.temperature,
+        "epsilon": args.epsilon,
+        "sinkhorn_iterations": args.sinkhorn_iterations,
+    }
 
 
 def load_distill_teacher(args: Any) -> EmbeddingTeacher:
@@ -105,8 +124,13 @@ def load_distill_teacher(args: Any) -> EmbeddingTeacher:
     without normalize=True (orig:swav-master/main_swav_distill.py:203-206,
     default False in src/resnet50.py:150): its raw projection is the target
     (--teacher_normalize true normalises it)."""
-    return load_swav_teacher(args.teacher_arch, args.teacher, hidden_mlp=args.teacher_hidden_mlp,
-                             feat_dim=args.feat_dim, normalize=args.teacher_normalize)
+    return load_swav_teacher(
+        args.teacher_arch,
+        args.teacher,
+        hidden_mlp=args.teacher_hidden_mlp,
+        feat_dim=args.feat_dim,
+        normalize=args.teacher_normalize,
+    )
 
 
 def build_swav(args: Any, model: nn.Module, teacher: EmbeddingTeacher | None = None) -> SwAV:

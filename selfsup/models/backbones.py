@@ -17,6 +17,7 @@ classification model (``tv:NAME``) is a backbone; see ``_external_spec`` and
 docs/teachers.md. Their head slot is a dotted path (``head.fc``,
 ``classifier.3``), read from the model itself.
 """
+
 import difflib
 import functools
 from dataclasses import dataclass
@@ -32,10 +33,10 @@ from selfsup.core.errors import UserError
 @dataclass(frozen=True)
 class BackboneSpec:
     build: Callable[[bool], nn.Module]  # small_images -> model with its head in place
-    head_name: Optional[str]            # attribute that holds the classifier (None: read from the model)
-    feat_dim: Optional[int]             # width of the pooled feature (None: read from the model)
-    family: str                         # "resnet", "timm-cnn", "vit", "timm" or "torchvision"
-    image_size: int = 224               # the original's crop size for this arch
+    head_name: Optional[str]  # attribute that holds the classifier (None: read from the model)
+    feat_dim: Optional[int]  # width of the pooled feature (None: read from the model)
+    family: str  # "resnet", "timm-cnn", "vit", "timm" or "torchvision"
+    image_size: int = 224  # the original's crop size for this arch
 
 
 def _torchvision_resnet(name):
@@ -44,6 +45,7 @@ def _torchvision_resnet(name):
         if small:
             _small_resnet_stem(model)
         return model
+
     return build
 
 
@@ -59,6 +61,7 @@ class _WideBottleneck(Bottleneck):
 
     Built with torchvision's ``width_per_group=128`` it reproduces SwAV's
     ResNet-50x2 block: inner width 2 * planes, output 2 * 4 * planes."""
+
     expansion = 8
 
 
@@ -94,18 +97,22 @@ def _swav_resnet50w2(small):
 def _timm_cnn(name):
     def build(small):
         import timm
+
         model = timm.create_model(name, pretrained=False)
         if small:
             model.conv_stem.stride = (1, 1)
         return model
+
     return build
 
 
 def _timm_vit(name, small_kwargs):
     def build(small):
         import timm
+
         kwargs = small_kwargs if small else {}
         return timm.create_model(name, pretrained=False, **kwargs)
+
     return build
 
 
@@ -127,19 +134,22 @@ BACKBONES: Dict[str, BackboneSpec] = {
     "efficientb5": BackboneSpec(_timm_cnn("efficientnet_b5"), "classifier", 2048, "timm-cnn", image_size=456),
     # MobileNet-v3 large; its 960->1280 head conv counts as part of the backbone.
     "mobilenetv3": BackboneSpec(_timm_cnn("mobilenetv3_large_100"), "classifier", 1280, "timm-cnn"),
-    "vit_tiny": BackboneSpec(
-        _timm_vit("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}), "head", 192, "vit"),
-    "xcit_tiny": BackboneSpec(
-        _timm_vit("xcit_tiny_12_p8_224", {"img_size": 32}), "head", 192, "vit"),
+    "vit_tiny": BackboneSpec(_timm_vit("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}), "head", 192, "vit"),
+    "xcit_tiny": BackboneSpec(_timm_vit("xcit_tiny_12_p8_224", {"img_size": 32}), "head", 192, "vit"),
 }
 
 # The paper's spellings. timm's own names (vit_tiny_patch16_224,
 # xcit_tiny_12_p16_224, ...) are not aliases: they build exactly timm's model.
 ALIASES = {
-    "ViT-Tiny": "vit_tiny", "vit-tiny": "vit_tiny",
-    "XCiT-Tiny": "xcit_tiny", "xcit-tiny": "xcit_tiny",
-    "mobilenet_v3": "mobilenetv3", "efficientnet_b0": "efficientb0",
-    "efficientnet_b1": "efficientb1", "efficientnet_b5": "efficientb5", "swav_resnet50": "SWAVresnet50",
+    "ViT-Tiny": "vit_tiny",
+    "vit-tiny": "vit_tiny",
+    "XCiT-Tiny": "xcit_tiny",
+    "xcit-tiny": "xcit_tiny",
+    "mobilenet_v3": "mobilenetv3",
+    "efficientnet_b0": "efficientb0",
+    "efficientnet_b1": "efficientb1",
+    "efficientnet_b5": "efficientb5",
+    "swav_resnet50": "SWAVresnet50",
 }
 
 ARCH_NAMES = sorted(BACKBONES)
@@ -148,6 +158,7 @@ SMALL_IMAGE_SIZE = 32  # what --small-images builds fixed-size transformers for
 
 
 # -- any timm or torchvision model --------------------------------------------
+
 
 def _set_submodule(model, path, module):
     parent, _, leaf = path.rpartition(".")
@@ -180,6 +191,7 @@ def _small_stem(model):
 def _timm_any(name):
     def build(small):
         import timm
+
         model = None
         if small:  # transformers built for a fixed size: build them for 32 px (any size if they can)
             for kwargs in ({"img_size": SMALL_IMAGE_SIZE, "dynamic_img_size": True}, {"img_size": SMALL_IMAGE_SIZE}):
@@ -189,9 +201,11 @@ def _timm_any(name):
                 except TypeError:
                     continue
                 except Exception as exc:  # e.g. a window size that 32 px cannot hold
-                    raise UserError(f"-a {name} cannot be built for --small-images ({SMALL_IMAGE_SIZE} px): "
-                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
-                                    "drop --small-images") from None
+                    raise UserError(
+                        f"-a {name} cannot be built for --small-images ({SMALL_IMAGE_SIZE} px): "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                        "drop --small-images"
+                    ) from None
         if model is None:
             model = timm.create_model(name, pretrained=False)
             if small:
@@ -199,16 +213,21 @@ def _timm_any(name):
         cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
         head = cfg.get("classifier", "head")
         if not isinstance(head, str):
-            raise UserError(f"-a {name} has several classifier heads ({', '.join(head)}, a distillation "
-                            "model): not supported as a backbone; use its non-distilled variant")
+            raise UserError(
+                f"-a {name} has several classifier heads ({', '.join(head)}, a distillation "
+                "model): not supported as a backbone; use its non-distilled variant"
+            )
         try:
             width = _classifier_width(model.get_submodule(head), model)
         except AttributeError:
-            raise UserError(f"-a {name}: timm names its classifier '{head}', which the model does not "
-                            "have; not supported as a backbone") from None
+            raise UserError(
+                f"-a {name}: timm names its classifier '{head}', which the model does not "
+                "have; not supported as a backbone"
+            ) from None
         model.reset_classifier(0)
         _set_submodule(model, head, nn.Identity())  # what reset_classifier(0) left there, made sure
         return model, head, width
+
     return build
 
 
@@ -225,15 +244,18 @@ def _torchvision_any(name):
         if small and name.startswith("vit_"):
             kwargs["image_size"] = SMALL_IMAGE_SIZE
         elif small and name.startswith(("swin_", "maxvit_")):
-            raise UserError(f"-a tv:{name} cannot be built for --small-images (its windows need larger "
-                            "images); drop --small-images")
+            raise UserError(
+                f"-a tv:{name} cannot be built for --small-images (its windows need larger images); drop --small-images"
+            )
         model = tvm.get_model(name, weights=None, **kwargs)
         if small and not name.startswith("vit_"):
             _small_stem(model)
         head = _last_classifier(model)
         if head is None:
-            raise UserError(f"-a tv:{name} has no Linear classifier to replace (e.g. SqueezeNet's is a "
-                            "convolution): not supported as a backbone")
+            raise UserError(
+                f"-a tv:{name} has no Linear classifier to replace (e.g. SqueezeNet's is a "
+                "convolution): not supported as a backbone"
+            )
         width = model.get_submodule(head).in_features
         parent, _, leaf = head.rpartition(".")
         container = model.get_submodule(parent) if parent else None
@@ -243,12 +265,14 @@ def _torchvision_any(name):
                     setattr(container, key, nn.Identity())
         _set_submodule(model, head, nn.Identity())
         return model, head, width
+
     return build
 
 
 def _timm_names():
     try:
         import timm
+
         return timm.list_models()
     except ImportError:
         return []
@@ -262,12 +286,12 @@ def _torchvision_names():
 def _external_spec(arch):
     """A spec for a timm name (plain or ``timm:NAME``) or ``tv:NAME``, else None."""
     if arch.startswith(TV_PREFIX):
-        name = arch[len(TV_PREFIX):]
+        name = arch[len(TV_PREFIX) :]
         if name not in _torchvision_names():
             return None
         family = "resnet" if name.startswith(("resnet", "wide_resnet", "resnext")) else "torchvision"
         return BackboneSpec(_torchvision_any(name), None, None, family)
-    name = arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else arch
+    name = arch[len(TIMM_PREFIX) :] if arch.startswith(TIMM_PREFIX) else arch
     try:
         import timm
     except ImportError:
@@ -280,11 +304,13 @@ def _external_spec(arch):
 def _unknown(arch):
     names = list(dict.fromkeys(ARCH_NAMES + sorted(ALIASES) + _timm_names()))
     names += [TV_PREFIX + n for n in _torchvision_names()]
-    query = arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else arch
+    query = arch[len(TIMM_PREFIX) :] if arch.startswith(TIMM_PREFIX) else arch
     close = difflib.get_close_matches(query, names, n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    return UserError(f"unknown architecture '{arch}' (-a/--arch){hint}; the paper's: {', '.join(ARCH_NAMES)}; "
-                     "or any timm name, or tv:NAME for torchvision (docs/teachers.md)")
+    return UserError(
+        f"unknown architecture '{arch}' (-a/--arch){hint}; the paper's: {', '.join(ARCH_NAMES)}; "
+        "or any timm name, or tv:NAME for torchvision (docs/teachers.md)"
+    )
 
 
 def backbone_spec(arch: str) -> BackboneSpec:
@@ -302,8 +328,8 @@ def canonical_arch(arch: str) -> str:
     without its ``timm:`` prefix (unless the zoo has the same name)."""
     backbone_spec(arch)
     name = ALIASES.get(arch, arch)
-    if name.startswith(TIMM_PREFIX) and name[len(TIMM_PREFIX):] not in BACKBONES:
-        return name[len(TIMM_PREFIX):]
+    if name.startswith(TIMM_PREFIX) and name[len(TIMM_PREFIX) :] not in BACKBONES:
+        return name[len(TIMM_PREFIX) :]
     return name
 
 

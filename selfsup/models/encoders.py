@@ -1,6 +1,7 @@
 """Encoders built from flags or from checkpoints: the query encoder of a
 pretraining run (backbone plus projection head in its head slot), and the
 backbone of any checkpoint this project writes."""
+
 from selfsup.core import checkpoint as ck
 from selfsup.core.errors import UserError
 from selfsup.models.backbones import canonical_arch, create_backbone, set_head

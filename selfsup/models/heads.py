@@ -1,4 +1,5 @@
 """Projection heads, sized by the original's ``--mlp`` and ``--hidden`` flags."""
+
 import torch.nn as nn
 
 from selfsup.core.errors import UserError

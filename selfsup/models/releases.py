@@ -22,6 +22,7 @@ has the table and the reasons for each choice of embedding.
 - DINOv2 (facebookresearch/dinov2): the backbone files embed into the
   normalised class token (``x_norm_clstoken``); ``mask_token`` is dropped.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,29 +38,35 @@ from selfsup.models.backbones import create_backbone, set_head
 
 @dataclass(frozen=True)
 class Release:
-    family: str          # "dino", "mocov3" or "dinov2"
-    model: str           # timm name, or "resnet50" (torchvision, the zoo's)
-    files: str           # the released file names, for messages and docs
+    family: str  # "dino", "mocov3" or "dinov2"
+    model: str  # timm name, or "resnet50" (torchvision, the zoo's)
+    files: str  # the released file names, for messages and docs
     kwargs: dict = field(default_factory=dict)
-    native: int = 224    # the resolution the release was trained at
+    native: int = 224  # the resolution the release was trained at
 
 
 RELEASES = {
-    "dino_vits16": Release("dino", "vit_small_patch16_224",
-                           "dino_deitsmall16_pretrain.pth, dino_deitsmall16_pretrain_full_checkpoint.pth"),
-    "dino_vits8": Release("dino", "vit_small_patch8_224",
-                          "dino_deitsmall8_pretrain.pth, dino_deitsmall8_pretrain_full_checkpoint.pth"),
-    "dino_xcit_small_12_p16": Release("dino", "xcit_small_12_p16_224",
-                                      "dino_xcit_small_12_p16_pretrain.pth, "
-                                      "dino_xcit_small_12_p16_pretrain_full_checkpoint.pth"),
-    "dino_resnet50": Release("dino", "resnet50",
-                             "dino_resnet50_pretrain.pth, dino_resnet50_pretrain_full_checkpoint.pth"),
+    "dino_vits16": Release(
+        "dino", "vit_small_patch16_224", "dino_deitsmall16_pretrain.pth, dino_deitsmall16_pretrain_full_checkpoint.pth"
+    ),
+    "dino_vits8": Release(
+        "dino", "vit_small_patch8_224", "dino_deitsmall8_pretrain.pth, dino_deitsmall8_pretrain_full_checkpoint.pth"
+    ),
+    "dino_xcit_small_12_p16": Release(
+        "dino",
+        "xcit_small_12_p16_224",
+        "dino_xcit_small_12_p16_pretrain.pth, dino_xcit_small_12_p16_pretrain_full_checkpoint.pth",
+    ),
+    "dino_resnet50": Release(
+        "dino", "resnet50", "dino_resnet50_pretrain.pth, dino_resnet50_pretrain_full_checkpoint.pth"
+    ),
     # moco-v3 vits.py: ViT-S with 12 heads (DeiT-S and timm's vit_small have 6).
     "mocov3_vit_small": Release("mocov3", "vit_small_patch16_224", "vit-s-300ep.pth.tar", {"num_heads": 12}),
     "mocov3_resnet50": Release("mocov3", "resnet50", "r-50-100ep.pth.tar, r-50-300ep.pth.tar, r-50-1000ep.pth.tar"),
     "dinov2_vits14": Release("dinov2", "vit_small_patch14_dinov2", "dinov2_vits14_pretrain.pth", native=518),
-    "dinov2_vits14_reg": Release("dinov2", "vit_small_patch14_reg4_dinov2", "dinov2_vits14_reg4_pretrain.pth",
-                                 native=518),
+    "dinov2_vits14_reg": Release(
+        "dinov2", "vit_small_patch14_reg4_dinov2", "dinov2_vits14_reg4_pretrain.pth", native=518
+    ),
 }
 
 
@@ -69,12 +76,14 @@ def is_release(arch):
 
 # -- the trunks ---------------------------------------------------------------
 
+
 def build_trunk(release: Release) -> tuple[nn.Module, str]:
     """The release's trunk with its head slot empty (Identity): (model, head slot name)."""
     if release.model == "resnet50":
         model, _ = create_backbone("resnet50")
         return model, "fc"
     import timm  # optional and slow to import: only for the transformer releases
+
     kwargs = dict(release.kwargs)
     if release.model.startswith("vit_"):
         # Any crop size: the position embeddings are resampled (bicubic) off the
@@ -86,6 +95,7 @@ def build_trunk(release: Release) -> tuple[nn.Module, str]:
 
 
 # -- key mapping: release names -> timm names ------------------------------------
+
 
 def _xcit_keys(state):
     """Official XCiT names -> timm's: ``pos_embeder`` is ``pos_embed`` in timm,
@@ -124,13 +134,19 @@ def trunk_keys(release, state):
 
 # -- projection heads rebuilt from their keys -----------------------------------
 
+
 def mlp_from_state(state, prefix, act):
     """The nn.Sequential whose parameters are ``{prefix}{i}.*``: a 2-d weight
     is a Linear (biased if the file has the bias), running statistics a
     BatchNorm1d (affine if it has a weight), an index without parameters the
     activation. DINO's head uses GELU, MoCo-v3's MLPs ReLU."""
-    idx = sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)
-                  and k[len(prefix):].split(".")[0].isdigit()})
+    idx = sorted(
+        {
+            int(k[len(prefix) :].split(".")[0])
+            for k in state
+            if k.startswith(prefix) and k[len(prefix) :].split(".")[0].isdigit()
+        }
+    )
     if not idx:
         return None
     layers = []
@@ -160,6 +176,7 @@ class DinoBottleneck(nn.Module):
 
 # -- reading a release file -----------------------------------------------------
 
+
 def _prefixed(state, prefixes):
     for prefix in prefixes:
         sub = ck.strip_prefix(state, prefix)
@@ -179,8 +196,10 @@ def release_state(arch, release, ckpt, path):
         state = ck.state_dict_of(ckpt, path)
         base, _ = _prefixed(state, ("module.base_encoder.", "base_encoder."))
         if base is None:
-            raise UserError(f"teacher '{path}' is not a MoCo-v3 training checkpoint for --teacher_arch {arch} "
-                            f"(no module.base_encoder.* keys; its first keys: {_first_keys(state)})")
+            raise UserError(
+                f"teacher '{path}' is not a MoCo-v3 training checkpoint for --teacher_arch {arch} "
+                f"(no module.base_encoder.* keys; its first keys: {_first_keys(state)})"
+            )
         return base, "module.base_encoder", lambda head_state: mlp_from_state(head_state, "", nn.ReLU)
     if release.family == "dino" and isinstance(ckpt, dict) and "teacher" in ckpt:
         teacher = ckpt["teacher"]
@@ -190,8 +209,10 @@ def release_state(arch, release, ckpt, path):
         sub, _ = _prefixed(teacher, ("module.backbone.", "backbone."))
         head, _ = _prefixed(teacher, ("module.head.", "head."))
         if sub is None or head is None:
-            raise UserError(f"teacher '{path}': its 'teacher' entry has no backbone.*/head.* keys "
-                            f"(expected DINO's training checkpoint; its first keys: {_first_keys(teacher)})")
+            raise UserError(
+                f"teacher '{path}': its 'teacher' entry has no backbone.*/head.* keys "
+                f"(expected DINO's training checkpoint; its first keys: {_first_keys(teacher)})"
+            )
         sub.update({f"__head__.{k}": v for k, v in head.items() if not k.startswith("last_layer.")})
         return sub, "DINO training checkpoint ('teacher')", _dino_head
     state = ck.state_dict_of(ckpt, path)
@@ -215,7 +236,7 @@ def load_release_encoder(arch: str, path: str) -> tuple[nn.Module, Release, str]
     state, layout, head_builder = release_state(arch, release, ckpt, path)
     model, slot = build_trunk(release)
     if release.family == "dino" and head_builder is not None:
-        head_state = {k[len("__head__."):]: v for k, v in state.items() if k.startswith("__head__.")}
+        head_state = {k[len("__head__.") :]: v for k, v in state.items() if k.startswith("__head__.")}
         state = {k: v for k, v in state.items() if not k.startswith("__head__.")}
         state = trunk_keys(release, state)
         state.update({f"{slot}.{k}": v for k, v in head_state.items()})
@@ -224,8 +245,7 @@ def load_release_encoder(arch: str, path: str) -> tuple[nn.Module, Release, str]
         head_state = ck.strip_prefix(state, f"{slot}.")
         head = head_builder(head_state)
         if head is None:
-            raise UserError(f"teacher '{path}' ({layout}) has no projector under '{slot}.*' for "
-                            f"--teacher_arch {arch}")
+            raise UserError(f"teacher '{path}' ({layout}) has no projector under '{slot}.*' for --teacher_arch {arch}")
         state = trunk_keys(release, state)
     else:
         state = trunk_keys(release, state)
@@ -234,7 +254,8 @@ def load_release_encoder(arch: str, path: str) -> tuple[nn.Module, Release, str]
         set_head(model, head)
     problem = ck.describe_mismatch(model.state_dict(), state)
     if problem:
-        raise UserError(f"teacher '{path}' is not a --teacher_arch {arch} release ({release.files}; read as "
-                        f"{layout}): {problem}")
+        raise UserError(
+            f"teacher '{path}' is not a --teacher_arch {arch} release ({release.files}; read as {layout}): {problem}"
+        )
     model.load_state_dict(state, strict=True)
     return model, release, layout

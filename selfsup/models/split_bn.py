@@ -22,6 +22,7 @@ replace, so state_dict keys and shapes do not change. They are converted in
 with ``groups=1`` (plain BN) and grouped only inside :func:`bn_groups_set`,
 so code that calls an encoder directly (monitors, tests) sees plain BN.
 """
+
 import contextlib
 import sys
 from collections.abc import Iterator
@@ -84,8 +85,18 @@ class _SplitBatchNorm:
         # zero-filled batch-sized gradient, which cost 4x a BN on CPU).
         for i, part in enumerate(torch.split(x, chunk_sizes(x.shape[0], groups))):  # views: no copy
             first = i == 0 and factor > 0  # only the first chunk moves the running averages
-            outs.append(F.batch_norm(part, self.running_mean if first else None, self.running_var if first else None,
-                                     self.weight, self.bias, True, factor, self.eps))
+            outs.append(
+                F.batch_norm(
+                    part,
+                    self.running_mean if first else None,
+                    self.running_var if first else None,
+                    self.weight,
+                    self.bias,
+                    True,
+                    factor,
+                    self.eps,
+                )
+            )
         return torch.cat(outs)
 
     def _update_factor(self) -> float:
@@ -115,8 +126,11 @@ class SplitBatchNorm3d(_SplitBatchNorm, nn.BatchNorm3d):
 
 def _split_types() -> list[tuple[type, type, bool]]:
     """(BN class, its split class, whether drop+act follow the norm)."""
-    known = [(nn.BatchNorm1d, SplitBatchNorm1d, False), (nn.BatchNorm2d, SplitBatchNorm2d, False),
-             (nn.BatchNorm3d, SplitBatchNorm3d, False)]
+    known = [
+        (nn.BatchNorm1d, SplitBatchNorm1d, False),
+        (nn.BatchNorm2d, SplitBatchNorm2d, False),
+        (nn.BatchNorm3d, SplitBatchNorm3d, False),
+    ]
     # timm is imported only by the backbones that need it; a BatchNormAct2d
     # can only exist once it has been.
     norm_act = sys.modules.get("timm.layers.norm_act")
@@ -137,8 +151,10 @@ def _as_split(bn: nn.Module, groups: int) -> nn.Module:
             split.__dict__.update(bn.__dict__)
             split.groups, split.applies_act = groups, applies_act
             return split
-    raise UserError(f"{type(bn).__module__}.{type(bn).__name__}: a BatchNorm layer that --bn-splits cannot "
-                    "split into groups (use --bn-splits 1)")
+    raise UserError(
+        f"{type(bn).__module__}.{type(bn).__name__}: a BatchNorm layer that --bn-splits cannot "
+        "split into groups (use --bn-splits 1)"
+    )
 
 
 def convert_split_bn(module: nn.Module, groups: int = 1) -> nn.Module:

@@ -12,6 +12,7 @@ a ``module.`` prefix. :func:`official_state_dict` writes it and
 :func:`load_official_state` reads it, so our checkpoints and released SwAV
 weights are interchangeable.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,8 +39,7 @@ class SwAVModel(nn.Module):
     when ``nmb_prototypes`` is 0). ``feat_dim=0`` means no projection head
     (the embedding is the normalised backbone feature)."""
 
-    def __init__(self, arch, hidden_mlp=None, feat_dim=128, nmb_prototypes=3000, small_images=False,
-                 normalize=True):
+    def __init__(self, arch, hidden_mlp=None, feat_dim=128, nmb_prototypes=3000, small_images=False, normalize=True):
         super().__init__()
         self.arch = canonical_arch(arch)
         self.backbone, width = create_backbone(arch, bool(small_images))
@@ -55,8 +55,11 @@ class SwAVModel(nn.Module):
             out = self.feat_dim
         else:
             self.projection_head = nn.Sequential(
-                nn.Linear(width, self.hidden_mlp), nn.BatchNorm1d(self.hidden_mlp), nn.ReLU(inplace=True),
-                nn.Linear(self.hidden_mlp, self.feat_dim))
+                nn.Linear(width, self.hidden_mlp),
+                nn.BatchNorm1d(self.hidden_mlp),
+                nn.ReLU(inplace=True),
+                nn.Linear(self.hidden_mlp, self.feat_dim),
+            )
             out = self.feat_dim
         self.prototypes = nn.Linear(out, self.nmb_prototypes, bias=False) if self.nmb_prototypes > 0 else None
 
@@ -95,6 +98,7 @@ class SwAVModel(nn.Module):
 
 # -- checkpoint layout ------------------------------------------------------
 
+
 def official_state_dict(model, prefix="module."):
     """`model`'s weights in the official SwAV layout: backbone keys at top level."""
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -130,9 +134,11 @@ def load_official_state(model, state, path, what="checkpoint", ignore=()):
     state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore))} if ignore else state
     problem = describe_official_mismatch(model, state)
     if problem:
-        raise UserError(f"{what} '{path}' does not fit arch {model.arch} "
-                        f"(hidden_mlp {model.hidden_mlp}, feat_dim {model.feat_dim}, "
-                        f"nmb_prototypes {model.nmb_prototypes}): {problem}")
+        raise UserError(
+            f"{what} '{path}' does not fit arch {model.arch} "
+            f"(hidden_mlp {model.hidden_mlp}, feat_dim {model.feat_dim}, "
+            f"nmb_prototypes {model.nmb_prototypes}): {problem}"
+        )
     model.load_state_dict(to_model_keys(state), strict=True)
     return model
 
@@ -160,8 +166,16 @@ def _infer_small(state, ckpt):
     return bool(w is not None and w.dim() == 4 and w.shape[-1] == 3)
 
 
-def load_swav_encoder(arch: str, path: str, hidden_mlp=None, feat_dim: int = 128, nmb_prototypes: int = 0,
-                      small_images=None, normalize: bool = True, what: str = "teacher checkpoint") -> SwAVEncoder:
+def load_swav_encoder(
+    arch: str,
+    path: str,
+    hidden_mlp=None,
+    feat_dim: int = 128,
+    nmb_prototypes: int = 0,
+    small_images=None,
+    normalize: bool = True,
+    what: str = "teacher checkpoint",
+) -> SwAVEncoder:
     """A SwAVEncoder with the weights of an official SwAV release (plain state
     dict, ``module.`` prefix) or one of our SwAV checkpoints. The
     DeepCluster-v2 and SeLa-v2 releases (arch ``DCresnet50``/``SELAresnet50``)
@@ -182,8 +196,14 @@ def load_swav_encoder(arch: str, path: str, hidden_mlp=None, feat_dim: int = 128
             hidden_mlp = default_hidden_mlp(arch)
     if small_images is None:
         small_images = _infer_small(state, ckpt)
-    model = SwAVEncoder(arch, hidden_mlp=hidden_mlp, feat_dim=feat_dim, nmb_prototypes=nmb_prototypes,
-                        small_images=small_images, normalize=bool(normalize))
+    model = SwAVEncoder(
+        arch,
+        hidden_mlp=hidden_mlp,
+        feat_dim=feat_dim,
+        nmb_prototypes=nmb_prototypes,
+        small_images=small_images,
+        normalize=bool(normalize),
+    )
     ignore = () if nmb_prototypes else ("prototypes.",)
     # Our checkpoints may hold other entries (e.g. the run's flags): only the SwAV model's keys are compared.
     load_official_state(model, state, path, what, ignore=ignore)

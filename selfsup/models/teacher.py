@@ -14,6 +14,7 @@ logic: the method holding it decides its BatchNorm mode (DisCo's
 - the DINO, MoCo-v3 and DINOv2 releases (``--teacher_arch dino_vits16``,
   ``mocov3_resnet50``, ``dinov2_vits14``, ...), via selfsup.models.releases.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,17 +70,33 @@ def _head_from_state(state, head_name, feat_dim, path):
         return projection_head(feat_dim, out, mlp=True, hidden=hidden)
     if f"{head_name}.0.weight" in state:
         return projection_head(feat_dim, state[f"{head_name}.0.weight"].shape[0], mlp=True, hidden=0)
-    raise UserError(f"teacher '{path}' has no projection head under '{head_name}.' "
-                    "(expected a MoCo pretraining checkpoint with module.encoder_q.*)")
+    raise UserError(
+        f"teacher '{path}' has no projection head under '{head_name}.' "
+        "(expected a MoCo pretraining checkpoint with module.encoder_q.*)"
+    )
 
 
-def load_swav_teacher(arch: str, path: str, hidden_mlp=None, feat_dim: int = 128, nmb_prototypes: int = 0,
-                      small_images=None, normalize: bool = True) -> EmbeddingTeacher:
+def load_swav_teacher(
+    arch: str,
+    path: str,
+    hidden_mlp=None,
+    feat_dim: int = 128,
+    nmb_prototypes: int = 0,
+    small_images=None,
+    normalize: bool = True,
+) -> EmbeddingTeacher:
     """A frozen SwAV-layout teacher in eval mode (selfsup.models.swav.load_swav_encoder
     says which files and what the arguments mean). normalize False: the raw
     projection, the teacher of the original main_swav_distill.py."""
-    encoder = load_swav_encoder(arch, path, hidden_mlp=hidden_mlp, feat_dim=feat_dim,
-                                nmb_prototypes=nmb_prototypes, small_images=small_images, normalize=normalize)
+    encoder = load_swav_encoder(
+        arch,
+        path,
+        hidden_mlp=hidden_mlp,
+        feat_dim=feat_dim,
+        nmb_prototypes=nmb_prototypes,
+        small_images=small_images,
+        normalize=normalize,
+    )
     return EmbeddingTeacher(encoder, normalize=False, slot="model").eval()
 
 
@@ -92,17 +109,25 @@ def load_moco_teacher(arch: str, path: str, small_images=None) -> EmbeddingTeach
             state = sub
             break
     else:
-        raise UserError(f"teacher '{path}' has no 'module.encoder_q.*' keys (expected a MoCo-v2 checkpoint; "
-                        "for SwAV-layout weights use --teacher_arch SWAVresnet50, resnet50w2, DCresnet50 "
-                        "or SELAresnet50)")
+        raise UserError(
+            f"teacher '{path}' has no 'module.encoder_q.*' keys (expected a MoCo-v2 checkpoint; "
+            "for SwAV-layout weights use --teacher_arch SWAVresnet50, resnet50w2, DCresnet50 "
+            "or SELAresnet50)"
+        )
     if small_images is None:
         small_images = ck.small_images_of(ckpt)
     backbone, feat_dim = create_backbone(arch, small_images)
     head_name = backbone.head_name
     head_weight = state.get(f"{head_name}.weight", state.get(f"{head_name}.0.weight"))
     if head_weight is not None and head_weight.shape[1] != feat_dim:
-        raise ck.arch_mismatch("teacher", path, "--teacher_arch", arch,
-                               f"head input {head_weight.shape[1]} vs feature width {feat_dim}", ckpt)
+        raise ck.arch_mismatch(
+            "teacher",
+            path,
+            "--teacher_arch",
+            arch,
+            f"head input {head_weight.shape[1]} vs feature width {feat_dim}",
+            ckpt,
+        )
     encoder = set_head(backbone, _head_from_state(state, head_name, feat_dim, path))
     ck.load_into(encoder, state, path, arch, flag="--teacher_arch")
     return EmbeddingTeacher(encoder)
@@ -111,8 +136,7 @@ def load_moco_teacher(arch: str, path: str, small_images=None) -> EmbeddingTeach
 def load_teacher(arch: str, path: str, small_images=None, nmb_prototypes: int = 0) -> EmbeddingTeacher:
     """A frozen teacher of `arch` with the weights of `path`, in eval mode."""
     if not path:
-        raise UserError("--teacher PATH is required (a MoCo-v2, SwAV, DINO, MoCo-v3 or DINOv2 file of "
-                        "--teacher_arch)")
+        raise UserError("--teacher PATH is required (a MoCo-v2, SwAV, DINO, MoCo-v3 or DINOv2 file of --teacher_arch)")
     if arch in SWAV_TEACHERS:
         teacher = load_swav_teacher(arch, path, nmb_prototypes=nmb_prototypes, small_images=small_images)
     elif is_release(arch):  # built at the release's own stem: small_images does not apply
@@ -140,4 +164,3 @@ def freeze_bn_statistics(module):
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = 0.0
     return module
-
