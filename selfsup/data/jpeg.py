@@ -103,6 +103,28 @@ class TwoViewLoader:
     def sampler(self):
         return self.loader.sampler
 
+    # Iteration boundaries, mid-epoch positions and resume points are the
+    # inner ResumableLoader's: it calls `hook` after batch i is trained and
+    # before batch i+1 is read, so a checkpoint taken there holds the RNG
+    # states from before batch i+1 is augmented here, and a rerun repeats it.
+    @property
+    def hook(self):
+        return self.loader.hook
+
+    @hook.setter
+    def hook(self, fn):
+        self.loader.hook = fn
+
+    @property
+    def start(self) -> int:
+        return self.loader.start
+
+    def resume_at(self, state: dict) -> None:
+        self.loader.resume_at(state)
+
+    def position(self, batches_done: int) -> dict:
+        return self.loader.position(batches_done)
+
     def __iter__(self):
         for payloads, target in self.loader:
             images = decode_batch(payloads, self.device)

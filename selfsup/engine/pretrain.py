@@ -254,8 +254,7 @@ def _pretrain(args, build_model):
     if main and hasattr(unwrap(model), "teacher") and args.start_epoch == 0:
         print(teacher_spread_line(unwrap(model), args), flush=True)
 
-    if hasattr(loader, "hook"):  # not the --gpu-aug loader: no mid-epoch checkpoints there
-        loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
+    loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
     for epoch in range(args.start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)
         if mid is not None:  # continue a mid-epoch checkpoint exactly: its batch, its RNG states

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import datetime
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import torch.multiprocessing as mp
 
 from selfsup.core import checks
 from selfsup.core.errors import UserError, exit_with, one_line
+from selfsup.core.processes import STOP_SIGNALS
 
 
 @dataclass(frozen=True)
@@ -134,12 +136,37 @@ def launch(worker: Callable[[Any], Any], args: Any) -> Any:
             return _run(Placement(0, 1, 0, 1), worker, args)
         check_rendezvous(args.dist_url, max(args.rank, 0))
         try:
-            mp.spawn(_spawned, nprocs=per_node, args=(per_node, worker, args))
+            _spawn_node(per_node, worker, args)
         except mp.ProcessExitedException as exc:  # the child already printed its error
             sys.exit(exc.exit_code if exc.exit_code and exc.exit_code > 0 else 1)
         return None
     args.world_size = max(args.world_size, 1)
     return _run(Placement(max(args.rank, 0), args.world_size, 0, 1), worker, args, single=True)
+
+
+def _spawn_node(per_node: int, worker: Callable[[Any], Any], args: Any) -> None:
+    """mp.spawn this node's processes and wait for them. A stop signal sent
+    to this parent alone (`kill PID`, or a scheduler that signals only the
+    job's main process) is passed on to every child, which saves at its next
+    iteration and exits 0, as when each process receives it."""
+    context = mp.spawn(_spawned, nprocs=per_node, args=(per_node, worker, args), join=False)
+
+    def forward(signum, frame):
+        for child in context.processes:
+            if child.is_alive():
+                os.kill(child.pid, signum)
+
+    previous = {}
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, forward)
+    try:
+        while not context.join():
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _spawned(local_rank, per_node, worker, args):
