@@ -54,3 +54,10 @@ def test_checkpoint_knn_uses_the_checkpoint_weights(tiny_data, tmp_path):
     expected = knn_accuracy(*feats)
     assert checkpoint_knn("resnet18", path, tiny_data, image_size=16) == expected
     assert 0.0 <= checkpoint_knn("resnet18", None, tiny_data, image_size=16) <= 100.0
+
+
+def test_random_init_knn_is_drawn_from_its_seed(tiny_data):
+    torch.manual_seed(123)
+    first = checkpoint_knn("resnet18", None, tiny_data, 16, seed=5)
+    torch.randn(1000)  # whatever ran before
+    assert checkpoint_knn("resnet18", None, tiny_data, 16, seed=5) == first

@@ -214,7 +214,7 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
         m = last_row(os.path.join(r["folder"], "lincls", "metrics.csv"))
         r["acc1"], r["acc5"] = float(m["acc1"]), float(m["acc5"])
         start = time.time()
-        r["knn"] = checkpoint_knn(r["arch"], r["ckpt"], data, c["image_size"])
+        r["knn"] = checkpoint_knn(r["arch"], r["ckpt"], data, c["image_size"], seed=seed)
         r["seconds"] += time.time() - start
         print(f"[{r['name']}] kNN top-1 {r['knn']:.1f}", flush=True)
 

@@ -3,6 +3,8 @@ as MoCo's CIFAR demo monitors it): no training and no hyper-parameters to
 tune, so it is a cheap, stable probe of a short pretraining run next to the
 linear evaluation."""
 
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +15,14 @@ from selfsup.models.backbones import create_backbone
 from selfsup.models.encoders import load_backbone
 
 
-def knn_predict(train_feats, train_labels, query_feats, num_classes, k=20, t=0.07):
+def knn_predict(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_feats: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    t: float = 0.07,
+) -> torch.Tensor:
     """Class predicted for each query: the k most cosine-similar training
     samples vote with weight exp(similarity / t)."""
     train_feats = F.normalize(train_feats.float(), dim=1)
@@ -25,18 +34,38 @@ def knn_predict(train_feats, train_labels, query_feats, num_classes, k=20, t=0.0
     return votes.argmax(dim=1)
 
 
-def knn_accuracy(train_feats, train_labels, query_feats, query_labels, k=20, t=0.07):
+def knn_accuracy(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_feats: torch.Tensor,
+    query_labels: torch.Tensor,
+    k: int = 20,
+    t: float = 0.07,
+) -> float:
     """Top-1 accuracy (percent) of knn_predict."""
     num_classes = int(max(train_labels.max(), query_labels.max())) + 1
     pred = knn_predict(train_feats, train_labels, query_feats, num_classes, k, t)
     return 100.0 * (pred == query_labels).float().mean().item()
 
 
-def checkpoint_knn(arch, checkpoint, data, image_size, k=20, t=0.07, batch_size=200, workers=0):
+def checkpoint_knn(
+    arch: str,
+    checkpoint: str | None,
+    data: str,
+    image_size: int,
+    k: int = 20,
+    t: float = 0.07,
+    batch_size: int = 200,
+    workers: int = 0,
+    seed: int = 0,
+) -> float:
     """kNN top-1 on `data`/val with `data`/train as the memory bank, for the
-    backbone of a pretraining checkpoint (checkpoint=None: random init)."""
+    backbone of a pretraining checkpoint (checkpoint=None: a random init
+    drawn from `seed`, so that the figure does not depend on what ran before)."""
     if checkpoint is None:
-        model = create_backbone(arch)[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = create_backbone(arch)[0]
     else:
         model = load_backbone(arch, checkpoint)
     feats = {}
