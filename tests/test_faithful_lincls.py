@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, run
-from layouts import write_cifar
+from layouts import pretend_official_cifar, write_cifar
 from PIL import Image
 
 from selfsup.core.errors import UserError
@@ -125,9 +125,10 @@ def test_cos_ignores_the_schedule(tmp_path):
     assert got == pytest.approx([0.05 * 0.5 * (1 + math.cos(math.pi * e / 6)) for e in range(6)], rel=1e-12)
 
 
-def cifar_sets(tmp_path, size):
+def cifar_sets(tmp_path, size, monkeypatch):
     root = tmp_path / "cifar"
-    _, test, _ = write_cifar(str(root), "cifar10", n_train=10, n_test=5)
+    _, test, folder = write_cifar(str(root), "cifar10", n_train=10, n_test=5)
+    pretend_official_cifar(monkeypatch, str(root / folder), "cifar10")  # the fakes stand for the authors' files
     cifar = load("DisCo/cifar_main_lincls.py")
     from selfsup.engine.lincls import cifar_datasets
 
@@ -135,8 +136,8 @@ def cifar_sets(tmp_path, size):
     return train_set, test_set, test
 
 
-def test_cifar_transforms_are_bicubic(tmp_path):
-    train_set, test_set, _ = cifar_sets(tmp_path, 224)
+def test_cifar_transforms_are_bicubic(tmp_path, monkeypatch):
+    train_set, test_set, _ = cifar_sets(tmp_path, 224, monkeypatch)
     crop = train_set.transform.transforms[0]
     assert type(crop).__name__ == "RandomResizedCrop" and crop.size == (224, 224)
     assert crop.interpolation.value == "bicubic"
@@ -146,10 +147,10 @@ def test_cifar_transforms_are_bicubic(tmp_path):
     assert type(centre).__name__ == "CenterCrop" and centre.size == (224, 224)
 
 
-def test_cifar_eval_pixels_are_a_pil_bicubic_resize(tmp_path):
+def test_cifar_eval_pixels_are_a_pil_bicubic_resize(tmp_path, monkeypatch):
     size = 56
-    _, test_set, raw = cifar_sets(tmp_path, size)
-    img = Image.fromarray(raw[b"data"][2].reshape(3, 32, 32).transpose(1, 2, 0))
+    _, test_set, raw = cifar_sets(tmp_path, size, monkeypatch)
+    img = Image.fromarray(raw["data"][2].reshape(3, 32, 32).transpose(1, 2, 0))
     up = np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.float64) / 255.0
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     expected = torch.from_numpy(((up - mean) / std).transpose(2, 0, 1))
