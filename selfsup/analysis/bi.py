@@ -2,8 +2,12 @@
 I(T;Y) (see mutual_info.py) for a sweep of bin counts, as a table (CSV and
 markdown) and a picture."""
 
+from __future__ import annotations
+
 import csv
 import math
+import os
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -13,7 +17,12 @@ from selfsup.core.errors import UserError
 FIELDS = ("name", "bins", "I_XT", "I_TY", "H_T", "H_Y", "n_distinct", "n")
 
 
-def analyse(models, bins_list, norm="softmax", value_range="data"):
+def analyse(
+    models: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    bins_list: Iterable[int],
+    norm: str = "softmax",
+    value_range: str = "data",
+) -> list[dict[str, Any]]:
     """models: list of (name, embeddings, labels). Returns one row (dict with
     FIELDS) per model and bin count."""
     rows = []
@@ -24,7 +33,7 @@ def analyse(models, bins_list, norm="softmax", value_range="data"):
     return rows
 
 
-def write_csv(rows, path):
+def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> str | os.PathLike:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
@@ -33,7 +42,7 @@ def write_csv(rows, path):
     return path
 
 
-def markdown_table(rows, bins=None):
+def markdown_table(rows: Iterable[dict[str, Any]], bins: int | None = None) -> str:
     """Markdown table of the rows with `bins` bins (all rows when None)."""
     keep = [r for r in rows if bins is None or r["bins"] == bins]
     lines = [
@@ -48,7 +57,9 @@ def markdown_table(rows, bins=None):
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, out_path, bins=None, dpi=120):
+def plot(
+    rows: Sequence[dict[str, Any]], out_path: str | os.PathLike, bins: int | None = None, dpi: int = 120
+) -> str | os.PathLike:
     """Three panels: I(X;T) and I(T;Y) against the number of bins (one line
     per model, with the ceilings log2 N and H(Y) dashed), and the information
     plane I(T;Y) against I(X;T) with the `bins` point of each model marked."""

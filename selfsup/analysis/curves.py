@@ -8,10 +8,14 @@ run.
     python -m selfsup.analysis.curves RUN_DIR [RUN_DIR ...] --out curves.png
 """
 
+from __future__ import annotations
+
 import argparse
 import csv
 import math
+import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -21,7 +25,7 @@ METRICS_FILE = "metrics.csv"
 _TITLES = {"loss": "loss", "lr": "learning rate", "acc1": "top-1 (%)", "acc5": "top-5 (%)"}
 
 
-def metrics_path(run):
+def metrics_path(run: str | os.PathLike) -> Path:
     """The metrics CSV of a run: the path itself if it is a file, else
     `<run>/metrics.csv`."""
     run = Path(run)
@@ -31,7 +35,7 @@ def metrics_path(run):
     return path
 
 
-def read_metrics(run):
+def read_metrics(run: str | os.PathLike) -> dict[str, np.ndarray]:
     """Columns of a run's metrics CSV as float arrays (empty or non-numeric
     cells become NaN). Raises UserError for a file without header or rows."""
     path = metrics_path(run)
@@ -58,7 +62,7 @@ def _float(text):
         return math.nan
 
 
-def default_columns(runs):
+def default_columns(runs: Sequence[dict[str, np.ndarray]]) -> list[str]:
     """Columns worth a panel, in a fixed order: loss, other *loss* columns,
     lr, acc1, acc5, then the rest; 'epoch', timing columns (epoch_time,
     pairs_per_s, ...) and all-NaN columns excluded."""
@@ -81,7 +85,13 @@ def default_columns(runs):
     return sorted(seen, key=rank)
 
 
-def plot_curves(runs, out_path, labels=None, columns=None, dpi=120):
+def plot_curves(
+    runs: Sequence[dict[str, np.ndarray]],
+    out_path: str | os.PathLike,
+    labels: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+    dpi: int = 120,
+) -> str | os.PathLike:
     """Draw one panel per column with one line per run; save a PNG.
 
     runs: list of column dicts (from read_metrics). labels: legend names.
@@ -138,7 +148,7 @@ def plot_curves(runs, out_path, labels=None, columns=None, dpi=120):
     return out_path
 
 
-def run_label(run):
+def run_label(run: str | os.PathLike) -> str:
     """Legend name of a run: its folder name (the parent's for ckpt/ folders
     or a CSV path)."""
     path = Path(run).resolve()
@@ -149,7 +159,7 @@ def run_label(run):
     return path.name
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Draw training curves (loss, lr, top-1, ...) of one or more runs from their metrics.csv files."
     )
@@ -166,7 +176,7 @@ def build_parser():
 
 
 @cli_main
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.runs):
         raise UserError(f"--labels has {len(args.labels)} names for {len(args.runs)} runs")

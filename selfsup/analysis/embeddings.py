@@ -6,23 +6,36 @@ the analysis scripts that only read these files stay quick to start.
 selfsup.analysis.export writes them from a checkpoint.
 """
 
+from __future__ import annotations
+
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from selfsup.core.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 EMBED_SUFFIX = "_embed.npy"
 LABELS_SUFFIX = "_labels.npy"
 CLASSES_FILE = "classes.txt"
 
 
-def embed_paths(folder, name):
+def embed_paths(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
     folder = Path(folder)
     return folder / f"{name}{EMBED_SUFFIX}", folder / f"{name}{LABELS_SUFFIX}"
 
 
-def save(folder, name, embed, labels, class_names=None):
+def save(
+    folder: str | os.PathLike,
+    name: str,
+    embed: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+) -> tuple[Path, Path]:
     """Write the embedding and label files (and classes.txt when names are
     given); returns the two paths."""
     embed = np.asarray(embed, dtype=np.float32)
@@ -39,7 +52,7 @@ def save(folder, name, embed, labels, class_names=None):
     return e_path, l_path
 
 
-def load_npy(path):
+def load_npy(path: str | os.PathLike) -> np.ndarray:
     """np.load of a plain .npy array; UserError for a missing or unreadable file."""
     path = Path(path)
     if not path.is_file():
@@ -50,7 +63,7 @@ def load_npy(path):
         raise UserError(f"{path}: not a numpy .npy array ({' '.join(str(exc).split())[:120]})") from None
 
 
-def load(folder, name):
+def load(folder: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Read `<name>_embed.npy` and `<name>_labels.npy`; UserError when a file is
     missing, the embeddings are not 2-D, or the lengths disagree."""
     e_path, l_path = embed_paths(folder, name)
@@ -68,7 +81,7 @@ def load(folder, name):
     return embed, labels
 
 
-def names_in(folder):
+def names_in(folder: str | os.PathLike) -> list[str]:
     """Names of the complete embedding/label pairs in a folder, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -79,7 +92,7 @@ def names_in(folder):
     return [n for n in names if embed_paths(folder, n)[1].is_file()]
 
 
-def class_names(folder):
+def class_names(folder: str | os.PathLike) -> list[str] | None:
     """Class names from `<folder>/classes.txt`, or None."""
     p = Path(folder) / CLASSES_FILE
     if not p.is_file():
@@ -87,7 +100,11 @@ def class_names(folder):
     return [line.strip() for line in p.read_text().splitlines() if line.strip()]
 
 
-def extract(model, loader, device="cpu"):
+def extract(
+    model: torch.nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
     """Run `model` (eval mode, no grad) over `loader` of (images, labels);
     returns (embeddings N x D float32, labels N int64) as numpy arrays."""
     import torch

@@ -2,8 +2,11 @@
 linear-evaluation) checkpoint run over an ImageFolder tree, written in the
 format of selfsup.analysis.embeddings (DisCo/export_embed.py)."""
 
+from __future__ import annotations
+
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +19,7 @@ from selfsup.data import folders as D
 from selfsup.models.encoders import load_backbone
 
 
-def first_per_class(targets, limit: Optional[int]) -> np.ndarray:
+def first_per_class(targets: Sequence[int] | np.ndarray, limit: Optional[int]) -> np.ndarray:
     """Indices of the first `limit` samples of each class (all when limit is None)."""
     targets = np.asarray(targets)
     if limit is None:
@@ -25,7 +28,7 @@ def first_per_class(targets, limit: Optional[int]) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def image_root(data, split: str) -> Path:
+def image_root(data: str | os.PathLike, split: str) -> Path:
     """The ImageFolder tree to embed: `<data>/<split>` when it exists, else
     `data` itself unless that is a train/ val/ parent lacking `split`."""
     data = Path(data)
@@ -48,7 +51,7 @@ def export_checkpoint(
     workers: int = 4,
     device: Optional[str] = None,
     max_per_class: Optional[int] = None,
-):
+) -> tuple[Path, Path, int, int]:
     """Embed the images of `data` with the backbone of `checkpoint` and save
     `<out_dir>/<name>_embed.npy`, `<name>_labels.npy` and `classes.txt`.
 

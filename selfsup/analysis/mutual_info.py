@@ -15,6 +15,8 @@ discrete symbol T. With empirical frequencies over the N samples:
 All values are in bits. I(X;T) <= log2 N and I(T;Y) <= H(Y).
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 from selfsup.core.errors import UserError
@@ -23,7 +25,7 @@ NORMALISATIONS = ("softmax", "l2", "none")
 RANGES = ("data", "unit")
 
 
-def softmax(x, axis=1):
+def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
     """Numerically stable softmax along `axis` (float32: ample for binning,
     and many times faster than float64 on wide representations)."""
     x = np.asarray(x, dtype=np.float32)
@@ -32,7 +34,7 @@ def softmax(x, axis=1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def normalise(t, how="softmax"):
+def normalise(t: np.ndarray, how: str = "softmax") -> np.ndarray:
     """Row-wise normalisation applied before binning: 'softmax', 'l2' or 'none'."""
     t = np.asarray(t, dtype=np.float32)
     if how == "softmax":
@@ -45,7 +47,7 @@ def normalise(t, how="softmax"):
     raise UserError(f"normalisation {how!r} unknown; expected one of {', '.join(NORMALISATIONS)}")
 
 
-def bin_edges(values, n_bins, value_range="data"):
+def bin_edges(values: np.ndarray, n_bins: int, value_range: str = "data") -> np.ndarray:
     """Equal-width edges, n_bins + 1 of them, shared by all dimensions.
 
     value_range='data' spans the observed min..max of `values`;
@@ -65,7 +67,7 @@ def bin_edges(values, n_bins, value_range="data"):
     return np.linspace(low, high, n_bins + 1)
 
 
-def discretise(t, edges):
+def discretise(t: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin index (0 .. len(edges) - 2) of every value for equal-width `edges`
     (from bin_edges); a value on an inner edge goes to the upper bin, values
     outside the edges to the first or last bin."""
@@ -75,7 +77,7 @@ def discretise(t, edges):
     return np.clip(idx, 0, n_bins - 1).astype(np.int64)
 
 
-def symbols(codes):
+def symbols(codes: np.ndarray) -> np.ndarray:
     """One integer id per row of a 2-D array of bin indices (equal rows, equal ids)."""
     codes = np.asarray(codes)
     if codes.ndim == 1:
@@ -90,7 +92,7 @@ def symbols(codes):
     return ids.reshape(-1)
 
 
-def entropy(ids):
+def entropy(ids: np.ndarray) -> float:
     """Entropy in bits of the empirical distribution of integer ids."""
     ids = np.asarray(ids).reshape(-1)
     if ids.size == 0:
@@ -100,7 +102,7 @@ def entropy(ids):
     return float(max(0.0, -(p * np.log2(p)).sum()))
 
 
-def conditional_entropy(ids, given):
+def conditional_entropy(ids: np.ndarray, given: np.ndarray) -> float:
     """H(ids | given) in bits: sum over values g of p(g) H(ids | given=g)."""
     ids = np.asarray(ids).reshape(-1)
     given = np.asarray(given).reshape(-1)
@@ -111,7 +113,7 @@ def conditional_entropy(ids, given):
     return float(total)
 
 
-def check_lengths(t, y, what="representation"):
+def check_lengths(t: np.ndarray, y: np.ndarray, what: str = "representation") -> None:
     """Raise UserError unless t has one row per label."""
     if len(t) != len(y):
         raise UserError(f"{what} has {len(t)} rows but labels have {len(y)}; they must match")
@@ -119,14 +121,16 @@ def check_lengths(t, y, what="representation"):
         raise UserError(f"{what} is empty")
 
 
-def check_finite(t, what="representation"):
+def check_finite(t: np.ndarray, what: str = "representation") -> None:
     """Raise UserError when t holds NaN or infinite values (a diverged model)."""
     bad = int(np.size(t) - np.count_nonzero(np.isfinite(t)))
     if bad:
         raise UserError(f"{what} holds {bad} NaN or infinite values (did the training diverge?)")
 
 
-def mi_by_binning(t, y, n_bins=30, norm="softmax", value_range="data"):
+def mi_by_binning(
+    t: np.ndarray, y: np.ndarray, n_bins: int = 30, norm: str = "softmax", value_range: str = "data"
+) -> dict[str, float]:
     """Binning estimate of I(X;T) and I(T;Y) of representation `t` (N x D)
     with labels `y` (N). Returns a dict with I_XT, I_TY, H_T, H_Y (bits),
     n_distinct (number of distinct binned rows) and n (samples)."""

@@ -4,12 +4,23 @@ Uses scikit-learn's TSNE and matplotlib with the Agg backend (headless).
 Everything is seeded: the same inputs and seed give the same picture.
 """
 
+from __future__ import annotations
+
+import os
+from typing import Iterable, Mapping, Sequence
+
 import numpy as np
 
 from selfsup.core.errors import UserError
 
 
-def select_classes(labels, classes=None, num_classes=10, per_class=50, seed=0):
+def select_classes(
+    labels: np.ndarray,
+    classes: Iterable[int] | None = None,
+    num_classes: int = 10,
+    per_class: int = 50,
+    seed: int = 0,
+) -> np.ndarray:
     """Indices (sorted) of up to `per_class` samples of each chosen class.
 
     classes: label values to keep; None takes the `num_classes` smallest
@@ -38,7 +49,7 @@ def select_classes(labels, classes=None, num_classes=10, per_class=50, seed=0):
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=int)
 
 
-def tsne_2d(x, seed=0, perplexity=30.0, threads=1):
+def tsne_2d(x: np.ndarray, seed: int = 0, perplexity: float = 30.0, threads: int | None = 1) -> np.ndarray:
     """2-D t-SNE of the rows of x (scikit-learn, PCA init, fixed seed).
 
     The perplexity is lowered to fit small inputs (scikit-learn needs
@@ -62,7 +73,13 @@ def tsne_2d(x, seed=0, perplexity=30.0, threads=1):
         return model.fit_transform(x)
 
 
-def draw_panels(panels, out_path, class_names=None, point_size=12, dpi=120):
+def draw_panels(
+    panels: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    out_path: str | os.PathLike,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    point_size: float = 12,
+    dpi: int = 120,
+) -> str | os.PathLike:
     """Draw one scatter panel per model, side by side, and save a PNG.
 
     panels: list of (title, xy (N x 2), labels (N)). Colours are tied to

@@ -1,10 +1,12 @@
 """Flags shared by the MoCo-family scripts, with the original's names and
 defaults (see docs/flags.md for ours that the original did not have)."""
 
+from __future__ import annotations
+
 import argparse
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 from selfsup.core import checks as check
 from selfsup.core.checkpoint import set_unsafe_load
@@ -24,7 +26,15 @@ def default_data(script: Optional[str] = None) -> str:
     return os.environ.get("DISCO_DATA", os.path.join(os.path.dirname(script_folder), "data", "builtin"))
 
 
-def common_parser(description, lr, epochs, schedule, wd, workers=32, batch_size=256):
+def common_parser(
+    description: str,
+    lr: float,
+    epochs: int,
+    schedule: Sequence[int],
+    wd: float,
+    workers: int = 32,
+    batch_size: int = 256,
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument(
         "data",
@@ -96,7 +106,7 @@ def common_parser(description, lr, epochs, schedule, wd, workers=32, batch_size=
     return add_unsafe_load_arg(p)
 
 
-def add_dist_timeout_arg(p, *names):
+def add_dist_timeout_arg(p: argparse.ArgumentParser, *names: str) -> argparse.ArgumentParser:
     """How long a process waits for its peers (rendezvous and collectives)."""
     p.add_argument(
         *(names or ("--dist-timeout",)),
@@ -122,7 +132,7 @@ class _SkipBadImages(argparse.Action):
         setattr(namespace, self.dest, True)
 
 
-def add_skip_bad_images_arg(p, *names):
+def add_skip_bad_images_arg(p: argparse.ArgumentParser, *names: str) -> argparse.ArgumentParser:
     p.add_argument(
         *(names or ("--skip-bad-images",)),
         action=_SkipBadImages,
@@ -146,7 +156,7 @@ class _UnsafeLoad(argparse.Action):
         setattr(namespace, self.dest, True)
 
 
-def add_unsafe_load_arg(p):
+def add_unsafe_load_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--unsafe-load, for every script that reads a checkpoint or data pickle."""
     p.add_argument(
         "--unsafe-load",
@@ -158,7 +168,7 @@ def add_unsafe_load_arg(p):
     return p
 
 
-def add_speed_args(p, gpu_aug=True):
+def add_speed_args(p: argparse.ArgumentParser, gpu_aug: bool = True) -> argparse.ArgumentParser:
     """--precision, --channels-last and (pretraining) --gpu-aug; see docs/speed.md.
     The defaults are the original's path: fp32, contiguous, PIL workers."""
     p.add_argument(
@@ -186,7 +196,7 @@ def add_speed_args(p, gpu_aug=True):
     return p
 
 
-def add_moco_args(p, moco_t=0.07):
+def add_moco_args(p: argparse.ArgumentParser, moco_t: float = 0.07) -> argparse.ArgumentParser:
     p.add_argument("--moco-dim", default=128, type=int)
     p.add_argument("--moco-k", default=65536, type=int, help="queue size")
     p.add_argument("--moco-m", default=0.999, type=float, help="key encoder momentum")
@@ -206,7 +216,7 @@ def add_moco_args(p, moco_t=0.07):
     return add_speed_args(p)
 
 
-def finish_common(args):
+def finish_common(args: argparse.Namespace) -> argparse.Namespace:
     """Checks and defaults that every script applies after parsing: every
     range here, so that bad input is one line before any work."""
     if args.data is None:
@@ -238,7 +248,7 @@ def finish_common(args):
     return args
 
 
-def check_launch(args):
+def check_launch(args: argparse.Namespace) -> None:
     """--world-size/--rank/--dist-url/--dist-backend/--dist-timeout; the port
     and the peers are checked when the group is made (selfsup.engine.runtime)."""
     if args.world_size == 0 or args.world_size < -1:
@@ -257,7 +267,7 @@ def check_launch(args):
     check.parse_dist_url(args.dist_url)
 
 
-def finish_moco(args, default_hidden=-1):
+def finish_moco(args: argparse.Namespace, default_hidden: int = -1) -> argparse.Namespace:
     finish_common(args)
     check.at_least(args.moco_dim, 1, "--moco-dim", "a positive embedding width")
     check.at_least(args.moco_k, 1, "--moco-k", "a positive queue size")
@@ -278,7 +288,14 @@ def finish_moco(args, default_hidden=-1):
     return args
 
 
-def lincls_parser(description, lr=30.0, epochs=100, schedule=(60, 80), gamma=0.1, wd=0.0):
+def lincls_parser(
+    description: str,
+    lr: float = 30.0,
+    epochs: int = 100,
+    schedule: Sequence[int] = (60, 80),
+    gamma: float | Callable[[Sequence[int]], float] = 0.1,
+    wd: float = 0.0,
+) -> argparse.ArgumentParser:
     """Linear-evaluation flags: the common ones plus --pretrained/-e/--gamma.
     `gamma` is a number or a rule schedule -> factor (the original's factor can
     depend on the milestones given); an explicit --gamma overrides either."""
@@ -301,7 +318,7 @@ def lincls_parser(description, lr=30.0, epochs=100, schedule=(60, 80), gamma=0.1
     return add_speed_args(p, gpu_aug=False)
 
 
-def finish_lincls(args):
+def finish_lincls(args: argparse.Namespace) -> argparse.Namespace:
     finish_common(args)
     rule = vars(args).pop("gamma_default", 0.1)
     if args.gamma is None:
@@ -329,7 +346,7 @@ class _StoreGivenDim(argparse._StoreAction):
         namespace.moco_dim_given = True
 
 
-def add_teacher_args(p):
+def add_teacher_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """DisCo/RKD flags; --hidden defaults to 2048, the width the original
     hard-coded for every student's MLP. --moco-dim, when not given, follows
     the teacher's embedding width (128 for MoCo-v2/SwAV teachers, as before)."""
@@ -372,7 +389,7 @@ def add_teacher_args(p):
     return p
 
 
-def finish_distill(args):
+def finish_distill(args: argparse.Namespace) -> argparse.Namespace:
     finish_moco(args, default_hidden=2048)
     check.non_negative(args.nmb_prototypes, "--nmb_prototypes", "0 (none) or more prototypes")
     for flag in ("rkd_dist_weight", "rkd_angle_weight"):  # main_moco_distill_rkd.py's
@@ -383,7 +400,7 @@ def finish_distill(args):
     return args
 
 
-def add_save_freq_arg(p, name="--save-freq"):
+def add_save_freq_arg(p: argparse.ArgumentParser, name: str = "--save-freq") -> argparse.ArgumentParser:
     """--save-freq N: mid-epoch checkpoints every N iterations (docs/resume.md)."""
     p.add_argument(
         name,
@@ -397,7 +414,7 @@ def add_save_freq_arg(p, name="--save-freq"):
     return p
 
 
-def resume_from_ckpt_dir(p):
+def resume_from_ckpt_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--resume defaults to --ckpt-dir, so rerunning a command resumes it
     (the original's main_moco.py default made general); '' starts fresh."""
     p.set_defaults(resume=None)
@@ -408,7 +425,7 @@ def resume_from_ckpt_dir(p):
     return p
 
 
-def main_moco_defaults(p):
+def main_moco_defaults(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """moco/main_moco.py's own defaults. --resume: the original's is ./ckpt,
     the folder its checkpoints go to, so rerunning a command resumes it; ours
     is --ckpt-dir (./ckpt unless given), and --resume '' starts fresh.

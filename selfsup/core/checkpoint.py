@@ -7,6 +7,8 @@ Layout (MoCo's): ``{"epoch", "arch", "state_dict", "optimizer"}`` with
 later script rebuilds the same stem.
 """
 
+from __future__ import annotations
+
 import argparse
 import glob
 import os
@@ -14,6 +16,7 @@ import pickle
 import pickletools
 import re
 import warnings
+from typing import Any, Mapping
 
 import torch
 
@@ -25,7 +28,7 @@ CKPT_PATTERN = re.compile(r"checkpoint_(\d+)(?:_iter(\d+))?\.pth\.tar$")
 TMP_PATTERN = re.compile(r"\.tmp(\d+)$")
 
 
-def checkpoint_name(epoch, iteration=None):
+def checkpoint_name(epoch: int, iteration: int | None = None) -> str:
     """checkpoint_NNNN.pth.tar after epoch NNNN; checkpoint_NNNN_iterIIIIII.pth.tar
     for a mid-epoch checkpoint (IIIIII batches of epoch NNNN done)."""
     return (
@@ -35,7 +38,7 @@ def checkpoint_name(epoch, iteration=None):
     )
 
 
-def remove_stale_temporaries(folder):
+def remove_stale_temporaries(folder: str) -> None:
     """Delete `*.tmp<PID>` files whose writer is dead (killed mid-write)."""
     try:
         names = os.listdir(folder)
@@ -50,7 +53,7 @@ def remove_stale_temporaries(folder):
                 pass
 
 
-def save_checkpoint(state, path):
+def save_checkpoint(state: dict[str, Any], path: str) -> None:
     """torch.save to a temporary file, fsync, then rename: a crash never
     leaves a half-written checkpoint under the real name, and a writer
     killed mid-write leaves a .tmp<PID> that the next save removes. The one
@@ -70,7 +73,7 @@ def save_checkpoint(state, path):
         raise
 
 
-def checkpoint_progress(path):
+def checkpoint_progress(path: str) -> tuple[int, int] | None:
     """(epochs done, batches of the next epoch done) that a checkpoint_* name says."""
     m = CKPT_PATTERN.search(os.path.basename(path))
     if not m:
@@ -79,13 +82,13 @@ def checkpoint_progress(path):
     return (epoch, int(m.group(2))) if m.group(2) is not None else (epoch + 1, 0)
 
 
-def run_checkpoints(folder):
+def run_checkpoints(folder: str) -> list[str]:
     """checkpoint_*.pth.tar files in `folder`, oldest progress first."""
     found = [(checkpoint_progress(p), p) for p in glob.glob(os.path.join(folder, "checkpoint_*.pth.tar"))]
     return [p for key, p in sorted(f for f in found if f[0] is not None)]
 
 
-def latest_checkpoint(folder):
+def latest_checkpoint(folder: str) -> str | None:
     """Path of the checkpoint_NNNN[_iterIIIIII].pth.tar in `folder` furthest
     into the run, or None."""
     found = run_checkpoints(folder)
@@ -99,18 +102,18 @@ UNSAFE_LOAD_ENV = "SELFSUP_UNSAFE_LOAD"
 UNSAFE_HINT = "if you trust the file, rerun with --unsafe-load (see docs/safety.md)"
 
 
-def set_unsafe_load(enabled=True):
+def set_unsafe_load(enabled: bool = True) -> None:
     if enabled:
         os.environ[UNSAFE_LOAD_ENV] = "1"
     else:
         os.environ.pop(UNSAFE_LOAD_ENV, None)
 
 
-def unsafe_load_enabled():
+def unsafe_load_enabled() -> bool:
     return os.environ.get(UNSAFE_LOAD_ENV) == "1"
 
 
-def allowed_globals():
+def allowed_globals() -> list[type]:
     """Non-tensor types a checkpoint may hold beyond torch's own weights_only
     list (tensors, torch dtypes/devices, dict/list/tuple/set, numbers, str,
     bytes, OrderedDict, Counter), which already covers every file this
@@ -175,7 +178,7 @@ def _refused_globals(path, exc):
         return sorted(set(names)), parsed
 
 
-def load_file(path, what="checkpoint", unsafe=None):
+def load_file(path: str, what: str = "checkpoint", unsafe: bool | None = None) -> Any:
     """torch.load on CPU, with one-line errors for a missing, unreadable or
     unsafe file.
 
@@ -217,7 +220,7 @@ def load_file(path, what="checkpoint", unsafe=None):
         raise UserError(f"{what} '{path}' is not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def state_dict_of(ckpt, path="checkpoint"):
+def state_dict_of(ckpt: Any, path: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The tensor dict inside a checkpoint: its 'state_dict' (or 'model') entry,
     or the checkpoint itself when it already is one."""
     if isinstance(ckpt, dict):
@@ -229,7 +232,7 @@ def state_dict_of(ckpt, path="checkpoint"):
     raise UserError(f"'{path}' holds no state dict (expected a dict with 'state_dict' or a dict of tensors)")
 
 
-def strip_prefix(state_dict, prefix):
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
@@ -244,7 +247,7 @@ ENCODER_PREFIXES = (
 )
 
 
-def backbone_state(state_dict, head_name):
+def backbone_state(state_dict: Mapping[str, torch.Tensor], head_name: str) -> dict[str, torch.Tensor]:
     """Backbone weights from a pretraining (``module.encoder_q.*``), DisCo,
     SwAV or linear-eval (``module.*``) state dict, without the head."""
     for prefix in ENCODER_PREFIXES:  # most specific first
@@ -257,7 +260,9 @@ def backbone_state(state_dict, head_name):
     return {k: v for k, v in sub.items() if not k.startswith(drop)}
 
 
-def describe_mismatch(model_state, loaded, limit=3):
+def describe_mismatch(
+    model_state: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor], limit: int = 3
+) -> str:
     """A short text naming the first missing, unexpected and mis-shaped keys."""
     missing = [k for k in model_state if k not in loaded]
     unexpected = [k for k in loaded if k not in model_state]
@@ -274,7 +279,7 @@ def describe_mismatch(model_state, loaded, limit=3):
     return "; ".join(parts)
 
 
-def arch_mismatch(what: str, path: str, flag: str, arch: str, problem: str, ckpt=None) -> UserError:
+def arch_mismatch(what: str, path: str, flag: str, arch: str, problem: str, ckpt: Any = None) -> UserError:
     """The one line for weights that do not fit the model `flag arch` builds,
     e.g. "--pretrained 'x.pth' does not match -a resnet34 (it was trained as
     'resnet18'): missing: ..."; the hint comes from `ckpt`'s own "arch"."""
@@ -283,7 +288,9 @@ def arch_mismatch(what: str, path: str, flag: str, arch: str, problem: str, ckpt
     return UserError(f"{what} '{path}' does not match {flag} {arch}{hint}: {problem}")
 
 
-def load_into(model, state, path, arch, flag="-a"):
+def load_into(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str, arch: str, flag: str = "-a"
+) -> torch.nn.Module:
     """Strictly load `state` into `model`, or raise one line naming what differs."""
     model_state = model.state_dict()
     problem = describe_mismatch(model_state, state)
@@ -293,10 +300,10 @@ def load_into(model, state, path, arch, flag="-a"):
     return model
 
 
-def small_images_of(ckpt, default=False):
+def small_images_of(ckpt: Any, default: bool = False) -> bool:
     return bool(ckpt.get("small_images", default)) if isinstance(ckpt, dict) else default
 
 
-def prefixed_state(model):
+def prefixed_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """state_dict with the ``module.`` prefix, as DDP-trained originals have."""
     return {f"module.{k}": v for k, v in du.unwrap(model).state_dict().items()}

@@ -2,6 +2,8 @@
 with one line naming the flag and what was expected. No torch import: the
 data/ scripts use these too."""
 
+from __future__ import annotations
+
 import os
 import re
 import socket
@@ -19,39 +21,39 @@ def _fmt(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def at_least(value, low, flag, what=None):
+def at_least(value: float | None, low: float, flag: str, what: str | None = None) -> None:
     if value is not None and value < low:
         raise UserError(f"{flag} {_fmt(value)}: expected {what or f'a number >= {_fmt(low)}'}")
 
 
-def positive(value, flag, what="a positive number"):
+def positive(value: float | None, flag: str, what: str = "a positive number") -> None:
     if value is not None and not value > 0:  # also refuses NaN
         raise UserError(f"{flag} {_fmt(value)}: expected {what}")
 
 
-def non_negative(value, flag, what="a number >= 0"):
+def non_negative(value: float | None, flag: str, what: str = "a number >= 0") -> None:
     if value is not None and not value >= 0:
         raise UserError(f"{flag} {_fmt(value)}: expected {what}")
 
 
-def learning_rate(value, flag="--lr"):
+def learning_rate(value: float, flag: str = "--lr") -> None:
     # torch keeps the lr as a float32 in the update: beyond its range it fails mid-step
     if not 0 <= value <= 3.4e38:
         raise UserError(f"{flag} {_fmt(value)}: expected a learning rate >= 0 (and finite)")
 
 
-def in_unit_interval(value, flag):
+def in_unit_interval(value: float | None, flag: str) -> None:
     if value is not None and not 0 <= value <= 1:
         raise UserError(f"{flag} {_fmt(value)}: expected a number in [0, 1]")
 
 
-def seed(value, flag="--seed"):
+def seed(value: int | None, flag: str = "--seed") -> None:
     # numpy's generator takes 0 .. 2**32-1; a negative seed would fail deep inside
     if value is not None and not 0 <= value < 2**32:
         raise UserError(f"{flag} {value}: expected an integer in [0, 2**32)")
 
 
-def output_dir(path, flag):
+def output_dir(path: str, flag: str) -> str:
     """Refuse an output folder that could not be written, before any work:
     the path must not be a file, and it (or, while it does not exist yet, its
     nearest existing parent) must be a folder a file can be created in. A
@@ -75,7 +77,7 @@ def output_dir(path, flag):
     return path
 
 
-def output_file(path, flag):
+def output_file(path: str, flag: str) -> str:
     """An output file: not a folder, and its folder writable (output_dir)."""
     if os.path.isdir(path):
         raise UserError(f"{flag} '{path}' is a folder: expected a file name")
@@ -86,7 +88,7 @@ def output_file(path, flag):
 # ---- launch settings -----------------------------------------------------
 
 
-def parse_dist_url(url, flag="--dist-url"):
+def parse_dist_url(url: str | None, flag: str = "--dist-url") -> tuple[str, str | None, int | None]:
     """(scheme, host, port) of a torch.distributed init URL; host and port are
     None for env:// and file://. Anything else is one line, at once."""
     expected = "expected tcp://HOST:PORT, env:// or file:///PATH"
@@ -108,7 +110,7 @@ def parse_dist_url(url, flag="--dist-url"):
     return "tcp", host, port
 
 
-def resolve_host(host, flag="--dist-url"):
+def resolve_host(host: str, flag: str = "--dist-url") -> str:
     """The host's address, or one line: an unknown name would otherwise make
     every rank retry until the rendezvous times out."""
     try:
@@ -119,7 +121,7 @@ def resolve_host(host, flag="--dist-url"):
         ) from None
 
 
-def is_local_address(address):
+def is_local_address(address: str) -> bool:
     """Whether `address` belongs to this machine (the rank-0 store binds there)."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -129,7 +131,7 @@ def is_local_address(address):
         return False
 
 
-def port_free(port, flag="--dist-url"):
+def port_free(port: int, flag: str = "--dist-url") -> None:
     """Refuse a port that something already listens on, before the rank-0
     store tries to bind it (torch would raise a long error, or wait). The
     store binds every interface, so the probe does too."""

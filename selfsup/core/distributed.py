@@ -1,28 +1,30 @@
 """torch.distributed helpers that also work when no process group exists."""
 
+from __future__ import annotations
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 
-def is_dist():
+def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def world_size():
+def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
-def rank():
+def rank() -> int:
     return dist.get_rank() if is_dist() else 0
 
 
-def is_main_process():
+def is_main_process() -> bool:
     return rank() == 0
 
 
 @torch.no_grad()
-def concat_all_gather(tensor):
+def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """All ranks' `tensor` concatenated on dim 0 (no gradient flows back)."""
     if world_size() == 1:
         return tensor
@@ -31,7 +33,7 @@ def concat_all_gather(tensor):
     return torch.cat(gathered, dim=0)
 
 
-def all_reduce_mean(tensor):
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return tensor
     tensor = tensor.clone()
@@ -39,10 +41,10 @@ def all_reduce_mean(tensor):
     return tensor / world_size()
 
 
-def barrier():
+def barrier() -> None:
     if is_dist():
         dist.barrier()
 
 
-def unwrap(model):
+def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

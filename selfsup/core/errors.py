@@ -6,9 +6,12 @@ point in :func:`cli_main`, which prints the message on one line and exits
 with status 2 instead of showing a traceback.
 """
 
+from __future__ import annotations
+
 import functools
 import gc
 import sys
+from typing import Any, Callable, NoReturn
 
 _PREFIX = "selfsup.core.errors.UserError: "
 
@@ -17,7 +20,7 @@ class UserError(Exception):
     """An error caused by the user's input, reported without a traceback."""
 
 
-def one_line(exc):
+def one_line(exc: BaseException) -> str:
     """The user-facing line of an exception, also when it was re-raised by a
     DataLoader worker (whose message carries the worker's traceback)."""
     text = str(exc).strip()
@@ -28,7 +31,7 @@ def one_line(exc):
     return " ".join(text.split())
 
 
-def exit_with(exc):
+def exit_with(exc: BaseException) -> NoReturn:
     """Print `exc` as one `error:` line and exit 2, after dropping its
     traceback: the frames it holds keep data-loader iterators alive, and only
     a freed iterator ends its workers cleanly before the interpreter exits."""
@@ -39,7 +42,7 @@ def exit_with(exc):
     sys.exit(2)
 
 
-def cli_main(fn):
+def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator for script entry points: UserError -> one line on stderr, exit 2."""
 
     @functools.wraps(fn)

@@ -3,12 +3,14 @@ lock files (is a holder alive?), the checkpoint writer (is a temporary's
 writer alive?) and the data-loader workers (which leave stop signals to the
 main process)."""
 
+from __future__ import annotations
+
 import os
 import signal
 import sys
 
 
-def pid_alive(pid):
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -18,7 +20,7 @@ def pid_alive(pid):
     return True
 
 
-def pid_start_time(pid):
+def pid_start_time(pid: int) -> str | None:
     """The pid's start time in clock ticks (Linux /proc), or None: tells a
     live holder from a new process that got a dead holder's pid."""
     try:
@@ -37,7 +39,7 @@ def _on_signal(signum, frame):
     _received.append(signum)
 
 
-def install_signal_handlers():
+def install_signal_handlers() -> None:
     """SIGTERM/SIGUSR1 set a flag the training loop reads at each iteration
     boundary (a handler that saved right away could interrupt a step)."""
     _received.clear()
@@ -51,7 +53,7 @@ def install_signal_handlers():
             pass
 
 
-def restore_signal_handlers():
+def restore_signal_handlers() -> None:
     for sig, handler in _previous.items():
         try:
             signal.signal(sig, handler)
@@ -60,7 +62,7 @@ def restore_signal_handlers():
     _previous.clear()
 
 
-def ignore_stop_signals():
+def ignore_stop_signals() -> None:
     """For data-loader workers: the main process saves, then ends them."""
     for name in STOP_SIGNALS:
         try:
@@ -69,6 +71,6 @@ def ignore_stop_signals():
             pass
 
 
-def stop_signal():
+def stop_signal() -> str | None:
     """Name of the first stop signal received, or None."""
     return signal.Signals(_received[0]).name if _received else None

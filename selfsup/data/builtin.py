@@ -15,6 +15,8 @@ the colours muted, what tells two images apart after jitter is geometry:
 shape, texture, size, rotation, which is what the classes are made of.
 """
 
+from __future__ import annotations
+
 import math
 import os
 
@@ -115,7 +117,7 @@ def _texture(name, rng, size, colour, base):
     return out
 
 
-def make_image(label, rng, size=40):
+def make_image(label: int, rng: np.random.Generator, size: int = 40) -> Image.Image:
     """One image of class `label` as a PIL RGB image of `size` x `size`."""
     big = size * SUPERSAMPLE
     back, colour = _tones(rng)
@@ -133,7 +135,14 @@ def make_image(label, rng, size=40):
     return img
 
 
-def prepare(root, train_per_class=300, val_per_class=100, size=40, seed=0, force=False):
+def prepare(
+    root: str | os.PathLike,
+    train_per_class: int = 300,
+    val_per_class: int = 100,
+    size: int = 40,
+    seed: int = 0,
+    force: bool = False,
+) -> int:
     """Write `root`/train and `root`/val as ImageFolder trees of PNG files.
 
     Skips the work when the tree is already complete (same counts), unless

@@ -11,6 +11,8 @@ channels, as the MoCo-v2 pipeline expects). A seeded, class-stratified
 `val_fraction` of each digit goes to val/.
 """
 
+from __future__ import annotations
+
 import os
 
 import numpy as np
@@ -19,13 +21,13 @@ from PIL import Image
 STAMP = ".complete"
 
 
-def digit_image(pixels, size):
+def digit_image(pixels: np.ndarray, size: int) -> Image.Image:
     """One 8x8 array of grey levels 0-16 as a `size` px RGB PIL image."""
     grey = Image.fromarray(np.clip(pixels * 255.0 / 16.0, 0, 255).astype(np.uint8), mode="L")
     return grey.resize((size, size), Image.BICUBIC).convert("RGB")
 
 
-def split_indices(labels, val_fraction, seed):
+def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> dict[int, str]:
     """{index: 'train' | 'val'}: per class, a seeded round(val_fraction * n) to val."""
     rng = np.random.default_rng(seed)
     split = {}
@@ -37,7 +39,9 @@ def split_indices(labels, val_fraction, seed):
     return split
 
 
-def prepare_digits(root, size=32, val_fraction=0.25, seed=0, force=False):
+def prepare_digits(
+    root: str | os.PathLike, size: int = 32, val_fraction: float = 0.25, seed: int = 0, force: bool = False
+) -> int:
     """Write `root`/train and `root`/val (class folders 0_zero ... 9_nine).
     Skips a tree already complete for the same settings; returns the number
     of images written."""

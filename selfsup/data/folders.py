@@ -1,11 +1,14 @@
 """ImageFolder datasets with checks that turn bad input into one-line errors."""
 
+from __future__ import annotations
+
 import atexit
 import math
 import multiprocessing
 import os
 import random
 import signal
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -18,7 +21,7 @@ from selfsup.core.errors import UserError
 from selfsup.core.processes import ignore_stop_signals
 
 
-def pil_loader(path):
+def pil_loader(path: str) -> Image.Image:
     """Open an image as RGB; an unreadable file is a UserError naming it.
     Decoding is PIL's business: whatever it raises (truncated data, a bad
     chunk, a decompression bomb) is the file's fault, so all of it is caught."""
@@ -46,7 +49,7 @@ def pil_loader(path):
         raise err from None
 
 
-def skip_bad_images_enabled():
+def skip_bad_images_enabled() -> bool:
     return os.environ.get(SKIP_BAD_IMAGES_ENV) == "1"
 
 
@@ -56,7 +59,7 @@ class SkippingImageFolder(datasets.ImageFolder):
     size; the count lives in shared memory because loader workers meet the
     files, and report_skipped() prints it in the main process."""
 
-    def __init__(self, root, transform):
+    def __init__(self, root: str, transform: Callable | None):
         super().__init__(root, transform=transform, loader=pil_loader)
         import multiprocessing
 
@@ -78,7 +81,7 @@ class SkippingImageFolder(datasets.ImageFolder):
         raise UserError(f"no readable image in '{self.root}' (--skip-bad-images skipped all of them)")
 
 
-def report_skipped(dataset, epoch):
+def report_skipped(dataset: torch.utils.data.Dataset, epoch: int) -> int:
     """After an epoch: how many unreadable images --skip-bad-images replaced
     (nothing is printed when the flag is off or none was met)."""
     counter = getattr(dataset, "skipped", None)
@@ -91,7 +94,7 @@ def report_skipped(dataset, epoch):
     return n
 
 
-def check_image_folder(root, what="data folder"):
+def check_image_folder(root: str, what: str = "data folder") -> None:
     """Raise UserError unless `root` is a folder of class folders holding images."""
     if not os.path.isdir(root):
         raise UserError(f"{what} '{root}' does not exist (expected a folder of class sub-folders with images)")
@@ -111,14 +114,14 @@ def check_image_folder(root, what="data folder"):
             )
 
 
-def image_folder(root, transform, what="data folder"):
+def image_folder(root: str, transform: Callable | None, what: str = "data folder") -> datasets.ImageFolder:
     check_image_folder(root, what)
     if skip_bad_images_enabled():
         return SkippingImageFolder(root, transform)
     return datasets.ImageFolder(root, transform=transform, loader=pil_loader)
 
 
-def split_folder(data, split):
+def split_folder(data: str, split: str) -> str:
     """`data`/`split` for the positional data argument (train/ or val/)."""
     if not os.path.isdir(data):
         raise UserError(f"data folder '{data}' does not exist (expected a folder holding train/ and val/)")
@@ -150,21 +153,23 @@ class ResumableBatchSampler:
     of each epoch, so a sample's crops depend only on (epoch seeds,
     position), not on which worker loads it or where a run was resumed."""
 
-    def __init__(self, n, batch_size, shuffle, drop_last, distributed, seed=None):
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, drop_last: bool, distributed: bool, seed: int | None = None
+    ):
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.distributed, self.seed = distributed, seed or 0
         self.world = du.world_size() if distributed else 1
         self.rank = du.rank() if distributed else 0
         self.epoch, self._resume, self.state = 0, None, None
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resume_at(self, state):
+    def resume_at(self, state: Mapping[str, int]) -> None:
         """Continue the epoch described by `state` (from position()) at its batch."""
         self._resume = dict(state)
 
-    def position(self, batches_done):
+    def position(self, batches_done: int) -> dict[str, int]:
         """What a mid-epoch checkpoint stores to continue after `batches_done` batches."""
         return {**self.state, "start": int(batches_done)}
 
@@ -204,7 +209,7 @@ class SeededDataset(torch.utils.data.Dataset):
     seeded by `seed`: augmentations are reproducible wherever they run. In
     the main process (-j 0) the run's own RNG streams are left untouched."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset
 
     def __len__(self):
@@ -259,36 +264,36 @@ class ResumableLoader:
     training loops save mid-epoch checkpoints and notice stop signals,
     without a line in the loops themselves."""
 
-    def __init__(self, loader, batch_sampler):
+    def __init__(self, loader: torch.utils.data.DataLoader, batch_sampler: ResumableBatchSampler):
         self.loader, self.batch_sampler, self.hook = loader, batch_sampler, None
 
     def __len__(self):
         return len(self.batch_sampler)
 
     @property
-    def batch_size(self):
+    def batch_size(self) -> int:
         return self.batch_sampler.batch_size
 
     @property
-    def sampler(self):  # loader.sampler.set_epoch(epoch), as with a DistributedSampler
+    def sampler(self) -> ResumableBatchSampler:  # loader.sampler.set_epoch(epoch), as with a DistributedSampler
         return self.batch_sampler
 
     @property
-    def dataset(self):
+    def dataset(self) -> torch.utils.data.Dataset:
         return self.loader.dataset.dataset
 
     @property
-    def start(self):
+    def start(self) -> int:
         """Index of the first batch the next pass yields (0, or a resume point)."""
         return (self.batch_sampler._resume or {}).get("start", 0)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.set_epoch(epoch)
 
-    def resume_at(self, state):
+    def resume_at(self, state: Mapping[str, int]) -> None:
         self.batch_sampler.resume_at(state)
 
-    def position(self, batches_done):
+    def position(self, batches_done: int) -> dict[str, int]:
         return self.batch_sampler.position(batches_done)
 
     def __iter__(self):
@@ -308,7 +313,7 @@ class ResumableLoader:
             self.shutdown_workers()
             raise
 
-    def shutdown_workers(self):
+    def shutdown_workers(self) -> None:
         """End the worker processes, which persist between epochs (torch keeps
         their iterator on the DataLoader); the next pass starts new ones."""
         iterator, self.loader._iterator = getattr(self.loader, "_iterator", None), None
@@ -317,7 +322,16 @@ class ResumableLoader:
             shutdown()
 
 
-def make_loader(dataset, batch_size, workers, shuffle, drop_last, distributed, seed=None, collate_fn=None):
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    workers: int,
+    shuffle: bool,
+    drop_last: bool,
+    distributed: bool,
+    seed: int | None = None,
+    collate_fn: Callable | None = None,
+) -> ResumableLoader:
     """A ResumableLoader (DataLoader with a ResumableBatchSampler); call
     loader.set_epoch(epoch) before each epoch."""
     if len(dataset) < batch_size and drop_last:

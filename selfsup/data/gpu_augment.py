@@ -22,8 +22,11 @@ here everything stays float32 and the blur is a true Gaussian truncated at
 roi_align's averaged bilinear samples).
 """
 
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torchvision.ops
@@ -49,7 +52,7 @@ class AugmentSpec:
     flip_p: float = 0.5
 
 
-def moco_spec(aug_plus, size=224):
+def moco_spec(aug_plus: bool, size: int = 224) -> AugmentSpec:
     """The GPU twin of augment.pretrain_transform(aug_plus, size)."""
     if aug_plus:
         return AugmentSpec(size=size, blur_sigma=blur_sigma(size))
@@ -57,7 +60,14 @@ def moco_spec(aug_plus, size=224):
 
 
 # -- random parameters (CPU) ---------------------------------------------------
-def sample_crop_boxes(heights, widths, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), attempts=10, generator=None):
+def sample_crop_boxes(
+    heights: Sequence[int] | torch.Tensor,
+    widths: Sequence[int] | torch.Tensor,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """RandomResizedCrop.get_params for n images at once: (n, 4) boxes
     (x0, y0, x1, y1) in pixels, x1/y1 exclusive.
 
@@ -100,7 +110,12 @@ def _uniform(n, low, high, generator):
     return torch.empty(n).uniform_(low, high, generator=generator)
 
 
-def sample_params(spec, heights, widths=None, generator=None):
+def sample_params(
+    spec: AugmentSpec,
+    heights: int | Sequence[int],
+    widths: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """Every random choice for one view of each image (heights/widths: the
     image sizes, one entry per view to make). Returns a dict of CPU tensors.
     With an int `heights` (the number of views) and no widths, the crops are
@@ -128,7 +143,13 @@ def sample_params(spec, heights, widths=None, generator=None):
 
 
 # -- pixel work (any device) --------------------------------------------------
-def crop_resize(images, boxes, size, views=1, max_elements=1 << 27):
+def crop_resize(
+    images: Sequence[torch.Tensor] | torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+    views: int = 1,
+    max_elements: int = 1 << 27,
+) -> torch.Tensor:
     """Crop and resize to size x size: float32 in [0, 1], view-major.
 
     images: a list of n uint8 (3, H, W) tensors (or one uint8 batch); boxes:
@@ -176,7 +197,7 @@ def _gray(x):
     return kornia.color.rgb_to_grayscale(x).expand(-1, 3, -1, -1)
 
 
-def color_jitter(x, params, mask=None):
+def color_jitter(x: torch.Tensor, params: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
     """kornia's per-sample colour operations in each view's own random order."""
     import kornia.enhance as E
 
@@ -199,7 +220,7 @@ def color_jitter(x, params, mask=None):
     return x
 
 
-def gaussian_blur(x, sigma, sigma_max):
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
     """Gaussian blur with one sigma per image, truncated at 3 * sigma_max."""
     import kornia.filters
 
@@ -211,13 +232,15 @@ def gaussian_blur(x, sigma, sigma_max):
     return kornia.filters.gaussian_blur2d(x, (k, k), sig, border_type="reflect")
 
 
-def apply(images, params, spec, views=1):
+def apply(
+    images: Sequence[torch.Tensor] | torch.Tensor, params: dict[str, torch.Tensor], spec: AugmentSpec, views: int = 1
+) -> torch.Tensor:
     """views * n normalised crops (view-major) of the n images; params row
     v * n + k describes view v of images[k]."""
     return colour_flip_normalise(crop_resize(images, params["boxes"], spec.size, views), params, spec)
 
 
-def colour_flip_normalise(x, params, spec):
+def colour_flip_normalise(x: torch.Tensor, params: dict[str, torch.Tensor], spec: AugmentSpec) -> torch.Tensor:
     """The MoCo augmentation after the crop, in place on x: float (n, 3, S, S) in [0, 1]."""
     dev = x.device
     if spec.gray_first and params["gray"].any():
@@ -239,7 +262,7 @@ def colour_flip_normalise(x, params, spec):
     return x.sub_(mean).div_(std)
 
 
-def crop_pair(img, spec, generator=None):
+def crop_pair(img: torch.Tensor, spec: AugmentSpec, generator: torch.Generator | None = None) -> torch.Tensor:
     """Two random resized crops of one uint8 (3, H, W) image on the CPU, as
     uint8 (2, 3, size, size): the crop half of the pipeline, for workers."""
     from torchvision.transforms.v2 import functional as TF
@@ -258,7 +281,7 @@ class CroppedTwoViews:
     """The rest of the augmentation for uint8 crop pairs (n, 2, 3, S, S) made
     by crop_pair in the workers: returns [view_q, view_k]."""
 
-    def __init__(self, spec, generator=None):
+    def __init__(self, spec: AugmentSpec, generator: torch.Generator | None = None):
         self.spec, self.generator = spec, generator
 
     def __call__(self, pairs):
@@ -272,7 +295,7 @@ class BatchTwoViews:
     """Two independently augmented views of every image of a batch: the
     batched twin of augment.TwoCropsTransform(augment.pretrain_transform())."""
 
-    def __init__(self, spec, generator=None):
+    def __init__(self, spec: AugmentSpec, generator: torch.Generator | None = None):
         self.spec, self.generator = spec, generator
 
     def __call__(self, images):

@@ -7,6 +7,11 @@ is decoded to uint8 pixels in the worker instead (torchvision.io, else PIL).
 Without a GPU the same code decodes the JPEGs on the CPU in the main process.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from torchvision import datasets
@@ -19,7 +24,7 @@ from selfsup.data.gpu_augment import BatchTwoViews, CroppedTwoViews, crop_pair
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def read_encoded(path):
+def read_encoded(path: str) -> tuple[str, str, torch.Tensor]:
     """(path, kind, tensor): kind 'jpeg' with the file's bytes, or 'pixels'
     with a decoded uint8 (3, H, W) tensor for other formats."""
     try:
@@ -47,17 +52,17 @@ def _decode_on_cpu(path, data):
 class EncodedImageFolder(datasets.ImageFolder):
     """ImageFolder whose samples are read_encoded() triples, untransformed."""
 
-    def __init__(self, root, what="data folder"):
+    def __init__(self, root: str, what: str = "data folder") -> None:
         D.check_image_folder(root, what)
         super().__init__(root, loader=read_encoded)
 
 
-def collate_encoded(batch):
+def collate_encoded(batch: list) -> tuple[list, torch.Tensor]:
     """Keep the variable-size payloads as a list; stack the targets."""
     return [item for item, _ in batch], torch.tensor([t for _, t in batch], dtype=torch.long)
 
 
-def decode_batch(payloads, device):
+def decode_batch(payloads: list, device: torch.device | str) -> list[torch.Tensor]:
     """uint8 (3, H, W) tensors on `device`, one per payload, in order. JPEGs
     are decoded together (on the GPU when `device` is one); a batch the GPU
     decoder refuses is decoded image by image on the CPU."""
@@ -89,18 +94,18 @@ class TwoViewLoader:
     """Wraps a DataLoader of EncodedImageFolder batches: yields ([view_q,
     view_k], target) on `device`, decoded and augmented there."""
 
-    def __init__(self, loader, augment, device):
+    def __init__(self, loader: D.ResumableLoader, augment: Callable, device: torch.device | str) -> None:
         self.loader, self.augment, self.device = loader, augment, torch.device(device)
 
     def __len__(self):
         return len(self.loader)
 
     @property
-    def batch_size(self):
+    def batch_size(self) -> int:
         return self.loader.batch_size
 
     @property
-    def sampler(self):
+    def sampler(self) -> D.ResumableBatchSampler:
         return self.loader.sampler
 
     # Iteration boundaries, mid-epoch positions and resume points are the
@@ -108,11 +113,11 @@ class TwoViewLoader:
     # before batch i+1 is read, so a checkpoint taken there holds the RNG
     # states from before batch i+1 is augmented here, and a rerun repeats it.
     @property
-    def hook(self):
+    def hook(self) -> Callable[[int, int], None] | None:
         return self.loader.hook
 
     @hook.setter
-    def hook(self, fn):
+    def hook(self, fn: Callable[[int, int], None] | None) -> None:
         self.loader.hook = fn
 
     @property
@@ -131,7 +136,7 @@ class TwoViewLoader:
             yield self.augment(images), target
 
 
-def decode_on_cpu(path):
+def decode_on_cpu(path: str) -> torch.Tensor:
     """uint8 (3, H, W) of any image file, JPEGs with libjpeg-turbo."""
     path_, kind, data = read_encoded(path)
     if kind == "pixels":
@@ -146,7 +151,7 @@ class CropPairReader:
     """DataLoader loader for --gpu-aug-decode workers: decode on the CPU and
     make the two random resized crops there (uint8 (2, 3, S, S))."""
 
-    def __init__(self, spec):
+    def __init__(self, spec: Any) -> None:
         self.spec = spec
 
     def __call__(self, path):
@@ -159,7 +164,16 @@ class CroppedPairLoader(TwoViewLoader):
             yield self.augment(pairs.to(self.device, non_blocking=True)), target
 
 
-def two_view_loader(root, spec, batch_size, workers, device, distributed=False, seed=None, decode="gpu"):
+def two_view_loader(
+    root: str,
+    spec: Any,
+    batch_size: int,
+    workers: int,
+    device: torch.device | str,
+    distributed: bool = False,
+    seed: int | None = None,
+    decode: str = "gpu",
+) -> TwoViewLoader:
     """The --gpu-aug pretraining loader of `root` (an ImageFolder).
 
     decode 'gpu': workers read bytes, JPEGs are decoded and cropped on

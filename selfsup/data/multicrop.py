@@ -5,6 +5,10 @@ colour distortion (jitter 0.8/0.8/0.8/0.2 with p=0.8, grayscale p=0.2) and a
 Gaussian blur (radius 0.1-2, p=0.5). Crops come out grouped by resolution
 (all large crops first), as the model batches equal sizes together."""
 
+from __future__ import annotations
+
+from typing import Sequence
+
 import torchvision.transforms as T
 
 from selfsup.core.errors import UserError
@@ -14,13 +18,18 @@ SWAV_MEAN = (0.485, 0.456, 0.406)
 SWAV_STD = (0.228, 0.224, 0.225)
 
 
-def color_distortion(s=1.0):
+def color_distortion(s: float = 1.0) -> T.Compose:
     return T.Compose(
         [T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8), T.RandomGrayscale(p=0.2)]
     )
 
 
-def check_multicrop_args(size_crops, nmb_crops, min_scale_crops, max_scale_crops):
+def check_multicrop_args(
+    size_crops: Sequence[int],
+    nmb_crops: Sequence[int],
+    min_scale_crops: Sequence[float],
+    max_scale_crops: Sequence[float],
+) -> None:
     lengths = {len(size_crops), len(nmb_crops), len(min_scale_crops), len(max_scale_crops)}
     if len(lengths) != 1:
         raise UserError(
@@ -37,7 +46,13 @@ def check_multicrop_args(size_crops, nmb_crops, min_scale_crops, max_scale_crops
 
 
 class MultiCropTransform:
-    def __init__(self, size_crops, nmb_crops, min_scale_crops, max_scale_crops):
+    def __init__(
+        self,
+        size_crops: Sequence[int],
+        nmb_crops: Sequence[int],
+        min_scale_crops: Sequence[float],
+        max_scale_crops: Sequence[float],
+    ):
         check_multicrop_args(size_crops, nmb_crops, min_scale_crops, max_scale_crops)
         tail = T.Compose(
             [

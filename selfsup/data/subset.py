@@ -5,6 +5,8 @@ SimCLR published the 1% and 10% ImageNet subsets as lists of file names
 file the subset is exactly that list. Without one, a seeded class-balanced
 subset takes ceil(ratio% of each class) images."""
 
+from __future__ import annotations
+
 import math
 import os
 import random
@@ -14,7 +16,7 @@ from selfsup.core.errors import UserError
 from selfsup.data.folders import check_image_folder
 
 
-def class_files(root):
+def class_files(root: str) -> dict[str, list[str]]:
     check_image_folder(root, "source train folder")
     out = {}
     for c in sorted(e.name for e in os.scandir(root) if e.is_dir()):
@@ -22,7 +24,7 @@ def class_files(root):
     return out
 
 
-def balanced_subset(files_by_class, ratio, seed=0):
+def balanced_subset(files_by_class: dict[str, list[str]], ratio: float, seed: int = 0) -> dict[str, list[str]]:
     """{class: chosen files}: ceil(ratio/100 * n) per class, seeded."""
     if not 0 < ratio <= 100:
         raise UserError(f"--ratio {ratio}: expected a percentage in (0, 100]")
@@ -34,7 +36,7 @@ def balanced_subset(files_by_class, ratio, seed=0):
     return chosen
 
 
-def split_file_subset(files_by_class, split_file):
+def split_file_subset(files_by_class: dict[str, list[str]], split_file: str) -> dict[str, list[str]]:
     """{class: files} named by a SimCLR split file (class = name before '_')."""
     if not os.path.isfile(split_file):
         raise UserError(f"--split-file '{split_file}' does not exist")
@@ -53,7 +55,7 @@ def split_file_subset(files_by_class, split_file):
     return chosen
 
 
-def write_subset(source, out, chosen, link=False):
+def write_subset(source: str, out: str, chosen: dict[str, list[str]], link: bool = False) -> int:
     """Copy (or symlink) the chosen files into `out`/<class>/."""
     n = 0
     for c, files in chosen.items():

@@ -1,11 +1,13 @@
 """Flags of detection/train_net.py and the checks that need no detectron2 import."""
 
+from __future__ import annotations
+
 import argparse
 
 from selfsup.core.errors import UserError
 
 
-def get_parser():
+def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Fine-tune a converted ResNet in detectron2 (R-C4) and evaluate on VOC/COCO",
         epilog="Trailing KEY VALUE pairs override the config, e.g. MODEL.RESNETS.DEPTH 34 "
@@ -33,13 +35,13 @@ def get_parser():
     return p
 
 
-def available_gpus():
+def available_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def check_gpus(args):
+def check_gpus(args: argparse.Namespace) -> None:
     """--num-gpus must fit this machine; 0 (or 1 on a machine without CUDA) means CPU."""
     if args.num_gpus < 0:
         raise UserError(f"--num-gpus {args.num_gpus}: must be 0 (CPU) or more")

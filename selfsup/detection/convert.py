@@ -23,11 +23,14 @@ would load into the wrong slots, so it is dropped and res5 starts from
 detectron2's initialisation. For ResNet-50/101/152 every stage transfers.
 """
 
+from __future__ import annotations
+
 import os
 import pickle
 import re
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -65,16 +68,16 @@ class Conversion:
     dropped: dict = field(default_factory=dict)  # reason -> number of tensors
 
     @property
-    def depth(self):
+    def depth(self) -> int:
         return int(self.arch[len("resnet") :])
 
-    def overrides(self):
+    def overrides(self) -> str:
         """The config overrides this backbone needs in the R-C4 configs."""
         if self.block == "basic":
             return f"MODEL.RESNETS.DEPTH {self.depth} MODEL.RESNETS.RES2_OUT_CHANNELS 64"
         return f"MODEL.RESNETS.DEPTH {self.depth}"
 
-    def report(self):
+    def report(self) -> str:
         lines = [
             f"converted {self.arch} ({self.block} blocks, from {self.source}): "
             f"{len(self.model)} tensors kept for {', '.join(self.stages)}"
@@ -94,7 +97,7 @@ def _is_tensor_dict(obj):
     return isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def extract_backbone(obj, where="checkpoint"):
+def extract_backbone(obj: Any, where: str = "checkpoint") -> tuple[str | None, str, dict[str, torch.Tensor], int]:
     """From a loaded checkpoint object, return (arch or None, source, {torchvision
     resnet name: tensor} including fc.*, number of ignored tensors)."""
     if not isinstance(obj, dict):
@@ -157,7 +160,7 @@ def _infer_layout(sd, arch, where):
     return found, block
 
 
-def rename_key(k):
+def rename_key(k: str) -> str:
     """torchvision ResNet name -> detectron2 ResNet name."""
     if not k.startswith("layer"):
         k = "stem." + k
@@ -168,7 +171,7 @@ def rename_key(k):
     return k
 
 
-def convert_state_dict(obj, where="checkpoint"):
+def convert_state_dict(obj: Any, where: str = "checkpoint") -> Conversion:
     """Convert a loaded checkpoint object; returns a :class:`Conversion`."""
     arch, source, sd, ignored = extract_backbone(obj, where)
     arch, block = _infer_layout(sd, arch, where)
@@ -194,7 +197,7 @@ def convert_state_dict(obj, where="checkpoint"):
     return Conversion(model=model, arch=arch, block=block, source=source, stages=stages, dropped=dropped)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str) -> Any:
     """The checkpoint, read with the project's one loader: weights_only=True
     with its allow-list, or as is under --unsafe-load (selfsup.core.checkpoint)."""
     if not os.path.isfile(path):
@@ -202,7 +205,7 @@ def load_checkpoint(path):
     return load_file(path, "input checkpoint")
 
 
-def save_pickle(conv, out_path):
+def save_pickle(conv: Conversion, out_path: str) -> None:
     """Write the detectron2 pickle atomically (tmp file in the same folder + os.replace)."""
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if os.path.isdir(out_path):
@@ -221,7 +224,7 @@ def save_pickle(conv, out_path):
         raise
 
 
-def convert_file(in_path, out_path):
+def convert_file(in_path: str, out_path: str) -> Conversion:
     """Checkpoint file -> detectron2 pickle; returns the :class:`Conversion`."""
     conv = convert_state_dict(load_checkpoint(in_path), where=in_path)
     save_pickle(conv, out_path)

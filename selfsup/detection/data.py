@@ -7,8 +7,11 @@ again for another root (replacing those names), so a process that imported
 detectron2 earlier, such as a test, can point the same names at another tree.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
+from typing import Iterable
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import builtin
@@ -16,7 +19,7 @@ from detectron2.data.datasets import builtin
 from selfsup.core.errors import UserError
 
 
-def dataset_root():
+def dataset_root() -> str:
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
@@ -37,7 +40,7 @@ def _replacing_registrations():
         del DatasetCatalog.register
 
 
-def register_builtin_datasets(root=None):
+def register_builtin_datasets(root: str | None = None) -> str:
     """(Re-)register detectron2's builtin VOC and COCO dataset names under ``root``
     (default: ``$DETECTRON2_DATASETS``, else ``datasets``)."""
     root = dataset_root() if root is None else os.path.expanduser(root)
@@ -47,7 +50,7 @@ def register_builtin_datasets(root=None):
     return root
 
 
-def check_datasets(names):
+def check_datasets(names: Iterable[str]) -> None:
     """One-line error if a registered VOC / COCO dataset's files are missing."""
     for name in names:
         if name not in DatasetCatalog:

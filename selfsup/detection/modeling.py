@@ -1,5 +1,7 @@
 """Model parts the configs refer to by name (registered in detectron2's registries)."""
 
+from __future__ import annotations
+
 from detectron2.layers import get_norm
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
@@ -22,7 +24,7 @@ class Res5ROIHeadsExtraNorm(Res5ROIHeads):
         return seq, out_channels
 
 
-def register():
+def register() -> None:
     """Register the ROI head once (safe to call repeatedly)."""
     if _NAME not in ROI_HEADS_REGISTRY:
         ROI_HEADS_REGISTRY.register(Res5ROIHeadsExtraNorm)

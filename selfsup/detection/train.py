@@ -1,14 +1,18 @@
 """detectron2 training / evaluation for the R-C4 transfer configs (detection/train_net.py)."""
 
+from __future__ import annotations
+
+import argparse
 import logging
 import os
+from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 
 from selfsup.core.errors import UserError
 from selfsup.detection import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
@@ -24,7 +28,7 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with the VOC and COCO evaluators chosen by dataset metadata."""
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
         kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
@@ -37,11 +41,11 @@ class Trainer(DefaultTrainer):
         )
 
 
-def use_cpu(num_gpus):
+def use_cpu(num_gpus: int) -> bool:
     return num_gpus == 0 or not torch.cuda.is_available()
 
 
-def build_cfg(args):
+def build_cfg(args: argparse.Namespace) -> CfgNode:
     """Config from --config-file and the trailing KEY VALUE overrides, adapted to the run:
     CPU device when no GPU is used, plain BN instead of SyncBN for a single process."""
     if not args.config_file or not os.path.isfile(args.config_file):
@@ -79,7 +83,7 @@ def _has_last_checkpoint(cfg):
     return os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
 
 
-def check_inputs(cfg, args):
+def check_inputs(cfg: CfgNode, args: argparse.Namespace) -> None:
     """Data and weights must exist before any process starts."""
     names = list(cfg.DATASETS.TEST) if args.eval_only else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     check_datasets(names)
@@ -93,7 +97,7 @@ def check_inputs(cfg, args):
         )
 
 
-def worker(args):
+def worker(args: argparse.Namespace) -> Any:
     """One training / evaluation process (launched once per GPU)."""
     register_builtin_datasets()
     cfg = build_cfg(args)
@@ -110,7 +114,7 @@ def worker(args):
     return getattr(trainer, "_last_eval_results", None)
 
 
-def main(args):
+def main(args: argparse.Namespace) -> Any:
     """Check flags, data and weights in this process, then launch the workers."""
     check_gpus(args)
     register_builtin_datasets()

@@ -13,6 +13,7 @@ checkpoint ``iteration``, ``sampler`` and ``rng``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,9 @@ from selfsup.core import checkpoint as ck
 from selfsup.core import distributed as du
 from selfsup.engine import runstate as rs
 from selfsup.engine.precision import Precision
+
+if TYPE_CHECKING:
+    from selfsup.data.folders import ResumableLoader
 
 
 class CheckpointWriter:
@@ -61,7 +65,7 @@ class CheckpointWriter:
         ck.save_checkpoint(self.state(epoch, **extra), path)
         return path
 
-    def save_mid_epoch(self, path: str, epoch: int, loader, batches_done: int, **extra) -> str:
+    def save_mid_epoch(self, path: str, epoch: int, loader: ResumableLoader, batches_done: int, **extra) -> str:
         """A checkpoint from which a rerun continues exactly after `batches_done`
         batches of `epoch`: the sampler's position and every rank's RNG states.
         A collective (every rank gathers its RNG state); the main process writes."""

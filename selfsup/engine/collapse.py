@@ -8,7 +8,10 @@ Two failure modes seen on small runs (docs/disco.md, "When DisCo collapses"):
   goes to ln(K+1).
 """
 
+from __future__ import annotations
+
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +23,12 @@ import torch.nn.functional as F
 TEACHER_SPREAD_WARN = 0.8
 
 
-def chance_infonce(queue_size):
+def chance_infonce(queue_size: int) -> float:
     """InfoNCE of equal logits: one positive among queue_size + 1."""
     return math.log(queue_size + 1)
 
 
-def infonce_warning(infonce, queue_size, epoch, rel_tol=0.005):
+def infonce_warning(infonce: float, queue_size: int, epoch: int, rel_tol: float = 0.005) -> str | None:
     """A warning line when the epoch's mean InfoNCE sits at ln(K+1), else None."""
     chance = chance_infonce(queue_size)
     if abs(infonce - chance) > rel_tol * chance:
@@ -37,7 +40,7 @@ def infonce_warning(infonce, queue_size, epoch, rel_tol=0.005):
     )
 
 
-def mean_pairwise_cosine(z):
+def mean_pairwise_cosine(z: torch.Tensor) -> float:
     """Mean cosine between the rows of z over all pairs of distinct rows."""
     z = F.normalize(z.float(), dim=1)
     n = z.shape[0]
@@ -46,12 +49,14 @@ def mean_pairwise_cosine(z):
 
 
 @torch.no_grad()
-def embedding_spread(embed, images, batch_size=64):
+def embedding_spread(
+    embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 64
+) -> float:
     """mean_pairwise_cosine of embed(batch) over `images` (a tensor N x C x H x W)."""
     return mean_pairwise_cosine(torch.cat([embed(part) for part in images.split(batch_size)]))
 
 
-def spread_report(spread, n):
+def spread_report(spread: float, n: int) -> str:
     """The line printed before DisCo trains, and a warning when the teacher
     maps every image to nearly the same vector."""
     line = f"=> teacher embedding spread on {n} training images: mean pairwise cosine {spread:.3f}"

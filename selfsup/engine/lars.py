@@ -28,7 +28,7 @@ class LARS:
         return self.optim.param_groups
 
     @property
-    def state(self):
+    def state(self) -> dict[Any, Any]:
         return self.optim.state
 
     def state_dict(self) -> dict[str, Any]:

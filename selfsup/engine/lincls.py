@@ -9,10 +9,15 @@ Checkpoint (the original's keys): ``{"epoch", "arch", "state_dict",
 and, with a grad scaler (fp16), ``scaler``.
 """
 
+from __future__ import annotations
+
+import argparse
 import os
+from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
 from selfsup.core import checkpoint as ck
 from selfsup.core import distributed as du
@@ -31,7 +36,7 @@ from selfsup.engine.runstate import seed_everything
 from selfsup.models.backbones import create_backbone, set_head
 
 
-def imagefolder_datasets(args):
+def imagefolder_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
     """(train, val) ImageFolder datasets from args.data/train and args.data/val;
     with ``args.label`` (percent) the train set is a class-balanced subset."""
     train = D.image_folder(D.split_folder(args.data, "train"), augment.linear_train_transform(args.image_size))
@@ -49,7 +54,7 @@ def imagefolder_datasets(args):
     return train, val
 
 
-def cifar_datasets(args):
+def cifar_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
     """(train, test) CIFAR-10/100 from the python archives in args.data, resized
     with bicubic interpolation as the original (orig:DisCo/cifar_main_lincls.py:297-337)."""
     bicubic = augment.T.InterpolationMode.BICUBIC
@@ -60,7 +65,7 @@ def cifar_datasets(args):
     return train, test
 
 
-def build_classifier(arch, num_classes, small_images):
+def build_classifier(arch: str, num_classes: int, small_images: bool) -> nn.Module:
     """Backbone with a fresh linear classifier: weight N(0, 0.01), bias 0."""
     model, feat_dim = create_backbone(arch, small_images)
     head = nn.Linear(feat_dim, num_classes)
@@ -69,7 +74,7 @@ def build_classifier(arch, num_classes, small_images):
     return set_head(model, head)
 
 
-def load_pretrained(model, path, arch):
+def load_pretrained(model: nn.Module, path: str, arch: str) -> dict[str, torch.Tensor]:
     """Backbone weights of a pretraining checkpoint into `model`; only the
     classifier may be left missing."""
     ckpt = ck.load_file(path, "--pretrained checkpoint")
@@ -84,12 +89,12 @@ def load_pretrained(model, path, arch):
     return {k: v.clone() for k, v in state.items()}
 
 
-def freeze_backbone(model):
+def freeze_backbone(model: nn.Module) -> None:
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith(f"{model.head_name}.")
 
 
-def sanity_check(model, pretrained_state, path):
+def sanity_check(model: nn.Module, pretrained_state: dict[str, torch.Tensor], path: str) -> None:
     """The frozen weights must equal the pretrained ones after training."""
     current = model.state_dict()
     for k, v in pretrained_state.items():
@@ -122,7 +127,7 @@ RUN_KEYS = (
 RUN_OUTPUTS = ("checkpoint.pth.tar", "model_best.pth.tar", "metrics.csv", "tb")
 
 
-def lincls_resume_path(args):
+def lincls_resume_path(args: argparse.Namespace) -> str | None:
     """--resume as given; by default (None) --ckpt-dir's checkpoint.pth.tar
     when there is one, so rerunning a command resumes it."""
     if args.resume is not None:
@@ -141,7 +146,10 @@ def lincls_resume_path(args):
     return path if found else None
 
 
-def run_lincls(args, build_datasets=imagefolder_datasets):
+def run_lincls(
+    args: argparse.Namespace,
+    build_datasets: Callable[[argparse.Namespace], tuple[Dataset, Dataset]] = imagefolder_datasets,
+) -> dict[str, float]:
     if args.evaluate:
         return _lincls(args, build_datasets)
     with rs.owned_run(args.ckpt_dir):
@@ -273,7 +281,15 @@ def _lincls(args, build_datasets):
     return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc1}
 
 
-def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None):
+def train_one_epoch(
+    loader: D.ResumableLoader,
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    args: argparse.Namespace,
+    prec: Precision | None = None,
+) -> dict[str, float]:
     """One epoch of the classifier; returns the epoch's meters summary
     ({"loss", "acc1", "acc5", "epoch_time"})."""
     meters = EpochMeters(len(loader), f"Epoch: [{epoch}]", args.print_freq)
@@ -297,7 +313,13 @@ def train_one_epoch(loader, model, criterion, optimizer, epoch, args, prec=None)
 
 
 @torch.no_grad()
-def validate(loader, model, criterion, args, prec=None):
+def validate(
+    loader: D.ResumableLoader,
+    model: nn.Module,
+    criterion: nn.Module,
+    args: argparse.Namespace,
+    prec: Precision | None = None,
+) -> tuple[float, float, float]:
     """(top-1, top-5, loss) on the whole validation set (every rank evaluates all of it)."""
     meters = EpochMeters(len(loader), "Test: ", args.print_freq, data_time=False)
     net = unwrap(model)

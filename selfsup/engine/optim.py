@@ -1,9 +1,17 @@
 """Learning-rate schedules of the original scripts, as pure functions."""
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 
-def epoch_lr(base_lr, epoch, epochs, cos=False, schedule=(), gamma=0.1):
+def epoch_lr(
+    base_lr: float, epoch: int, epochs: int, cos: bool = False, schedule: Sequence[int] = (), gamma: float = 0.1
+) -> float:
     """Per-epoch lr: half-cosine from base_lr to 0 over `epochs` with `cos`,
     else multiplied by `gamma` at each milestone of `schedule` already reached."""
     if cos:
@@ -11,7 +19,7 @@ def epoch_lr(base_lr, epoch, epochs, cos=False, schedule=(), gamma=0.1):
     return base_lr * gamma ** sum(epoch >= m for m in schedule)
 
 
-def moco_lincls_gamma(schedule):
+def moco_lincls_gamma(schedule: Sequence[int]) -> float:
     """x0.1 with 2 milestones, x0.5 with 11, no decay otherwise (by the list's length).
 
     DisCo-pytorch's moco/main_lincls.py and yt_main_lincls_schedule.py pick the
@@ -21,6 +29,6 @@ def moco_lincls_gamma(schedule):
     return {2: 0.1, 11: 0.5}.get(len(schedule), 1.0)
 
 
-def set_lr(optimizer, lr):
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

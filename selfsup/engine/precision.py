@@ -68,20 +68,20 @@ class Precision:
         return cls(swav_precision(args.use_fp16, args.amp_dtype, args.device), args.device, args.channels_last)
 
     @property
-    def name(self):
+    def name(self) -> str:
         names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16+GradScaler"}
         return names[self.dtype] + (", channels_last" if self.channels_last else "")
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def model(self, model):
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model in channels-last layout (4-D weights only) when asked."""
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-    def inputs(self, x):
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
@@ -105,9 +105,9 @@ class Precision:
                 before_step()
             optimizer.step()
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any] | None:
         return self.scaler.state_dict() if self.scaler.is_enabled() else None
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(state)

@@ -6,7 +6,11 @@ accuracy) and optionally more ``loss_*`` terms to log. Everything else
 (processes, data, optimiser, schedule, checkpoints, resume, logs) is here.
 """
 
+from __future__ import annotations
+
+import argparse
 import os
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -18,7 +22,7 @@ from selfsup.core.errors import UserError
 from selfsup.data import augment
 from selfsup.data import folders as D
 from selfsup.data.gpu_augment import moco_spec
-from selfsup.data.jpeg import two_view_loader
+from selfsup.data.jpeg import TwoViewLoader, two_view_loader
 from selfsup.engine import collapse
 from selfsup.engine import runstate as rs
 from selfsup.engine.checkpointing import CheckpointWriter
@@ -28,7 +32,7 @@ from selfsup.engine.progress import EpochMeters, MetricsWriter
 from selfsup.engine.runstate import seed_everything
 
 
-def resume_path(args):
+def resume_path(args: argparse.Namespace) -> str | None:
     if getattr(args, "resume_ckpt", False):
         path = ck.latest_checkpoint(args.ckpt_dir)
         if path is None and du.is_main_process():
@@ -52,7 +56,7 @@ def resume_path(args):
     return args.resume or None
 
 
-def pretrain_loader(args):
+def pretrain_loader(args: argparse.Namespace) -> D.ResumableLoader | TwoViewLoader:
     """Two-view loader of args.data/train: PIL + torchvision in the workers
     (the original's path), or with --gpu-aug files read by the workers and
     decoded and augmented in batches on args.device (selfsup.data.jpeg)."""
@@ -125,11 +129,11 @@ RUN_FILES = ("teacher",)
 RUN_OUTPUTS = ("metrics.csv", "tb")
 
 
-def run_identity(args):
+def run_identity(args: argparse.Namespace) -> dict:
     return rs.run_identity(args, RUN_KEYS, RUN_FILES)
 
 
-def resume(writer, path, args):
+def resume(writer: CheckpointWriter, path: str, args: argparse.Namespace) -> tuple[int, dict | None]:
     """Load model, queue, optimizer and scaler state (into what `writer`
     saves) after checking that the checkpoint's run had the same flags;
     returns (epoch to start at, the mid-epoch state or None)."""
@@ -161,7 +165,7 @@ def resume(writer, path, args):
 
 
 @torch.no_grad()
-def teacher_spread_line(model, args, n=256):
+def teacher_spread_line(model: nn.Module, args: argparse.Namespace, n: int = 256) -> str:
     """How spread out the frozen teacher's embeddings of `n` training images
     are (eval transform, every k-th image), in the BN mode it trains in."""
     dataset = D.image_folder(D.split_folder(args.data, "train"), augment.eval_transform(args.image_size))
@@ -172,11 +176,11 @@ def teacher_spread_line(model, args, n=256):
     return collapse.spread_report(spread, images.shape[0])
 
 
-def in_folder(path, folder):
+def in_folder(path: str | None, folder: str) -> bool:
     return bool(path) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(folder)
 
 
-def prepare_folder(args, path):
+def prepare_folder(args: argparse.Namespace, path: str | None) -> None:
     """Rank 0: stale temporaries out; a run that does not continue this
     folder's checkpoints moves the folder's previous files aside."""
     if du.is_main_process():
@@ -187,7 +191,7 @@ def prepare_folder(args, path):
     du.barrier()
 
 
-def prune(folder, keep):
+def prune(folder: str, keep: str) -> None:
     """Only the newest checkpoint stays, as the original (which deleted the
     previous epoch's); mid-epoch ones are superseded by any later one."""
     for old in ck.run_checkpoints(folder):
@@ -195,7 +199,7 @@ def prune(folder, keep):
             os.remove(old)
 
 
-def run_pretraining(args, build_model):
+def run_pretraining(args: argparse.Namespace, build_model: Callable[[argparse.Namespace], nn.Module]) -> nn.Module:
     """Worker body (one per process): train `build_model(args)` on args.data/train."""
     with rs.owned_run(args.ckpt_dir):
         return _pretrain(args, build_model)
@@ -282,7 +286,14 @@ def _pretrain(args, build_model):
     return unwrap(model)
 
 
-def train_one_epoch(loader, model, optimizer, epoch, args, prec=None):
+def train_one_epoch(
+    loader: Iterable,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    args: argparse.Namespace,
+    prec: Precision | None = None,
+) -> dict[str, float]:
     """One epoch of `model` (a method: forward returns "loss", "logits",
     "labels" and "loss_*" parts); returns its metrics.csv row."""
     meters = EpochMeters(len(loader), f"Epoch: [{epoch}]", args.print_freq)

@@ -16,15 +16,15 @@ from selfsup.core import distributed as du
 
 
 class AverageMeter:
-    def __init__(self, name, fmt=":f"):
+    def __init__(self, name: str, fmt: str = ":f"):
         self.name, self.fmt = name, fmt
         self.reset()
 
-    def reset(self):
+    def reset(self) -> None:
         self.val = self.avg = self.sum = 0.0
         self.count = 0
 
-    def update(self, val, n=1):
+    def update(self, val: float, n: int = 1) -> None:
         self.val = float(val)
         self.sum += float(val) * n
         self.count += n
@@ -38,12 +38,12 @@ class ProgressMeter:
     """Prints ``Epoch: [e][ i/n]  Time ...  Loss ...  Acc@1 ...`` plus the
     batch rate and the time left in this epoch."""
 
-    def __init__(self, num_batches, meters, prefix=""):
+    def __init__(self, num_batches: int, meters: Sequence[AverageMeter], prefix: str = ""):
         self.num_batches, self.meters, self.prefix = num_batches, meters, prefix
         self.width = len(str(num_batches))
         self.start = time.time()
 
-    def display(self, batch):
+    def display(self, batch: int) -> None:
         done = batch + 1
         elapsed = time.time() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
@@ -150,7 +150,7 @@ def _number(value) -> float:
     return value.item() if torch.is_tensor(value) else float(value)
 
 
-def accuracy(output, target, topk=(1,)):
+def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> list[torch.Tensor]:
     """Top-k accuracies (percent) of logits `output` against `target`."""
     with torch.no_grad():
         maxk = min(max(topk), output.shape[1])
@@ -166,7 +166,7 @@ class MetricsWriter:
     A resumed run appends to the same file; rows of epochs at or after the
     resume point are dropped first so the curve has no duplicates."""
 
-    def __init__(self, folder, start_epoch=0):
+    def __init__(self, folder: str, start_epoch: int = 0):
         os.makedirs(folder, exist_ok=True)
         self.path = os.path.join(folder, "metrics.csv")
         self.rows = self._read_rows(start_epoch)
@@ -196,7 +196,7 @@ class MetricsWriter:
             )
         return kept
 
-    def write(self, epoch, **values):
+    def write(self, epoch: int, **values) -> None:
         row = {"epoch": epoch, **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in values.items()}}
         self.rows.append(row)
         fields = []
@@ -214,6 +214,6 @@ class MetricsWriter:
                     self.tb.add_scalar(k, v, epoch)
             self.tb.flush()
 
-    def close(self):
+    def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

@@ -9,11 +9,15 @@
 - RNG states of every rank, and agreement between DDP ranks on a flag.
 """
 
+from __future__ import annotations
+
+import argparse
 import contextlib
 import os
 import random
 import socket
 import sys
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -40,7 +44,7 @@ class RunLock:
     """`<folder>/run.lock`, created exclusively. `flag` names the folder's
     option in messages (--ckpt-dir, --dump_path)."""
 
-    def __init__(self, folder, flag="--ckpt-dir"):
+    def __init__(self, folder: str, flag: str = "--ckpt-dir"):
         self.folder, self.flag = folder, flag
         self.path = os.path.join(folder, LOCK_NAME)
         self.held = False
@@ -69,7 +73,7 @@ class RunLock:
         now = pid_start_time(pid)
         return start in ("None", None) or now is None or now == start
 
-    def acquire(self):
+    def acquire(self) -> RunLock:
         try:
             os.makedirs(self.folder, exist_ok=True)
         except OSError as exc:
@@ -103,7 +107,7 @@ class RunLock:
             return self
         raise UserError(f"could not take the lock {self.path}: another run keeps replacing it")
 
-    def release(self):
+    def release(self) -> None:
         if not self.held:
             return
         self.held = False
@@ -124,10 +128,10 @@ class RunLock:
 class NoLock:
     """Stands in for RunLock on ranks other than 0 (rank 0 holds the folder)."""
 
-    def acquire(self):
+    def acquire(self) -> NoLock:
         return self
 
-    def release(self):
+    def release(self) -> None:
         pass
 
     __enter__ = acquire
@@ -136,7 +140,7 @@ class NoLock:
         pass
 
 
-def folder_lock(folder, flag="--ckpt-dir"):
+def folder_lock(folder: str, flag: str = "--ckpt-dir") -> RunLock | NoLock:
     """The lock of `folder` on rank 0; every rank stops if rank 0 cannot take it."""
     lock, error = NoLock(), None
     if du.is_main_process():
@@ -154,7 +158,7 @@ def folder_lock(folder, flag="--ckpt-dir"):
 # -- run identity ---------------------------------------------------------------
 
 
-def file_identity(path):
+def file_identity(path: str | None) -> str | list:
     """Path, size and mtime of a file a run depends on (a teacher, a
     pretrained backbone): enough to tell another or a rewritten file."""
     if not path:
@@ -174,7 +178,7 @@ def _plain(value):
     return value
 
 
-def run_identity(args, keys, files=()):
+def run_identity(args: argparse.Namespace, keys: Iterable[str], files: Iterable[str] = ()) -> dict[str, Any]:
     """{flag: value} of the flags in `keys` that args has, plus the identity
     of each file flag in `files`: what a checkpoint stores as "run"."""
     ident = {k: _plain(getattr(args, k)) for k in keys if hasattr(args, k)}
@@ -195,7 +199,13 @@ def _show(value):
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def check_identity(saved, current, path, hint, flag_name=lambda k: "--" + k.replace("_", "-")):
+def check_identity(
+    saved: Any,
+    current: dict[str, Any],
+    path: str,
+    hint: str,
+    flag_name: Callable[[str], str] = lambda k: "--" + k.replace("_", "-"),
+) -> None:
     """One line naming every flag whose value differs from the run that
     wrote `path`. Checkpoints without a "run" entry (older ones, official
     releases) are not checked."""
@@ -214,7 +224,7 @@ def check_identity(saved, current, path, hint, flag_name=lambda k: "--" + k.repl
         raise UserError(f"'{path}' was written by a run with other flags: {', '.join(diffs)}; {hint}")
 
 
-def moco_flag_name(key):
+def moco_flag_name(key: str) -> str:
     return {"arch": "-a", "batch_size": "-b", "weight_decay": "--wd", "method": "the script"}.get(
         key, "--" + key.replace("_", "-")
     )
@@ -223,7 +233,7 @@ def moco_flag_name(key):
 # -- previous runs ----------------------------------------------------------------
 
 
-def archive_previous_run(folder, names, flag="--ckpt-dir"):
+def archive_previous_run(folder: str, names: Iterable[str], flag: str = "--ckpt-dir") -> str | None:
     """Move `names` (files of a run this one does not continue) into
     `folder`/previous-N, so nothing of it is overwritten or read as ours."""
     present = [n for n in names if os.path.exists(os.path.join(folder, n))]
@@ -241,7 +251,7 @@ def archive_previous_run(folder, names, flag="--ckpt-dir"):
 
 
 @contextlib.contextmanager
-def owned_run(folder, flag="--ckpt-dir"):
+def owned_run(folder: str, flag: str = "--ckpt-dir") -> Iterator[None]:
     """For the duration of one run: the folder's lock, and the stop signals
     turned into a flag the training loop reads at iteration boundaries."""
     lock = folder_lock(folder, flag)
@@ -262,7 +272,7 @@ def _device():
     return torch.device("cpu")
 
 
-def any_rank(flag, device=None):
+def any_rank(flag: bool, device: torch.device | None = None) -> bool:
     """True on every rank when `flag` is true on any (one scalar all-reduce)."""
     if du.world_size() == 1:
         return bool(flag)
@@ -271,7 +281,7 @@ def any_rank(flag, device=None):
     return bool(t.item() > 0)
 
 
-def stop_all(error):
+def stop_all(error: BaseException) -> NoReturn:
     """Every rank stops together: one line from rank 0 (a UserError in a
     single process), exit status 2 everywhere."""
     if du.world_size() == 1:
@@ -282,7 +292,7 @@ def stop_all(error):
     raise SystemExit(2)
 
 
-def gather_objects(obj):
+def gather_objects(obj: Any) -> list[Any]:
     """[obj of rank 0, obj of rank 1, ...] on every rank."""
     if du.world_size() == 1:
         return [obj]
@@ -294,7 +304,7 @@ def gather_objects(obj):
 # -- RNG states ---------------------------------------------------------------------
 
 
-def capture_rng():
+def capture_rng() -> dict[str, Any]:
     """Python, numpy, torch CPU and CUDA generator states, as plain values
     and tensors (loadable with weights_only=True)."""
     np_state = np.random.get_state(legacy=False)
@@ -313,7 +323,7 @@ def capture_rng():
     return state
 
 
-def restore_rng(state):
+def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
@@ -340,7 +350,9 @@ class Preempted(SystemExit):
         super().__init__(0)
 
 
-def boundary_hook(save, save_freq, device=None):
+def boundary_hook(
+    save: Callable[[int, int], str], save_freq: int, device: torch.device | None = None
+) -> Callable[[int, int], None]:
     """hook(epoch, i) for ResumableLoader: called when `i` batches of `epoch`
     are done (0 < i < len). Every `save_freq` batches, and on a stop signal
     (agreed by all ranks), `save(epoch, i)` writes a mid-epoch checkpoint
@@ -356,7 +368,7 @@ def boundary_hook(save, save_freq, device=None):
     return hook
 
 
-def announce_stop(path, epoch, i=None):
+def announce_stop(path: str, epoch: int, i: int | None = None) -> NoReturn:
     if du.is_main_process():
         where = f"epoch {epoch} iteration {i}" if i is not None else f"the end of epoch {epoch}"
         print(
@@ -375,7 +387,9 @@ _POISON = (
 )
 
 
-def check_finite(loss, epoch, i, hint, folder, device=None):
+def check_finite(
+    loss: torch.Tensor, epoch: int, i: int, hint: str, folder: str | None, device: torch.device | None = None
+) -> None:
     """Before the backward pass: stop every rank together, with one line,
     when the loss is not finite on any of them; no step is taken and the
     checkpoints already written stay as they are."""
@@ -396,7 +410,7 @@ def check_finite(loss, epoch, i, hint, folder, device=None):
         stop_all(UserError(f"loss became{value}{where} at epoch {epoch} batch {i}: {hint}{kept}"))
 
 
-def seed_everything(seed):
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -235,7 +235,7 @@ def launch_in_place(worker: Callable[[Any], Any], args: Any) -> Any:
         finish_process(args)
 
 
-def check_rendezvous(url, node_rank, flag="--dist-url"):
+def check_rendezvous(url: str, node_rank: int, flag: str = "--dist-url") -> None:
     """Before any process starts: a malformed URL, a host that does not
     resolve, or (on the rank-0 node, which hosts the store) a port already
     in use is one line at once instead of a wait or a long torch error."""
@@ -262,7 +262,15 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def init_group(backend, url, world_size, rank, timeout_s, flag="--dist-url", timeout_flag="--dist-timeout"):
+def init_group(
+    backend: str,
+    url: str,
+    world_size: int,
+    rank: int,
+    timeout_s: float,
+    flag: str = "--dist-url",
+    timeout_flag: str = "--dist-timeout",
+) -> None:
     """init_process_group whose rendezvous (the TCPStore connect and the
     wait for every rank) and collectives give up after `timeout_s` seconds,
     with one line saying what to do."""

@@ -5,6 +5,9 @@ layer trained with SGD and a cosine or step schedule; top-1/top-5 on val/
 after every epoch; `checkpoint.pth.tar` in --dump_path and automatic restart.
 Its flags: swav-master/eval_linear.py and selfsup.cli.swav_flags."""
 
+from __future__ import annotations
+
+import argparse
 import os
 
 import torch
@@ -24,7 +27,7 @@ from selfsup.engine.runstate import seed_everything
 from selfsup.models.backbones import create_backbone
 
 
-def linear_transforms(size=224):
+def linear_transforms(size: int = 224) -> tuple[T.Compose, T.Compose]:
     """(train, val) transforms of the original eval_linear.py (orig:swav-master/eval_linear.py:115-130):
     SwAV's normalisation, std 0.228 for red (not ImageNet's 0.229); val resizes to size*256/224."""
     norm = T.Normalize(mean=SWAV_MEAN, std=SWAV_STD)
@@ -37,11 +40,11 @@ class ResNetFeatureMap(nn.Module):
     """A ResNet trunk's final feature map, before the global average pool
     (SwAV's ``eval_mode=True``)."""
 
-    def __init__(self, resnet):
+    def __init__(self, resnet: nn.Module):
         super().__init__()
         self.resnet = resnet
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.resnet
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
         return m.layer4(m.layer3(m.layer2(m.layer1(x))))
@@ -57,7 +60,15 @@ class LinearHead(nn.Module):
     AvgPool2d(6, stride 1), BatchNorm2d if use_bn, flatten, Linear of
     width * (h - 5) * (w - 5) inputs (8192 for a 224 px ResNet-50)."""
 
-    def __init__(self, width, num_classes, use_bn=False, global_pooling=True, map_size=None, pooled_bn=False):
+    def __init__(
+        self,
+        width: int,
+        num_classes: int,
+        use_bn: bool = False,
+        global_pooling: bool = True,
+        map_size: tuple[int, int] | None = None,
+        pooled_bn: bool = False,
+    ):
         super().__init__()
         self.pool, self.bn = None, None
         if global_pooling:
@@ -79,7 +90,7 @@ class LinearHead(nn.Module):
         nn.init.normal_(self.linear.weight, mean=0.0, std=0.01)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool is not None:
             x = self.pool(x)
         if self.bn is not None:
@@ -87,7 +98,7 @@ class LinearHead(nn.Module):
         return self.linear(torch.flatten(x, 1))
 
 
-def make_head(args, model, width, num_classes):
+def make_head(args: argparse.Namespace, model: nn.Module, width: int, num_classes: int) -> LinearHead:
     """The linear head for --global_pooling/--use_bn/--pooled_bn; the map
     size without global pooling comes from a dry run at --image_size."""
     map_size = None
@@ -98,14 +109,14 @@ def make_head(args, model, width, num_classes):
     return LinearHead(width, num_classes, args.use_bn, args.global_pooling, map_size, args.pooled_bn)
 
 
-def make_scheduler(optimizer, args):
+def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch lr, stepped after each epoch (orig:swav-master/eval_linear.py, "set scheduler")."""
     if args.scheduler_type == "step":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.final_lr)
 
 
-def load_frozen_backbone(args):
+def load_frozen_backbone(args: argparse.Namespace) -> tuple[nn.Module, int, bool]:
     small = args.small_images
     ckpt = ck.load_file(args.pretrained, "--pretrained checkpoint") if args.pretrained else None
     if small is None:
@@ -149,7 +160,7 @@ RUN_KEYS = (
 )
 
 
-def run_eval_linear(args):
+def run_eval_linear(args: argparse.Namespace) -> dict[str, float]:
     with rs.owned_run(args.dump_path, "--dump_path"):
         return _eval_linear(args)
 
@@ -253,7 +264,15 @@ def _eval_linear(args):
     return {"acc1": acc1, "acc5": acc5, "best_acc1": best_acc}
 
 
-def train_one_epoch(model, head, loader, optimizer, criterion, epoch, args):
+def train_one_epoch(
+    model: nn.Module,
+    head: nn.Module,
+    loader: D.ResumableLoader,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    epoch: int,
+    args: argparse.Namespace,
+) -> dict[str, float]:
     """One epoch of the head; returns the meters summary ({"loss", "acc1", "epoch_time"})."""
     meters = EpochMeters(len(loader), f"Epoch: [{epoch}]", args.print_freq, topk=(1,))
     model.eval()
@@ -277,7 +296,9 @@ def train_one_epoch(model, head, loader, optimizer, criterion, epoch, args):
 
 
 @torch.no_grad()
-def validate(model, head, loader, criterion, args):
+def validate(
+    model: nn.Module, head: nn.Module, loader: D.ResumableLoader, criterion: nn.Module, args: argparse.Namespace
+) -> tuple[float, float, float]:
     """(top-1, top-5, loss) on the whole val set; no per-batch lines, as the original."""
     meters = EpochMeters(len(loader))
     model.eval()

@@ -4,9 +4,13 @@ method (selfsup.methods.swav: SwAV, or SwAV + DisCo with a frozen teacher),
 LARS, warmup + cosine per iteration, the feature queue, checkpoints in the
 official SwAV layout and automatic restart from --dump_path."""
 
+from __future__ import annotations
+
+import argparse
 import math
 import os
 import shutil
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -30,7 +34,7 @@ from selfsup.models.swav import SwAVModel, load_official_state, official_state_d
 PART_NAMES = {"loss_swav": "SwAV", "loss_mse": "MSE"}
 
 
-def lr_schedule(args, iters_per_epoch):
+def lr_schedule(args: argparse.Namespace, iters_per_epoch: int) -> np.ndarray:
     """Per-iteration lr: linear warmup from start_warmup, then cosine to final_lr."""
     warmup = np.linspace(args.start_warmup, args.base_lr, iters_per_epoch * args.warmup_epochs)
     rest = np.arange(iters_per_epoch * (args.epochs - args.warmup_epochs))
@@ -38,7 +42,7 @@ def lr_schedule(args, iters_per_epoch):
     return np.concatenate((warmup, cosine))
 
 
-def queue_path(args):
+def queue_path(args: argparse.Namespace) -> str:
     return os.path.join(args.dump_path, f"queue{args.rank}.pth")
 
 
@@ -84,14 +88,14 @@ RUN_KEYS = (
 RUN_OUTPUTS = ("checkpoint.pth.tar", "checkpoints", "metrics.csv", "tb")
 
 
-def run_swav(args, distill: bool = False) -> SwAVModel:
+def run_swav(args: argparse.Namespace, distill: bool = False) -> SwAVModel:
     """Train; returns the (unwrapped) SwAV model. The worker of
     selfsup.engine.runtime.launch_in_place."""
     with rs.owned_run(args.dump_path, "--dump_path"):
         return _swav(args, distill)
 
 
-def prepare_dump(args, outputs):
+def prepare_dump(args: argparse.Namespace, outputs: Iterable[str]) -> None:
     """Rank 0: stale temporaries out; with --restart false (or nothing to
     restart from) a previous run's files move to previous-N."""
     path = os.path.join(args.dump_path, "checkpoint.pth.tar")
@@ -103,7 +107,7 @@ def prepare_dump(args, outputs):
     du.barrier()
 
 
-def build_model(args, prec: Precision) -> nn.Module:
+def build_model(args: argparse.Namespace, prec: Precision) -> nn.Module:
     """The student SwAVModel on args.device (SyncBatchNorm across GPUs, as the original)."""
     model = SwAVModel(
         args.arch,
@@ -117,7 +121,7 @@ def build_model(args, prec: Precision) -> nn.Module:
     return prec.model(model.to(args.device))
 
 
-def restore_queue(args, ckpt):
+def restore_queue(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> torch.Tensor | None:
     """This rank's queue from the restart checkpoint (always in step with it)
     or, for files of the official layout, queue{rank}.pth; None without one."""
     if ckpt is not None and ckpt.get("queues") is not None:
@@ -252,7 +256,13 @@ def _swav(args, distill):
     return unwrap(model)
 
 
-def restart_from_checkpoint(args, model, optimizer, prec: Precision, identity=None):
+def restart_from_checkpoint(
+    args: argparse.Namespace,
+    model: nn.Module,
+    optimizer: LARS,
+    prec: Precision,
+    identity: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any] | None]:
     """(epoch to start at, the checkpoint or None) from --dump_path's checkpoint.pth.tar."""
     path = os.path.join(args.dump_path, "checkpoint.pth.tar")
     if not os.path.isfile(path):
@@ -277,7 +287,15 @@ def restart_from_checkpoint(args, model, optimizer, prec: Precision, identity=No
     return epoch, ckpt
 
 
-def train_one_epoch(loader, method: SwAV, optimizer: LARS, prec: Precision, epoch: int, schedule, args) -> dict:
+def train_one_epoch(
+    loader: D.ResumableLoader,
+    method: SwAV,
+    optimizer: LARS,
+    prec: Precision,
+    epoch: int,
+    schedule: np.ndarray,
+    args: argparse.Namespace,
+) -> dict:
     """One epoch; the metrics.csv row (loss, lr, queue in use, time, rate, the method's loss parts)."""
     meters = EpochMeters(len(loader), f"Epoch: [{epoch}]", args.print_freq, topk=(), part_names=PART_NAMES)
     method.train()

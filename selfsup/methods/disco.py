@@ -2,7 +2,13 @@
 the student's final embedding onto a frozen teacher's; and the RKD
 comparison (Park et al., CVPR 2019) on the same embeddings."""
 
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Sequence
+
 import torch
+from torch import nn
 
 from selfsup.core import distributed as du
 from selfsup.core.errors import UserError
@@ -24,7 +30,7 @@ class DistilledMoCo(MoCo):
     freeze_bn_statistics); 'eval' runs the teacher as the fixed function it
     was trained into, on its running statistics."""
 
-    def __init__(self, encoder_q, teacher, teacher_bn="train", **moco_kwargs):
+    def __init__(self, encoder_q: nn.Module, teacher: nn.Module, teacher_bn: str = "train", **moco_kwargs):
         super().__init__(encoder_q, **moco_kwargs)
         if teacher_bn not in ("eval", "train"):
             raise ValueError(f"teacher_bn must be 'eval' or 'train', not {teacher_bn!r}")
@@ -36,12 +42,12 @@ class DistilledMoCo(MoCo):
         if teacher_bn == "train":
             freeze_bn_statistics(self.teacher)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> DistilledMoCo:
         super().train(mode)
         self.teacher.train(mode and self.teacher_bn == "train")
         return self
 
-    def mse_term(self, q1, q2, t1, t2):
+    def mse_term(self, q1: torch.Tensor, q2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
         """DisCo's MSE on both views. The original summed it over each GPU's
         slice of the batch, and DDP averaged the GPUs' gradients; one process
         standing in for `bn_splits` GPUs (its BN groups) divides its sum by
@@ -52,11 +58,11 @@ class DistilledMoCo(MoCo):
         return loss
 
     @torch.no_grad()
-    def embed_teacher(self, im):
+    def embed_teacher(self, im: torch.Tensor) -> torch.Tensor:
         with bn_groups_set(self.teacher, self.bn_splits):  # split layers only with teacher_bn 'train'
             return self.teacher(im).float()
 
-    def forward(self, im_q, im_k):
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> dict[str, torch.Tensor]:
         q1, q2 = self.embed_query(im_q), self.embed_query(im_k)
         with torch.no_grad():
             self._momentum_update_key_encoder()
@@ -78,11 +84,15 @@ class DisCo(DistilledMoCo):
     """loss = InfoNCE(q1, k) + MSE(q1, t1) + MSE(q2, t2); with only_mse the
     contrastive term is dropped (`--only-mse`)."""
 
-    def __init__(self, encoder_q, teacher, only_mse=False, mse_reduction="sum", **kwargs):
+    def __init__(
+        self, encoder_q: nn.Module, teacher: nn.Module, only_mse: bool = False, mse_reduction: str = "sum", **kwargs
+    ):
         super().__init__(encoder_q, teacher, **kwargs)
         self.only_mse, self.mse_reduction = only_mse, mse_reduction
 
-    def distill_loss(self, q1, q2, t1, t2):
+    def distill_loss(
+        self, q1: torch.Tensor, q2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         return {"loss_mse": self.mse_term(q1, q2, t1, t2)}
 
 
@@ -96,13 +106,13 @@ class MoCoRKD(DistilledMoCo):
 
     def __init__(
         self,
-        encoder_q,
-        teacher,
-        dist_weight=1.0,
-        angle_weight=1.0,
-        views=1,
-        use_mse=False,
-        mse_reduction="sum",
+        encoder_q: nn.Module,
+        teacher: nn.Module,
+        dist_weight: float = 1.0,
+        angle_weight: float = 1.0,
+        views: int = 1,
+        use_mse: bool = False,
+        mse_reduction: str = "sum",
         **kwargs,
     ):
         super().__init__(encoder_q, teacher, **kwargs)
@@ -111,7 +121,11 @@ class MoCoRKD(DistilledMoCo):
         self.dist_weight, self.angle_weight, self.views = dist_weight, angle_weight, views
         self.use_mse, self.mse_reduction = use_mse, mse_reduction
 
-    def rkd_term(self, loss_fn, pairs):
+    def rkd_term(
+        self,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
         """loss_fn summed over the (student, teacher) view pairs. Each GPU of
         the original related only its own samples (and DDP averaged the
         GPUs' gradients); one process standing in for `bn_splits` GPUs
@@ -122,7 +136,9 @@ class MoCoRKD(DistilledMoCo):
             total = total + sum(loss_fn(a, b) for a, b in zip(s.tensor_split(groups), t.tensor_split(groups))) / groups
         return total
 
-    def distill_loss(self, q1, q2, t1, t2):
+    def distill_loss(
+        self, q1: torch.Tensor, q2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         pairs = [(q1, t1), (q2, t2)][: self.views]
         terms = {
             "loss_rkd_dist": self.dist_weight * self.rkd_term(rkd_distance, pairs),
@@ -170,7 +186,7 @@ def _moco_kwargs(args):
     }
 
 
-def build_disco(args):
+def build_disco(args: argparse.Namespace) -> DisCo:
     teacher = _teacher_for(args)  # first: it may set --moco-dim
     return DisCo(
         build_query_encoder(args),
@@ -181,7 +197,7 @@ def build_disco(args):
     )
 
 
-def build_moco_rkd(args):
+def build_moco_rkd(args: argparse.Namespace) -> MoCoRKD:
     teacher = _teacher_for(args)  # first: it may set --moco-dim
     return MoCoRKD(
         build_query_encoder(args),

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from selfsup.core import distributed as du
 
 
-def info_nce_logits(q, k, queue, temperature):
+def info_nce_logits(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MoCo logits: column 0 is the positive q.k, the rest q against the queue.
 
     q, k: (N, C) L2-normalised; queue: (C, K). Computed in fp32 whatever the
@@ -27,12 +29,14 @@ def info_nce_logits(q, k, queue, temperature):
     return logits, labels
 
 
-def info_nce(q, k, queue, temperature):
+def info_nce(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     logits, labels = info_nce_logits(q, k, queue, temperature)
     return F.cross_entropy(logits, labels), logits, labels
 
 
-def distill_mse(student, teacher, reduction="sum"):
+def distill_mse(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """DisCo's consistency term: squared distance between the student's and the
     frozen teacher's L2-normalised embeddings. The original sums over the
     batch and the embedding dimensions (``reduction='sum'``)."""
@@ -48,7 +52,7 @@ def _pairwise_distances(e, eps=1e-12):
     return d
 
 
-def rkd_distance(student, teacher):
+def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """RKD distance-wise loss (Park et al. 2019): smooth-L1 between pairwise
     distance matrices, each divided by its mean off-diagonal distance."""
     with torch.no_grad():
@@ -65,7 +69,7 @@ def _angles(e):
     return torch.bmm(diff, diff.transpose(1, 2)).view(-1)  # cos of angle at i for (j, k)
 
 
-def rkd_angle(student, teacher):
+def rkd_angle(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """RKD angle-wise loss: smooth-L1 between the cosines of the angles that
     every triplet of embeddings forms."""
     with torch.no_grad():

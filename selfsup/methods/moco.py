@@ -1,6 +1,9 @@
 """MoCo-v2 (He et al. 2020; Chen et al. 2020): a query encoder trained by
 InfoNCE against a momentum key encoder and a queue of past keys."""
 
+from __future__ import annotations
+
+import argparse
 import copy
 
 import torch
@@ -24,7 +27,15 @@ def one_process_bn_groups(module: nn.Module, bn_splits: int) -> nn.Module:
 
 
 class MoCo(nn.Module):
-    def __init__(self, encoder_q, dim=128, K=65536, m=0.999, T=0.07, bn_splits=8):
+    def __init__(
+        self,
+        encoder_q: nn.Module,
+        dim: int = 128,
+        K: int = 65536,
+        m: float = 0.999,
+        T: float = 0.07,
+        bn_splits: int = 8,
+    ):
         """encoder_q: backbone with its projection head attached (output `dim`).
         bn_splits: BN groups when one process holds the whole batch (shuffle-BN
         across processes replaces it when torch.distributed runs)."""
@@ -53,7 +64,7 @@ class MoCo(nn.Module):
         self.queue_ptr[0] = (ptr + n) % self.K
 
     @torch.no_grad()
-    def encode_keys(self, im_k):
+    def encode_keys(self, im_k: torch.Tensor) -> torch.Tensor:
         """Normalised keys, computed so that each key's BN statistics come from
         a different set of samples than its query's (shuffle-BN)."""
         if du.world_size() > 1:
@@ -76,17 +87,17 @@ class MoCo(nn.Module):
         return k_all[unshuffle.view(du.world_size(), -1)[du.rank()]]
 
     # -- query encoder ---------------------------------------------------
-    def embed_query(self, im):
+    def embed_query(self, im: torch.Tensor) -> torch.Tensor:
         with bn_groups_set(self.encoder_q, self.bn_splits):  # no split layers under torch.distributed
             return F.normalize(self.encoder_q(im).float(), dim=1)
 
-    def contrast(self, q, k):
+    def contrast(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """InfoNCE of queries against their keys and the queue; enqueues k."""
         loss, logits, labels = info_nce(q, k, self.queue.clone().detach(), self.T)
         self._dequeue_and_enqueue(k)
         return loss, logits, labels
 
-    def forward(self, im_q, im_k):
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> dict[str, torch.Tensor]:
         q = self.embed_query(im_q)
         with torch.no_grad():
             self._momentum_update_key_encoder()
@@ -95,5 +106,5 @@ class MoCo(nn.Module):
         return {"loss": loss, "logits": logits, "labels": labels}
 
 
-def build_moco(args):
+def build_moco(args: argparse.Namespace) -> MoCo:
     return MoCo(build_query_encoder(args), args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.bn_splits)

@@ -70,14 +70,14 @@ class SwAV(nn.Module):
             )
         return loss
 
-    def encode(self, crops):
+    def encode(self, crops: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prototypes L2-normalised (before every step, as the original),
         then the model's (embedding, scores) of every crop."""
         with torch.autocast(crops[0].device.type, enabled=False):
             self.net.normalize_prototypes()
         return self.model(crops)
 
-    def forward(self, crops) -> dict[str, Any]:
+    def forward(self, crops: Sequence[torch.Tensor]) -> dict[str, Any]:
         embedding, scores = self.encode(crops)
         return {"loss": self.swapped_loss(embedding, scores, crops[0].shape[0])}
 
@@ -100,7 +100,7 @@ class SwAVDisCo(SwAV):
         self.teacher.train(False)
         return self
 
-    def forward(self, crops) -> dict[str, Any]:
+    def forward(self, crops: Sequence[torch.Tensor]) -> dict[str, Any]:
         embedding, scores = self.encode(crops)
         with torch.no_grad():
             t_embedding = self.teacher(crops)

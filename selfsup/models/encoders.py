@@ -2,19 +2,25 @@
 pretraining run (backbone plus projection head in its head slot), and the
 backbone of any checkpoint this project writes."""
 
+from __future__ import annotations
+
+import argparse
+
+from torch import nn
+
 from selfsup.core import checkpoint as ck
 from selfsup.core.errors import UserError
 from selfsup.models.backbones import canonical_arch, create_backbone, set_head
 from selfsup.models.heads import projection_head
 
 
-def build_query_encoder(args):
+def build_query_encoder(args: argparse.Namespace) -> nn.Module:
     """Backbone with the projection head of --mlp/--hidden in its head slot."""
     backbone, feat_dim = create_backbone(args.arch, bool(args.small_images))
     return set_head(backbone, projection_head(feat_dim, args.moco_dim, args.mlp, args.hidden))
 
 
-def load_backbone(arch, path, small_images=None):
+def load_backbone(arch: str, path: str, small_images: bool | None = None) -> nn.Module:
     """A backbone (head = Identity) with the weights of any of our checkpoints:
     MoCo/DisCo pretraining, SwAV, or linear evaluation. `small_images=None`
     takes the stem the checkpoint was trained with."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -70,7 +71,7 @@ RELEASES = {
 }
 
 
-def is_release(arch):
+def is_release(arch: str) -> bool:
     return arch in RELEASES
 
 
@@ -124,7 +125,7 @@ def _dinov2_keys(state):
     return state
 
 
-def trunk_keys(release, state):
+def trunk_keys(release: Release, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if release.model.startswith("xcit_"):
         return _xcit_keys(state)
     if release.family == "dinov2":
@@ -135,7 +136,7 @@ def trunk_keys(release, state):
 # -- projection heads rebuilt from their keys -----------------------------------
 
 
-def mlp_from_state(state, prefix, act):
+def mlp_from_state(state: dict[str, torch.Tensor], prefix: str, act: Callable[[], nn.Module]) -> nn.Sequential | None:
     """The nn.Sequential whose parameters are ``{prefix}{i}.*``: a 2-d weight
     is a Linear (biased if the file has the bias), running statistics a
     BatchNorm1d (affine if it has a weight), an index without parameters the
@@ -166,11 +167,11 @@ class DinoBottleneck(nn.Module):
     """DINO's head up to its bottleneck: ``mlp`` (keys ``head.mlp.*``); the
     weight-normed prototype layer ``last_layer`` is left out."""
 
-    def __init__(self, mlp):
+    def __init__(self, mlp: nn.Module):
         super().__init__()
         self.mlp = mlp
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)
 
 
@@ -190,7 +191,9 @@ def _first_keys(state, n=3):
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def release_state(arch, release, ckpt, path):
+def release_state(
+    arch: str, release: Release, ckpt: Any, path: str
+) -> tuple[dict[str, torch.Tensor], str, Callable[[dict[str, torch.Tensor]], nn.Module | None] | None]:
     """(trunk state, head state or None, head builder, layout description)."""
     if release.family == "mocov3":
         state = ck.state_dict_of(ckpt, path)

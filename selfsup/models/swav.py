@@ -13,6 +13,10 @@ a ``module.`` prefix. :func:`official_state_dict` writes it and
 weights are interchangeable.
 """
 
+from __future__ import annotations
+
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +28,7 @@ from selfsup.models.backbones import canonical_arch, create_backbone
 HEAD_PREFIXES = ("projection_head.", "prototypes.")
 
 
-def default_hidden_mlp(arch):
+def default_hidden_mlp(arch: str) -> int:
     """Hidden width of the released SwAV models: 8192 for ResNet-50x2, else 2048."""
     return 8192 if canonical_arch(arch) == "resnet50w2" else 2048
 
@@ -39,7 +43,15 @@ class SwAVModel(nn.Module):
     when ``nmb_prototypes`` is 0). ``feat_dim=0`` means no projection head
     (the embedding is the normalised backbone feature)."""
 
-    def __init__(self, arch, hidden_mlp=None, feat_dim=128, nmb_prototypes=3000, small_images=False, normalize=True):
+    def __init__(
+        self,
+        arch: str,
+        hidden_mlp: int | None = None,
+        feat_dim: int = 128,
+        nmb_prototypes: int = 3000,
+        small_images: bool = False,
+        normalize: bool = True,
+    ):
         super().__init__()
         self.arch = canonical_arch(arch)
         self.backbone, width = create_backbone(arch, bool(small_images))
@@ -63,7 +75,7 @@ class SwAVModel(nn.Module):
             out = self.feat_dim
         self.prototypes = nn.Linear(out, self.nmb_prototypes, bias=False) if self.nmb_prototypes > 0 else None
 
-    def forward_backbone(self, crops):
+    def forward_backbone(self, crops: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """Pooled backbone features of every crop, one backbone call per run of
         crops with the same resolution."""
         if torch.is_tensor(crops):
@@ -77,20 +89,20 @@ class SwAVModel(nn.Module):
             start = end
         return torch.cat(feats)
 
-    def forward_head(self, feats):
+    def forward_head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = self.projection_head(feats) if self.projection_head is not None else feats
         if self.normalize:
             z = F.normalize(z, dim=1, p=2)
         return z, (self.prototypes(z) if self.prototypes is not None else None)
 
-    def embed(self, crops):
+    def embed(self, crops: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         return self.forward_head(self.forward_backbone(crops))[0]
 
-    def forward(self, crops):
+    def forward(self, crops: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.forward_head(self.forward_backbone(crops))
 
     @torch.no_grad()
-    def normalize_prototypes(self):
+    def normalize_prototypes(self) -> None:
         if self.prototypes is not None:
             w = self.prototypes.weight
             w.copy_(F.normalize(w.detach().clone(), dim=1, p=2))
@@ -99,7 +111,7 @@ class SwAVModel(nn.Module):
 # -- checkpoint layout ------------------------------------------------------
 
 
-def official_state_dict(model, prefix="module."):
+def official_state_dict(model: nn.Module, prefix: str = "module.") -> dict[str, torch.Tensor]:
     """`model`'s weights in the official SwAV layout: backbone keys at top level."""
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     out = {}
@@ -109,7 +121,7 @@ def official_state_dict(model, prefix="module."):
     return out
 
 
-def to_model_keys(state):
+def to_model_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official-layout keys (``module.`` already stripped) -> SwAVModel's keys."""
     return {(k if k.startswith(HEAD_PREFIXES) else f"backbone.{k}"): v for k, v in state.items()}
 
@@ -118,16 +130,22 @@ def _strip_module(state):
     return ck.strip_prefix(state, "module.") if any(k.startswith("module.") for k in state) else dict(state)
 
 
-def flat_model_state(model):
+def flat_model_state(model: SwAVModel) -> dict[str, torch.Tensor]:
     """SwAVModel's state dict with official (flat) key names, for messages."""
     return {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}
 
 
-def describe_official_mismatch(model, state, limit=3):
+def describe_official_mismatch(model: SwAVModel, state: dict[str, torch.Tensor], limit: int = 3) -> str:
     return ck.describe_mismatch(flat_model_state(model), state, limit)
 
 
-def load_official_state(model, state, path, what="checkpoint", ignore=()):
+def load_official_state(
+    model: SwAVModel,
+    state: dict[str, torch.Tensor],
+    path: str,
+    what: str = "checkpoint",
+    ignore: Sequence[str] = (),
+) -> SwAVModel:
     """Strictly load an official-layout state dict (``module.`` stripped) into
     SwAVModel `model`; keys starting with an entry of `ignore` are dropped.
     Raises one line naming the first mismatched keys."""
@@ -147,7 +165,7 @@ class SwAVEncoder(SwAVModel):
     """A SwAVModel whose ``forward(x)`` is the embedding alone (``embed``):
     the encoder of a frozen SwAV-layout teacher. Same parameters and keys."""
 
-    def forward(self, crops):
+    def forward(self, crops: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         return self.embed(crops)
 
 
@@ -169,10 +187,10 @@ def _infer_small(state, ckpt):
 def load_swav_encoder(
     arch: str,
     path: str,
-    hidden_mlp=None,
+    hidden_mlp: int | None = None,
     feat_dim: int = 128,
     nmb_prototypes: int = 0,
-    small_images=None,
+    small_images: bool | None = None,
     normalize: bool = True,
     what: str = "teacher checkpoint",
 ) -> SwAVEncoder:

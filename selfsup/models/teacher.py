@@ -15,6 +15,8 @@ logic: the method holding it decides its BatchNorm mode (DisCo's
   ``mocov3_resnet50``, ``dinov2_vits14``, ...), via selfsup.models.releases.
 """
 
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,10 +81,10 @@ def _head_from_state(state, head_name, feat_dim, path):
 def load_swav_teacher(
     arch: str,
     path: str,
-    hidden_mlp=None,
+    hidden_mlp: int | None = None,
     feat_dim: int = 128,
     nmb_prototypes: int = 0,
-    small_images=None,
+    small_images: bool | None = None,
     normalize: bool = True,
 ) -> EmbeddingTeacher:
     """A frozen SwAV-layout teacher in eval mode (selfsup.models.swav.load_swav_encoder
@@ -100,7 +102,7 @@ def load_swav_teacher(
     return EmbeddingTeacher(encoder, normalize=False, slot="model").eval()
 
 
-def load_moco_teacher(arch: str, path: str, small_images=None) -> EmbeddingTeacher:
+def load_moco_teacher(arch: str, path: str, small_images: bool | None = None) -> EmbeddingTeacher:
     ckpt = ck.load_file(path, "--teacher checkpoint")
     state = ck.state_dict_of(ckpt, path)
     for prefix in ("module.encoder_q.", "encoder_q.", "module.encoder.", "encoder."):
@@ -133,7 +135,7 @@ def load_moco_teacher(arch: str, path: str, small_images=None) -> EmbeddingTeach
     return EmbeddingTeacher(encoder)
 
 
-def load_teacher(arch: str, path: str, small_images=None, nmb_prototypes: int = 0) -> EmbeddingTeacher:
+def load_teacher(arch: str, path: str, small_images: bool | None = None, nmb_prototypes: int = 0) -> EmbeddingTeacher:
     """A frozen teacher of `arch` with the weights of `path`, in eval mode."""
     if not path:
         raise UserError("--teacher PATH is required (a MoCo-v2, SwAV, DINO, MoCo-v3 or DINOv2 file of --teacher_arch)")
@@ -150,7 +152,7 @@ def load_teacher(arch: str, path: str, small_images=None, nmb_prototypes: int = 
     return teacher.eval()
 
 
-def freeze_bn_statistics(module):
+def freeze_bn_statistics(module: nn.Module) -> nn.Module:
     """BN layers keep using batch statistics in train mode but stop updating
     their running averages (momentum 0), so the teacher's state never changes.
 
