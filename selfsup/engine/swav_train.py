@@ -23,6 +23,7 @@ from selfsup.core.errors import UserError
 from selfsup.data import folders as D
 from selfsup.data.multicrop import MultiCropTransform
 from selfsup.engine import runstate as rs
+from selfsup.engine.checkpointing import CheckpointWriter
 from selfsup.engine.lars import LARS
 from selfsup.engine.precision import Precision
 from selfsup.engine.progress import EpochMeters, MetricsWriter
@@ -190,38 +191,32 @@ def _swav(args, distill):
     args.queue_length -= args.queue_length % (args.batch_size * args.world_size)
     last = os.path.join(args.dump_path, "checkpoint.pth.tar")
 
-    def state(epoch, **extra):
-        queues = rs.gather_objects(method.queue.cpu() if method.queue is not None else None)
-        st = {
-            "epoch": epoch,
-            "state_dict": official_state_dict(model),
-            "optimizer": optimizer.state_dict(),
-            "arch": args.arch,
-            "small_images": bool(args.small_images),
-            "hidden_mlp": args.hidden_mlp,
-            "feat_dim": args.feat_dim,
-            "nmb_prototypes": args.nmb_prototypes,
-            "size_crops": args.size_crops,
-            "run": identity,
-            **({"queues": queues} if any(q is not None for q in queues) else {}),
-            **extra,
-        }
-        if prec.scaler.is_enabled():
-            st["scaler"] = prec.state_dict()
-        return st
+    writer = CheckpointWriter(
+        model,
+        optimizer,
+        args.arch,
+        prec,
+        weights=lambda: official_state_dict(model),
+        small_images=bool(args.small_images),
+        hidden_mlp=args.hidden_mlp,
+        feat_dim=args.feat_dim,
+        nmb_prototypes=args.nmb_prototypes,
+        size_crops=args.size_crops,
+        run=identity,
+    )
 
-    def save_mid(epoch, i):
-        st = state(
-            epoch,
-            iteration=i,
-            sampler=loader.position(i),
-            rng=rs.gather_objects(rs.capture_rng()),
-            use_the_queue=bool(method.use_the_queue),
-        )
-        if du.is_main_process():
-            ck.save_checkpoint(st, last)
+    def queues():
+        """Every rank's feature queue, for the checkpoint (a collective)."""
+        gathered = rs.gather_objects(method.queue.cpu() if method.queue is not None else None)
+        return {"queues": gathered} if any(q is not None for q in gathered) else {}
+
+    def save_queue():  # the official layout's file too (the checkpoint's copy is what restarts)
         if method.queue is not None:
             ck.save_checkpoint({"queue": method.queue}, queue_path(args))
+
+    def save_mid(epoch, i):
+        writer.save_mid_epoch(last, epoch, loader, i, use_the_queue=bool(method.use_the_queue), **queues())
+        save_queue()
         return last
 
     loader.hook = rs.boundary_hook(save_mid, args.save_freq, args.device)
@@ -240,14 +235,13 @@ def _swav(args, distill):
                 len(args.crops_for_assign), args.queue_length // args.world_size, args.feat_dim, device=args.device
             )
         stats = train_one_epoch(loader, method, optimizer, prec, epoch, schedule, args)
-        st = state(epoch + 1)
+        extra = queues()
         if du.is_main_process():
             metrics.write(epoch, **stats)  # first: a kill between the two redoes this epoch's row
-            ck.save_checkpoint(st, last)
+            writer.save(last, epoch + 1, **extra)
             if epoch % args.checkpoint_freq == 0 or epoch == args.epochs - 1:
                 shutil.copyfile(last, os.path.join(args.dump_path, "checkpoints", f"ckp-{epoch}.pth"))
-        if method.queue is not None:  # the official layout's file too (the checkpoint's copy is what restarts)
-            ck.save_checkpoint({"queue": method.queue}, queue_path(args))
+        save_queue()
         if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
             rs.announce_stop(last, epoch)
     if metrics is not None:
