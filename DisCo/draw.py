@@ -21,17 +21,7 @@ REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where resu
 
 def build_parser():
     p = argparse.ArgumentParser(description="t-SNE scatter plots of exported embeddings, one panel per model")
-    p.add_argument(
-        "--embed-dir",
-        default=str(REPO / "results" / "embeddings"),
-        help="folder of <name>_embed.npy / <name>_labels.npy pairs (default: results/embeddings)",
-    )
-    p.add_argument(
-        "--names",
-        nargs="+",
-        default=None,
-        help="embedding names to draw, in panel order (default: every pair in --embed-dir, sorted)",
-    )
+    embeddings.add_embedding_args(p, str(REPO / "results" / "embeddings"), "to draw, in panel order")
     p.add_argument("--titles", nargs="+", default=None, help="panel titles, one per name (default: the names)")
     p.add_argument(
         "--classes",

@@ -22,17 +22,7 @@ REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where resu
 
 def build_parser():
     p = argparse.ArgumentParser(description="Binning estimate of I(X;T) and I(T;Y) of exported embeddings")
-    p.add_argument(
-        "--embed-dir",
-        default=str(REPO / "results" / "embeddings"),
-        help="folder of <name>_embed.npy / <name>_labels.npy pairs (default: results/embeddings)",
-    )
-    p.add_argument(
-        "--names",
-        nargs="+",
-        default=None,
-        help="embedding names to analyse (default: every pair in --embed-dir, sorted)",
-    )
+    embeddings.add_embedding_args(p, str(REPO / "results" / "embeddings"), "to analyse")
     p.add_argument("--bins", type=int, default=30, help="bin count of the markdown table and the marked points (30)")
     p.add_argument(
         "--sweep",

@@ -8,6 +8,7 @@ selfsup.analysis.export writes them from a checkpoint.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -119,3 +120,19 @@ def extract(
     if not feats:
         raise UserError("the data loader yielded no images")
     return torch.cat(feats).numpy(), torch.cat(labs).numpy().astype(np.int64)
+
+
+def add_embedding_args(p: argparse.ArgumentParser, default_dir: str, names_use: str) -> argparse.ArgumentParser:
+    """--embed-dir and --names of the scripts that read exported embeddings."""
+    p.add_argument(
+        "--embed-dir",
+        default=default_dir,
+        help="folder of <name>_embed.npy / <name>_labels.npy pairs (default: results/embeddings)",
+    )
+    p.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        help=f"embedding names {names_use} (default: every pair in --embed-dir, sorted)",
+    )
+    return p

@@ -29,6 +29,7 @@ from selfsup.data.cifar import CIFAR
 from selfsup.data.subset import balanced_subset
 from selfsup.engine import runstate as rs
 from selfsup.engine.checkpointing import CheckpointWriter
+from selfsup.engine.loaders import train_val_loaders
 from selfsup.engine.optim import epoch_lr, set_lr
 from selfsup.engine.precision import Precision
 from selfsup.engine.progress import EpochMeters, MetricsWriter
@@ -219,18 +220,7 @@ def _lincls(args, build_datasets):
             where = f", iteration {ckpt['iteration']}" if mid else ""
             print(f"=> resumed '{resume}' (epoch {args.start_epoch}{where})", flush=True)
 
-    train_loader = D.make_loader(
-        train_set,
-        args.batch_size,
-        args.workers,
-        shuffle=True,
-        drop_last=False,
-        distributed=args.distributed,
-        seed=args.seed,
-    )
-    val_loader = D.make_loader(
-        val_set, args.batch_size, args.workers, shuffle=False, drop_last=False, distributed=False
-    )
+    train_loader, val_loader = train_val_loaders(train_set, val_set, args)
     if args.evaluate:
         acc1, acc5, _ = validate(val_loader, model, criterion, args, prec)
         return {"acc1": acc1, "acc5": acc5}

@@ -26,6 +26,7 @@ from selfsup.data.jpeg import TwoViewLoader, two_view_loader
 from selfsup.engine import collapse
 from selfsup.engine import runstate as rs
 from selfsup.engine.checkpointing import CheckpointWriter
+from selfsup.engine.loaders import train_loader
 from selfsup.engine.optim import epoch_lr, set_lr
 from selfsup.engine.precision import Precision
 from selfsup.engine.progress import EpochMeters, MetricsWriter
@@ -75,15 +76,7 @@ def pretrain_loader(args: argparse.Namespace) -> D.ResumableLoader | TwoViewLoad
     dataset = D.image_folder(
         train_dir, augment.TwoCropsTransform(augment.pretrain_transform(args.aug_plus, args.image_size))
     )
-    return D.make_loader(
-        dataset,
-        args.batch_size,
-        args.workers,
-        shuffle=True,
-        drop_last=True,
-        distributed=args.distributed,
-        seed=args.seed,
-    )
+    return train_loader(dataset, args)
 
 
 # The flags that define a pretraining run (stored as the checkpoint's "run",

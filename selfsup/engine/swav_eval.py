@@ -22,6 +22,7 @@ from selfsup.data import folders as D
 from selfsup.data.multicrop import SWAV_MEAN, SWAV_STD
 from selfsup.engine import runstate as rs
 from selfsup.engine.checkpointing import CheckpointWriter
+from selfsup.engine.loaders import train_val_loaders
 from selfsup.engine.progress import EpochMeters, MetricsWriter
 from selfsup.engine.runstate import seed_everything
 from selfsup.models.backbones import create_backbone
@@ -173,18 +174,7 @@ def _eval_linear(args):
     val_set = D.image_folder(D.split_folder(args.data_path, "val"), val_tf, what="--data_path val folder")
     if train_set.classes != val_set.classes:
         raise UserError(f"'{args.data_path}/train' and '{args.data_path}/val' have different class folders")
-    train_loader = D.make_loader(
-        train_set,
-        args.batch_size,
-        args.workers,
-        shuffle=True,
-        drop_last=False,
-        distributed=args.distributed,
-        seed=args.seed,
-    )
-    val_loader = D.make_loader(
-        val_set, args.batch_size, args.workers, shuffle=False, drop_last=False, distributed=False
-    )
+    train_loader, val_loader = train_val_loaders(train_set, val_set, args)
     model, width, small = load_frozen_backbone(args)
     if not args.global_pooling:
         model = ResNetFeatureMap(model).eval()

@@ -25,6 +25,7 @@ from selfsup.data.multicrop import MultiCropTransform
 from selfsup.engine import runstate as rs
 from selfsup.engine.checkpointing import CheckpointWriter
 from selfsup.engine.lars import LARS
+from selfsup.engine.loaders import train_loader
 from selfsup.engine.precision import Precision
 from selfsup.engine.progress import EpochMeters, MetricsWriter
 from selfsup.engine.runstate import seed_everything
@@ -145,15 +146,7 @@ def _swav(args, distill):
         MultiCropTransform(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops),
         what="--data_path",
     )
-    loader = D.make_loader(
-        dataset,
-        args.batch_size,
-        args.workers,
-        shuffle=True,
-        drop_last=True,
-        distributed=args.distributed,
-        seed=args.seed,
-    )
+    loader = train_loader(dataset, args)
     _log(
         f"=> {len(dataset)} images in '{args.data_path}', {len(loader)} iterations per epoch, "
         f"{args.world_size} process(es) on {args.device}"

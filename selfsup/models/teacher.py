@@ -17,6 +17,8 @@ logic: the method holding it decides its BatchNorm mode (DisCo's
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,27 +80,12 @@ def _head_from_state(state, head_name, feat_dim, path):
     )
 
 
-def load_swav_teacher(
-    arch: str,
-    path: str,
-    hidden_mlp: int | None = None,
-    feat_dim: int = 128,
-    nmb_prototypes: int = 0,
-    small_images: bool | None = None,
-    normalize: bool = True,
-) -> EmbeddingTeacher:
-    """A frozen SwAV-layout teacher in eval mode (selfsup.models.swav.load_swav_encoder
-    says which files and what the arguments mean). normalize False: the raw
-    projection, the teacher of the original main_swav_distill.py."""
-    encoder = load_swav_encoder(
-        arch,
-        path,
-        hidden_mlp=hidden_mlp,
-        feat_dim=feat_dim,
-        nmb_prototypes=nmb_prototypes,
-        small_images=small_images,
-        normalize=normalize,
-    )
+def load_swav_teacher(arch: str, path: str, **options: Any) -> EmbeddingTeacher:
+    """A frozen SwAV-layout teacher in eval mode; `options` are those of
+    selfsup.models.swav.load_swav_encoder (which says which files it reads).
+    normalize=False: the raw projection, the teacher of the original
+    main_swav_distill.py."""
+    encoder = load_swav_encoder(arch, path, **options)
     return EmbeddingTeacher(encoder, normalize=False, slot="model").eval()
 
 
