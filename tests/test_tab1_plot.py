@@ -96,3 +96,11 @@ def test_seeds_summary_is_mean_and_sample_std_per_cell(tmp_path, monkeypatch):
     monkeypatch.setattr(tab1.plt.Axes, "bar", spy)
     tab1.bar_plot(rows, str(tmp_path / "tab1.png"))
     assert errs[0] == [rows[1]["acc1_std"]] and errs[1] is None  # the DisCo bars have no spread here
+
+
+def test_seeds_summary_takes_minutes_from_the_pipelines_seconds():
+    # run_pipeline's rows carry "seconds"; a table read back carries "minutes".
+    live = [dict(name="teacher", method="MoCo-v2", arch="resnet18", epochs=16.0, knn=1.0, acc1=1.0, acc5=1.0,
+                 seconds=60.0 * (2 + s)) for s in range(3)]  # fmt: skip
+    rows = tab1.summarise([[r] for r in live])
+    assert rows[0]["minutes"] == 3.0 and rows[0]["minutes_std"] == 1.0

@@ -34,6 +34,13 @@ from pipeline import BUILTIN_DATA, REPO_ROOT, read_table, run_pipeline  # noqa: 
 METRICS = ("knn", "acc1", "acc5", "minutes")
 
 
+def metric(row, name):
+    """A cell of a row: run_pipeline's rows carry seconds, a read table minutes."""
+    if name == "minutes" and "minutes" not in row and "seconds" in row:
+        return row["seconds"] / 60
+    return row.get(name)
+
+
 def summarise(tables):
     """Rows of several seeds' tables -> one row per model with the mean and
     the sample standard deviation (0 for one seed) of every metric."""
@@ -42,7 +49,7 @@ def summarise(tables):
         assert len({r["name"] for r in rows}) == 1, "the seeds' tables list different models"
         row = {k: rows[0][k] for k in ("name", "method", "arch", "epochs")}
         for m in METRICS:
-            values = [r[m] for r in rows if m in r]
+            values = [metric(r, m) for r in rows if metric(r, m) is not None]
             row[m] = statistics.fmean(values) if values else float("nan")
             row[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         row["seeds"] = len(rows)
