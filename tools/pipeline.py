@@ -179,7 +179,8 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     """Teacher, then per student arch a MoCo-v2 baseline and a DisCo run, then
     linear evaluation (and kNN) of every model and of a random init, `lanes`
     steps side by side. Returns (rows as dicts, markdown table)."""
-    data = os.path.abspath(data)  # the steps run in moco/ and DisCo/
+    # The steps run in moco/ and DisCo/: every path they get is absolute.
+    data, runs, results = os.path.abspath(data), os.path.abspath(runs), os.path.abspath(results)
     c, py = config, sys.executable
     os.makedirs(runs, exist_ok=True)
     os.makedirs(results, exist_ok=True)
