@@ -116,6 +116,9 @@ def main():
     p.add_argument("--students", nargs="+", default=list(CONFIG["students"]))
     p.add_argument("--student-epochs", type=int, default=CONFIG["student_epochs"])
     p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument(
+        "--disco-flags", default=CONFIG["disco_flags"], help="flags of the DisCo step (the demo's by default)"
+    )
     p.add_argument("--seeds", type=int, default=1, help="repeat the whole table over seeds 0..N-1: mean ± std")
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "tab1"))
     p.add_argument("--results", default=os.path.join(REPO_ROOT, "results", "tab1"))
@@ -134,6 +137,7 @@ def main():
             teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
             students=args.students,
             student_epochs=args.student_epochs,
+            disco_flags=args.disco_flags,
         )
         out = args.out if args.seeds == 1 else os.path.join(args.out, f"seed{seed}")
         rows, table = run_pipeline(config, args.data, out, results, args.scale, pictures_too=False, seed=seed)
@@ -144,7 +148,7 @@ def main():
     else:
         rows = summarise(tables)
         with open(os.path.join(args.results, "table.md"), "w") as f:
-            f.write(summary_table(rows) + f"\n\nDisCo flags: `{CONFIG['disco_flags']}`; data: {args.data}\n")
+            f.write(summary_table(rows) + f"\n\nDisCo flags: `{args.disco_flags}`; data: {args.data}\n")
         print(summary_table(rows))
     bar_plot(rows, os.path.join(args.results, "tab1.png"))
     print(f"=> {args.results}/table.md, {args.results}/tab1.png")
