@@ -56,8 +56,23 @@ def test_checkpoint_knn_uses_the_checkpoint_weights(tiny_data, tmp_path):
     assert 0.0 <= checkpoint_knn("resnet18", None, tiny_data, image_size=16) <= 100.0
 
 
-def test_random_init_knn_is_drawn_from_its_seed(tiny_data):
+def test_random_init_knn_is_drawn_from_its_seed(tiny_data, monkeypatch):
+    # The random init's weights (not only its coarse accuracy) follow `seed`,
+    # whatever the global generator held before.
+    import selfsup.analysis.knn as knn
+
+    drawn = []
+    real = knn.create_backbone
+
+    def spy(arch):
+        model = real(arch)
+        drawn.append(next(model[0].parameters()).detach().clone())
+        return model
+
+    monkeypatch.setattr(knn, "create_backbone", spy)
     torch.manual_seed(123)
-    first = checkpoint_knn("resnet18", None, tiny_data, 16, seed=5)
+    first = knn.checkpoint_knn("resnet18", None, tiny_data, 16, seed=5)
     torch.randn(1000)  # whatever ran before
-    assert checkpoint_knn("resnet18", None, tiny_data, 16, seed=5) == first
+    assert knn.checkpoint_knn("resnet18", None, tiny_data, 16, seed=5) == first
+    knn.checkpoint_knn("resnet18", None, tiny_data, 16, seed=6)
+    assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])

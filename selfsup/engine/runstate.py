@@ -25,7 +25,7 @@ import torch
 from selfsup.core import distributed as du
 from selfsup.core.checkpoint import latest_checkpoint
 from selfsup.core.errors import UserError
-from selfsup.core.processes import (  # noqa: F401
+from selfsup.core.processes import (
     install_signal_handlers,
     pid_alive,
     pid_start_time,
