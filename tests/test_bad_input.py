@@ -164,6 +164,8 @@ FLAG_ROWS = [
     (M, "--moco-t 0", "--moco-t 0: expected a temperature > 0"),
     (M, "--moco-m 2", "--moco-m 2: expected a number in [0, 1]"),
     (M, "--moco-k 0", "--moco-k 0: expected a positive queue size"),
+    (M, "--crop-min 0", "--crop-min 0.0: expected a share of the image's area in (0, 1]"),
+    (M, "--crop-min 1.5", "--crop-min 1.5: expected a share of the image's area in (0, 1]"),
     (M, "--mlp --hidden -2", "--hidden -2: expected -1"),
     (M, "--gamma -1", "--gamma -1: expected a number >= 0"),
     (M, "--dist-url garbage", "--dist-url 'garbage': expected tcp://HOST:PORT"),

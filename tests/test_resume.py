@@ -207,6 +207,12 @@ def test_resume_with_other_flags_names_them_and_stops(tiny_data, tmp_path, moco_
         pretrain(tiny_data, tmp_path, ["--moco-k", "32", "-b", "16", "--epochs", "3"])
 
 
+def test_a_rerun_with_another_crop_min_is_refused(tiny_data, tmp_path, moco_reference):
+    shutil.copyfile(moco_reference, tmp_path / moco_reference.name)
+    with pytest.raises(UserError, match=r"other flags: --crop-min 0.2 \(now 0.8\);"):
+        pretrain(tiny_data, tmp_path, ["--crop-min", "0.8", "--epochs", "3"])
+
+
 def test_a_fresh_run_moves_the_previous_runs_files_aside(tmp_path, capsys):
     for name in ("checkpoint_0003.pth.tar", "metrics.csv"):
         tmp_path.joinpath(name).write_text("old")

@@ -203,6 +203,13 @@ def add_moco_args(p: argparse.ArgumentParser, moco_t: float = 0.07) -> argparse.
     p.add_argument("--moco-t", default=moco_t, type=float, help="softmax temperature")
     p.add_argument("--mlp", action="store_true", help="MLP projection head")
     p.add_argument("--aug-plus", action="store_true", help="MoCo-v2 augmentation")
+    p.add_argument(
+        "--crop-min",
+        default=0.2,
+        type=float,
+        help="smallest random crop of a view, as a share of the image's area (MoCo's 0.2; 0.8 for images that "
+        "differ by less than such crops change them, e.g. the digits: docs/disco.md)",
+    )
     p.add_argument("--cos", action="store_true", help="cosine lr schedule")
     p.add_argument("--hidden", default=-1, type=int, help="MLP hidden width: -1 backbone width, 0 none, N width N")
     p.add_argument("--resume-ckpt", action="store_true", help="resume from the newest checkpoint in --ckpt-dir")
@@ -272,6 +279,8 @@ def finish_moco(args: argparse.Namespace, default_hidden: int = -1) -> argparse.
     check.at_least(args.moco_dim, 1, "--moco-dim", "a positive embedding width")
     check.at_least(args.moco_k, 1, "--moco-k", "a positive queue size")
     check.in_unit_interval(args.moco_m, "--moco-m")
+    if not 0 < args.crop_min <= 1:
+        raise UserError(f"--crop-min {args.crop_min}: expected a share of the image's area in (0, 1]")
     check.positive(args.moco_t, "--moco-t", "a temperature > 0")
     check.at_least(args.bn_splits, 1, "--bn-splits", "1 or more BatchNorm groups")
     check.non_negative(args.gamma, "--gamma")

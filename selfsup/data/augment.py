@@ -38,12 +38,17 @@ def blur_sigma(size: int = 224) -> tuple[float, float]:
     return (0.1 * size / 224, 2.0 * size / 224)
 
 
-def moco_v2_transform(size: int = 224) -> T.Compose:
-    """MoCo-v2 (`--aug-plus`): crop 0.2-1, jitter 0.4/0.4/0.4/0.1 p=0.8,
-    grayscale p=0.2, blur p=0.5 (sigma 0.1-2 at 224 px, see blur_sigma), flip."""
+# MoCo's smallest crop, as a share of the image's area (--crop-min).
+CROP_MIN = 0.2
+
+
+def moco_v2_transform(size: int = 224, crop_min: float = CROP_MIN) -> T.Compose:
+    """MoCo-v2 (`--aug-plus`): crop crop_min-1 of the area, jitter
+    0.4/0.4/0.4/0.1 p=0.8, grayscale p=0.2, blur p=0.5 (sigma 0.1-2 at 224 px,
+    see blur_sigma), flip."""
     return T.Compose(
         [
-            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomResizedCrop(size, scale=(crop_min, 1.0)),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
             T.RandomApply([PILGaussianBlur(blur_sigma(size))], p=0.5),
@@ -54,11 +59,11 @@ def moco_v2_transform(size: int = 224) -> T.Compose:
     )
 
 
-def moco_v1_transform(size: int = 224) -> T.Compose:
-    """MoCo v1: crop 0.2-1, grayscale p=0.2, jitter 0.4 (always), flip."""
+def moco_v1_transform(size: int = 224, crop_min: float = CROP_MIN) -> T.Compose:
+    """MoCo v1: crop crop_min-1, grayscale p=0.2, jitter 0.4 (always), flip."""
     return T.Compose(
         [
-            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomResizedCrop(size, scale=(crop_min, 1.0)),
             T.RandomGrayscale(p=0.2),
             T.ColorJitter(0.4, 0.4, 0.4, 0.4),
             T.RandomHorizontalFlip(),
@@ -68,8 +73,8 @@ def moco_v1_transform(size: int = 224) -> T.Compose:
     )
 
 
-def pretrain_transform(aug_plus: bool, size: int = 224) -> T.Compose:
-    return moco_v2_transform(size) if aug_plus else moco_v1_transform(size)
+def pretrain_transform(aug_plus: bool, size: int = 224, crop_min: float = CROP_MIN) -> T.Compose:
+    return moco_v2_transform(size, crop_min) if aug_plus else moco_v1_transform(size, crop_min)
 
 
 class TwoCropsTransform:

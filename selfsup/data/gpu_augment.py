@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 import torchvision.ops
 
-from selfsup.data.augment import IMAGENET_MEAN, IMAGENET_STD, blur_sigma
+from selfsup.data.augment import CROP_MIN, IMAGENET_MEAN, IMAGENET_STD, blur_sigma
 
 # kornia (a second or more to import) is imported inside the functions that
 # draw pixels, so that the pretraining engine and jpeg.py can import this
@@ -52,11 +52,12 @@ class AugmentSpec:
     flip_p: float = 0.5
 
 
-def moco_spec(aug_plus: bool, size: int = 224) -> AugmentSpec:
-    """The GPU twin of augment.pretrain_transform(aug_plus, size)."""
+def moco_spec(aug_plus: bool, size: int = 224, crop_min: float = CROP_MIN) -> AugmentSpec:
+    """The GPU twin of augment.pretrain_transform(aug_plus, size, crop_min)."""
+    scale = (crop_min, 1.0)
     if aug_plus:
-        return AugmentSpec(size=size, blur_sigma=blur_sigma(size))
-    return AugmentSpec(size=size, jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_first=True, blur_p=0.0)
+        return AugmentSpec(size=size, scale=scale, blur_sigma=blur_sigma(size))
+    return AugmentSpec(size=size, scale=scale, jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_first=True, blur_p=0.0)
 
 
 # -- random parameters (CPU) ---------------------------------------------------

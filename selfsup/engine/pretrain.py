@@ -65,7 +65,7 @@ def pretrain_loader(args: argparse.Namespace) -> D.ResumableLoader | TwoViewLoad
     if getattr(args, "gpu_aug", False):
         return two_view_loader(
             train_dir,
-            moco_spec(args.aug_plus, args.image_size),
+            moco_spec(args.aug_plus, args.image_size, args.crop_min),
             args.batch_size,
             args.workers,
             args.device,
@@ -74,7 +74,8 @@ def pretrain_loader(args: argparse.Namespace) -> D.ResumableLoader | TwoViewLoad
             decode=getattr(args, "gpu_aug_decode", "gpu"),
         )
     dataset = D.image_folder(
-        train_dir, augment.TwoCropsTransform(augment.pretrain_transform(args.aug_plus, args.image_size))
+        train_dir,
+        augment.TwoCropsTransform(augment.pretrain_transform(args.aug_plus, args.image_size, args.crop_min)),
     )
     return train_loader(dataset, args)
 
@@ -92,6 +93,7 @@ RUN_KEYS = (
     "mlp",
     "hidden",
     "aug_plus",
+    "crop_min",
     "image_size",
     "small_images",
     "batch_size",
