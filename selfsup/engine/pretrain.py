@@ -254,6 +254,7 @@ def _pretrain(args, build_model):
         print(teacher_spread_line(unwrap(model), args), flush=True)
 
     loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
+    warned_rise = False
     for epoch in range(args.start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)
         if mid is not None:  # continue a mid-epoch checkpoint exactly: its batch, its RNG states
@@ -271,6 +272,10 @@ def _pretrain(args, build_model):
         name = os.path.join(args.ckpt_dir, ck.checkpoint_name(epoch))
         if main:
             metrics.write(epoch, lr=lr, **stats)  # first: a kill between the two redoes this epoch's row
+            rising = collapse.infonce_rise_warning(infonce_history(metrics.rows), args.moco_k)
+            if rising and not warned_rise:  # once a run: the curve says the rest
+                print(rising, flush=True)
+                warned_rise = True
             writer.save(name, epoch + 1)
             prune(args.ckpt_dir, name)
         if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
@@ -279,6 +284,11 @@ def _pretrain(args, build_model):
         metrics.close()
         print(f"=> done: {os.path.join(args.ckpt_dir, ck.checkpoint_name(args.epochs - 1))}", flush=True)
     return unwrap(model)
+
+
+def infonce_history(rows: list[dict]) -> list[float]:
+    """The epoch-mean InfoNCE of metrics.csv's rows (DisCo's loss_nce, else loss)."""
+    return [float(r.get("loss_nce") or r["loss"]) for r in rows]
 
 
 def train_one_epoch(
