@@ -102,7 +102,11 @@ def train(name: str, flags: dict, data: str, out: str, epochs: int, seed: int) -
     )
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "pretrain.log"), "w") as log:
-        code = subprocess.call(cmd, shell=True, cwd=os.path.join(REPO, "moco"), stdout=log, stderr=subprocess.STDOUT)
+        # One thread, as the demo's steps (tools/pipeline.py): the same arithmetic, run for run.
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        code = subprocess.call(
+            cmd, shell=True, cwd=os.path.join(REPO, "moco"), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
     if code != 0:
         raise UserError(f"variant {name}: main_moco.py exited {code}; see {folder}/pretrain.log")
     return folder
