@@ -39,8 +39,13 @@ lint: env
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
+# Two pytest-xdist workers (TEST_WORKERS=1: one process, no xdist): each runs
+# the scripts from its own copy of the repository (tests/conftest.py), and the
+# tests of Reproduction.md's fixed-port commands share one worker.
+TEST_WORKERS ?= 2
 test: lint detectron2
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q --durations=15
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q --durations=15 \
+		$(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 clean:
 	rm -rf runs results data/builtin data/digits

@@ -8,7 +8,51 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Not copied into a worker's tree: environments, caches and run outputs.
+_NOT_COPIED = (
+    ".git",
+    ".venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "_bin",
+    "ckpt*",
+    "runs",
+    "results",
+    "builtin",
+    "digits",
+    "std.log",
+)
+
+
+def _worker_tree(worker):
+    """Under pytest-xdist each worker runs the scripts from its own copy of
+    the repository, so that what they write by default (moco/ckpt,
+    moco/logs/std.log, tests/_bin) never meets another worker's files."""
+    import shutil
+    import tempfile
+
+    dest = os.path.join(tempfile.gettempdir(), f"disco-tests-{os.getuid()}", worker, "repo")
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(SOURCE, dest, ignore=shutil.ignore_patterns(*_NOT_COPIED), symlinks=True)
+    return dest
+
+
+REPO = _worker_tree(os.environ["PYTEST_XDIST_WORKER"]) if os.environ.get("PYTEST_XDIST_WORKER") else SOURCE
+# Modules whose commands are Reproduction.md's verbatim, with its fixed
+# --dist-url port (tcp://localhost:10001): their tests share one xdist
+# worker (`--dist loadgroup`), so two of them never bind the port at once.
+FIXED_PORT_MODULES = {"test_reproduction_moco", "test_reproduction_disco", "test_reproduction_tab5"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in FIXED_PORT_MODULES:
+            item.add_marker(pytest.mark.xdist_group("fixed-port"))
+
+
 # Appended to a verbatim command so it runs in seconds on a CPU (argparse
 # keeps the last value of a repeated flag).
 # --bn-splits 2: groups of 15; the default 8 leaves BN 3-4 samples of 1x1

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import conftest
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -25,7 +26,7 @@ from selfsup.analysis.mutual_info import (  # noqa: E402
 )
 from selfsup.core.errors import UserError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(conftest.REPO)  # a worker's own copy under pytest-xdist
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

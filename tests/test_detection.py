@@ -9,6 +9,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,7 @@ import torchvision
 from selfsup.core.errors import UserError
 from selfsup.detection.convert import convert_file, convert_state_dict, rename_key
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(conftest.REPO)  # a worker's own copy under pytest-xdist
 DETECTION = REPO / "detection"
 
 VOC_CLASSES = [

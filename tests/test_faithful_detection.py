@@ -11,11 +11,12 @@ fb-moco's detection/configs/ protocol.
 
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 import torchvision
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(conftest.REPO)  # a worker's own copy under pytest-xdist
 CONFIGS = REPO / "detection" / "configs"
 FAITHFUL = CONFIGS / "pascal_voc_R_50_C4_24k_moco.yaml"
 INTENDED = CONFIGS / "pascal_voc_R_50_C4_24k_moco_intended.yaml"
