@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from selfsup.methods.losses import info_nce
+from selfsup.methods.losses import info_nce, info_nce_logits
 from selfsup.methods.moco import MoCo
 
 
@@ -29,6 +29,20 @@ def test_info_nce_matches_an_independent_computation():
         expected += -torch.log(pos / (pos + neg))
     assert torch.allclose(loss, expected / 5, atol=1e-5)
     assert logits.shape == (5, 12) and labels.eq(0).all()
+
+
+def test_logits_stay_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    q, k = F.normalize(torch.randn(8, 128), dim=1), F.normalize(torch.randn(8, 128), dim=1)
+    queue = F.normalize(torch.randn(128, 512), dim=0)
+    reference, _ = info_nce_logits(q, k, queue, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = info_nce_logits(q, k, queue, 0.2)
+        low = (q @ queue) / 0.2  # what autocast makes of the same matmul
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, reference, atol=1e-5, rtol=0)
+    # bf16 rounding would be visible at this tolerance: the check can fail.
+    assert not torch.allclose(low.float(), reference[:, 1:], atol=1e-5, rtol=0)
 
 
 def test_queue_wraps_when_K_is_not_a_multiple_of_the_batch():

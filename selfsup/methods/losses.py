@@ -20,11 +20,13 @@ def info_nce_logits(
     """MoCo logits: column 0 is the positive q.k, the rest q against the queue.
 
     q, k: (N, C) L2-normalised; queue: (C, K). Computed in fp32 whatever the
-    autocast dtype, since logits / 0.2 are sensitive to rounding."""
-    q, k, queue = q.float(), k.float(), queue.float()
-    l_pos = (q * k).sum(dim=1, keepdim=True)
-    l_neg = q @ queue
-    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    autocast dtype, since logits / 0.2 are sensitive to rounding: autocast
+    would run the matmul in bf16/fp16 even on fp32 inputs, so it is off here."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, queue = q.float(), k.float(), queue.float()
+        l_pos = (q * k).sum(dim=1, keepdim=True)
+        l_neg = q @ queue
+        logits = torch.cat([l_pos, l_neg], dim=1) / temperature
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return logits, labels
 
