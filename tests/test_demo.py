@@ -13,6 +13,9 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
     table = [line for line in text.splitlines() if line.startswith("|")]
     # The flags that keep the demo's meaning when defaults change are on its command lines and under its table.
     assert "DisCo flags: `--teacher-bn eval`" in text
+    assert "Pretraining flags: `" in text and "--crop-min 0.8" in text
+    commands = [line for line in r.stdout.splitlines() if " $ (cd " in line and "main_lincls" not in line]
+    assert len(commands) == 3 and all("--crop-min 0.8" in c for c in commands), commands
     assert "main.py" in r.stdout and "--teacher-bn eval --teacher_arch" in r.stdout
     assert "main_moco.py" in r.stdout and "--resume ''" in r.stdout
     assert [line.split("|")[1].strip() for line in table[2:]] == [

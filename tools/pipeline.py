@@ -236,7 +236,7 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     finally:
         torch.set_num_threads(threads)
 
-    table = markdown_table(rows) + f"\n\nDisCo flags: `{c['disco_flags']}`"
+    table = markdown_table(rows) + "\n\n" + flags_line(c)
     if reference is not None:
         table += f"; reference step on this machine: {reference:.3f} s (ResNet-18 fwd+bwd, batch 64, 32 px, 1 thread)"
     with open(os.path.join(results, "table.md"), "w") as f:
@@ -258,6 +258,11 @@ def markdown_table(rows):
         for r in rows
     ]
     return "\n".join(lines)
+
+
+def flags_line(config):
+    """What the table's runs passed beyond the scripts' defaults."""
+    return f"Pretraining flags: `{config['pretrain_flags']}`; DisCo flags: `{config['disco_flags']}`"
 
 
 def read_table(path):

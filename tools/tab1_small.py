@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # Siblings in tools/ (this script's folder is on sys.path): the demo's
 # recipe and the pipeline it runs.
 from demo import CONFIG  # noqa: E402
-from pipeline import BUILTIN_DATA, REPO_ROOT, read_table, run_pipeline  # noqa: E402
+from pipeline import BUILTIN_DATA, REPO_ROOT, flags_line, read_table, run_pipeline  # noqa: E402
 
 METRICS = ("knn", "acc1", "acc5", "minutes")
 
@@ -117,6 +117,11 @@ def main():
     p.add_argument("--student-epochs", type=int, default=CONFIG["student_epochs"])
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument(
+        "--pretrain-flags",
+        default=CONFIG["pretrain_flags"],
+        help="flags of every pretraining step, teacher and students (the demo's by default)",
+    )
+    p.add_argument(
         "--disco-flags", default=CONFIG["disco_flags"], help="flags of the DisCo step (the demo's by default)"
     )
     p.add_argument("--seeds", type=int, default=1, help="repeat the whole table over seeds 0..N-1: mean ± std")
@@ -137,6 +142,7 @@ def main():
             teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
             students=args.students,
             student_epochs=args.student_epochs,
+            pretrain_flags=args.pretrain_flags,
             disco_flags=args.disco_flags,
         )
         out = args.out if args.seeds == 1 else os.path.join(args.out, f"seed{seed}")
@@ -148,7 +154,7 @@ def main():
     else:
         rows = summarise(tables)
         with open(os.path.join(args.results, "table.md"), "w") as f:
-            f.write(summary_table(rows) + f"\n\nDisCo flags: `{args.disco_flags}`; data: {args.data}\n")
+            f.write(summary_table(rows) + f"\n\n{flags_line(vars(args))}; data: {args.data}\n")
         print(summary_table(rows))
     bar_plot(rows, os.path.join(args.results, "tab1.png"))
     print(f"=> {args.results}/table.md, {args.results}/tab1.png")
