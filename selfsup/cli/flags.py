@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 from selfsup.core import checks as check
 from selfsup.core.checkpoint import set_unsafe_load
 from selfsup.core.errors import UserError
+from selfsup.data.augment import CROP_MIN
 from selfsup.models.backbones import default_image_size
 
 
@@ -205,7 +206,7 @@ def add_moco_args(p: argparse.ArgumentParser, moco_t: float = 0.07) -> argparse.
     p.add_argument("--aug-plus", action="store_true", help="MoCo-v2 augmentation")
     p.add_argument(
         "--crop-min",
-        default=0.2,
+        default=CROP_MIN,
         type=float,
         help="smallest random crop of a view, as a share of the image's area (MoCo's 0.2; 0.8 for images that "
         "differ by less than such crops change them, e.g. the digits: docs/disco.md)",
