@@ -22,7 +22,6 @@ A random init's spread is printed first, for reference.
 
 import argparse
 import csv
-import math
 import os
 import subprocess
 import sys
@@ -31,9 +30,9 @@ import torch
 
 from selfsup.analysis.knn import checkpoint_knn
 from selfsup.core.errors import UserError, cli_main
-from selfsup.data import augment
-from selfsup.data import folders as D
 from selfsup.engine import collapse
+from selfsup.engine.pretrain import infonce_history, spread_sample
+from selfsup.models.encoders import build_query_encoder
 from selfsup.models.teacher import load_teacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,17 +76,8 @@ def command_line(flags: dict) -> str:
     return " ".join(k if v is True else f"{k} {v}" for k, v in flags.items())
 
 
-def sample_images(data: str, n: int = 256) -> torch.Tensor:
-    """Every k-th training image under the eval transform: DisCo's sample."""
-    dataset = D.image_folder(D.split_folder(data, "train"), augment.eval_transform(32))
-    step = max(1, len(dataset) // n)
-    return torch.stack([dataset[i][0] for i in range(0, len(dataset), step)][:n])
-
-
 def random_init_spread(images: torch.Tensor) -> float:
     """The spread of a freshly drawn ResNet-18 with the MoCo-v2 head (eval BN)."""
-    from selfsup.models.encoders import build_query_encoder
-
     args = argparse.Namespace(arch="resnet18", moco_dim=128, mlp=True, hidden=-1, small_images=False)
     torch.manual_seed(0)
     encoder = build_query_encoder(args).eval()
@@ -114,14 +104,14 @@ def train(name: str, flags: dict, data: str, out: str, epochs: int, seed: int) -
 
 def report(name: str, folder: str, data: str, images: torch.Tensor, epochs: int, queue: int) -> str:
     """One table row: the loss curve's minimum and end, kNN and spread."""
-    rows = list(csv.DictReader(open(os.path.join(folder, "ckpt", "metrics.csv"))))
-    losses = [float(r["loss"]) for r in rows]
+    with open(os.path.join(folder, "ckpt", "metrics.csv"), newline="") as f:
+        losses = infonce_history(list(csv.DictReader(f)))
     best = min(range(1, len(losses)), key=losses.__getitem__) if len(losses) > 1 else 0  # epoch 0: a random queue
     ckpt = os.path.join(folder, "ckpt", f"checkpoint_{epochs - 1:04d}.pth.tar")
     spread = collapse.embedding_spread(load_teacher("resnet18", ckpt).eval(), images)
     knn = checkpoint_knn("resnet18", ckpt, data, 32)
     return (
-        f"| {name} | {losses[best]:.2f} ({best}) | {losses[-1]:.2f} / {math.log(queue + 1):.2f} | {knn:.1f} "
+        f"| {name} | {losses[best]:.2f} ({best}) | {losses[-1]:.2f} / {collapse.chance_infonce(queue):.2f} | {knn:.1f} "
         f"| {spread:.3f} |"
     )
 
@@ -137,7 +127,7 @@ def main():
     args = p.parse_args()
     data, out = os.path.abspath(args.data), os.path.abspath(args.out)
     torch.set_num_threads(1)
-    images = sample_images(data)
+    images = spread_sample(data, 32)
     print(f"random init ResNet-18 + MoCo-v2 head: spread {random_init_spread(images):.3f}", flush=True)
     print(f"\n{args.epochs} epochs on {data}, batch 64, 32 px, seed {args.seed}; flags: {command_line(BASE)}\n")
     print("| variant | min InfoNCE (epoch) | last InfoNCE / ln(K+1) | kNN top-1 | spread |")

@@ -159,13 +159,19 @@ def resume(writer: CheckpointWriter, path: str, args: argparse.Namespace) -> tup
     return int(ckpt["epoch"]), mid
 
 
+def spread_sample(data: str, image_size: int, n: int = 256) -> torch.Tensor:
+    """The images the teacher's spread is measured on: every k-th of n
+    training images, under the eval transform."""
+    dataset = D.image_folder(D.split_folder(data, "train"), augment.eval_transform(image_size))
+    step = max(1, len(dataset) // n)
+    return torch.stack([dataset[i][0] for i in range(0, len(dataset), step)][:n])
+
+
 @torch.no_grad()
 def teacher_spread_line(model: nn.Module, args: argparse.Namespace, n: int = 256) -> str:
     """How spread out the frozen teacher's embeddings of `n` training images
-    are (eval transform, every k-th image), in the BN mode it trains in."""
-    dataset = D.image_folder(D.split_folder(args.data, "train"), augment.eval_transform(args.image_size))
-    step = max(1, len(dataset) // n)
-    images = torch.stack([dataset[i][0] for i in range(0, len(dataset), step)][:n]).to(args.device)
+    are (spread_sample), in the BN mode it trains in."""
+    images = spread_sample(args.data, args.image_size, n).to(args.device)
     model.train()  # DistilledMoCo.train puts the teacher in its --teacher-bn mode
     spread = collapse.embedding_spread(model.embed_teacher, images, batch_size=args.batch_size)
     return collapse.spread_report(spread, images.shape[0])
