@@ -1,7 +1,8 @@
 """What makes a run folder safe to kill and to share (docs/resume.md):
 
-- RunLock: one run per folder; the lock file holds pid, host and the pid's
-  start time, so the lock of a dead (or recycled) pid is taken over;
+- RunLock: one run per folder, by the kernel's file lock (flock) on
+  run.lock; the file holds pid, host and the pid's start time, which name
+  the holder and let a dead run's file be taken over;
 - run identity: the flags that define a run, stored in its checkpoints and
   compared when a rerun would resume one;
 - pre-emption: SIGTERM/SIGUSR1 only set a flag; the training loop saves at
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import random
 import socket
@@ -41,20 +43,37 @@ def _me():
 
 
 class RunLock:
-    """`<folder>/run.lock`, created exclusively. `flag` names the folder's
-    option in messages (--ckpt-dir, --dump_path)."""
+    """`<folder>/run.lock`, held with the kernel's file lock (flock) for as
+    long as the run lasts, so two runs can never hold it at once. The file's
+    content (pid, host, the pid's start time) names the holder in messages,
+    and tells a file left by a dead run (whose flock the kernel dropped) from
+    one that a run on another machine, or a live process without the flock
+    (an older version of this code), may still be using. `flag` names the
+    folder's option in messages (--ckpt-dir, --dump_path)."""
+
+    # Each retry means a holder released (deleted) the file between our
+    # open and our flock; a bound only keeps a pathological churn finite.
+    RETRIES = 200
 
     def __init__(self, folder: str, flag: str = "--ckpt-dir"):
         self.folder, self.flag = folder, flag
         self.path = os.path.join(folder, LOCK_NAME)
         self.held = False
+        self._fd: int | None = None
+        self._owner: int | None = None
 
-    def _holder(self):
+    def _holder(self, fd: int | None = None):
+        """(pid or None, host, start time) that the lock file names, or None
+        when there is no file."""
         try:
-            with open(self.path) as f:
-                parts = f.read().split()
+            if fd is None:
+                with open(self.path) as f:
+                    text = f.read()
+            else:
+                text = os.pread(fd, 4096, 0).decode(errors="replace")
         except FileNotFoundError:
             return None
+        parts = text.split()
         pid = int(parts[0]) if parts and parts[0].isdigit() else None
         host = parts[1] if len(parts) > 1 else "?"
         start = parts[2] if len(parts) > 2 else "None"
@@ -73,50 +92,89 @@ class RunLock:
         now = pid_start_time(pid)
         return start in ("None", None) or now is None or now == start
 
+    def _in_use(self, holder, unlocked: bool = False) -> UserError:
+        """The one line for a folder in use; `unlocked`: we hold the kernel
+        lock, so only a process out of this machine's sight can be using it."""
+        pid, host, _ = holder if holder and holder[0] is not None else ("?", "?", None)
+        where = (
+            f"if no run on {host} is using it, delete the lock file (no process of this machine holds it, "
+            f"and {host}'s processes cannot be seen from here)"
+            if unlocked and host not in ("?", socket.gethostname())
+            else "if no run is using it, delete the lock file"
+        )
+        return UserError(
+            f"{self.flag} '{self.folder}' is in use by another run (pid {pid} on {host}, "
+            f"{self.path}): wait for it or use another {self.flag}; {where}"
+        )
+
+    def _names(self, fd: int) -> bool:
+        """Whether the lock path still names the file `fd` has open (a
+        releasing holder deletes it, and a new one may have been made)."""
+        try:
+            here, there = os.fstat(fd), os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+    def _flock(self, fd: int) -> bool:
+        """Take the kernel lock on `fd` without waiting: False when the file
+        was deleted meanwhile (retry); UserError when a live run holds it."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not self._names(fd):
+                return False  # its holder is releasing it: try the new file
+            raise self._in_use(self._holder(fd)) from None
+        except OSError as exc:  # a file system without flock: the content alone decides
+            print(f"=> {self.path}: no file locks here ({exc.strerror}); the lock only names its run", flush=True)
+        return self._names(fd)
+
+    def _claim(self, fd: int) -> None:
+        """With the kernel lock held: refuse a file that a live run may still
+        use without the kernel lock (another host's, an older version's), else
+        take it, saying so when it was a dead run's."""
+        holder = self._holder(fd)
+        if holder is not None and holder[0] is not None and self._is_live(holder):
+            raise self._in_use(holder, unlocked=True)
+        if holder is not None and holder[0] is not None and holder[0] != os.getpid():
+            print(f"=> took over the stale lock of pid {holder[0]} in '{self.folder}'", flush=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (_me() + "\n").encode(), 0)
+
     def acquire(self) -> RunLock:
         try:
             os.makedirs(self.folder, exist_ok=True)
         except OSError as exc:
             raise UserError(f"{self.flag} '{self.folder}' cannot be created ({exc.strerror})") from None
-        for _ in range(5):
+        for _ in range(self.RETRIES):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is None:
-                    continue  # released meanwhile
-                if self._is_live(holder):
-                    pid, host, _ = holder
-                    raise UserError(
-                        f"{self.flag} '{self.folder}' is in use by another run (pid {pid} on {host}, "
-                        f"{self.path}): wait for it or use another {self.flag}; if no run is "
-                        "using it, delete the lock file"
-                    ) from None
-                try:
-                    os.remove(self.path)
-                except FileNotFoundError:
-                    pass
-                if holder[0] != os.getpid():
-                    print(f"=> took over the stale lock of pid {holder[0]} in '{self.folder}'", flush=True)
-                continue
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
                 raise UserError(f"{self.flag} '{self.folder}' is not writable ({exc.strerror})") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(_me() + "\n")
-            self.held = True
-            return self
+            try:
+                if self._flock(fd):
+                    self._claim(fd)
+                    self._fd, self._owner, self.held = fd, os.getpid(), True
+                    return self
+            except BaseException:
+                os.close(fd)  # drops the kernel lock, leaves the file as it was
+                raise
+            os.close(fd)
         raise UserError(f"could not take the lock {self.path}: another run keeps replacing it")
 
     def release(self) -> None:
-        if not self.held:
+        """Delete the lock file, then drop the kernel lock: whoever opened the
+        file meanwhile sees it is no longer the one the path names. A forked
+        child (a loader worker) that inherited the lock leaves it alone."""
+        if not self.held or self._owner != os.getpid():
             return
         self.held = False
-        holder = self._holder()
-        if holder and holder[0] == os.getpid():
-            try:
+        fd, self._fd = self._fd, None
+        try:
+            if self._names(fd):
                 os.remove(self.path)
-            except FileNotFoundError:
-                pass
+        finally:
+            os.close(fd)
 
     def __enter__(self):
         return self.acquire()
