@@ -15,6 +15,7 @@ from pathlib import Path
 from selfsup.analysis import embeddings, tsne
 from selfsup.core import checks
 from selfsup.core.errors import UserError, cli_main
+from selfsup.core.files import check_name, refuse_overwriting
 
 REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where results/ goes
 
@@ -60,6 +61,22 @@ def check_args(args):
     checks.output_file(args.out, "--out")
 
 
+def check_outputs(args, names):
+    """The pictures to write (--out, then with --per-model one per name):
+    each a plain name in --out's folder, and none of them an input file."""
+    out = Path(args.out)
+    outputs = [out]
+    if args.per_model:
+        for name in names:
+            stem = check_name(f"{out.stem}_{name}", "--names (in a --per-model file name)", out.parent, (out.suffix,))
+            outputs.append(out.with_name(stem + out.suffix))
+    inputs = [(f"an input of --names {n}", p) for n in names for p in embeddings.embed_paths(args.embed_dir, n)]
+    inputs.append(("the class list", Path(args.embed_dir) / embeddings.CLASSES_FILE))
+    for path in outputs:
+        refuse_overwriting(path, inputs, "--out")
+    return outputs
+
+
 @cli_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
@@ -73,6 +90,7 @@ def main(argv=None):
     titles = args.titles or names
     if len(titles) != len(names):
         raise UserError(f"--titles has {len(titles)} entries for {len(names)} names")
+    outputs = check_outputs(args, names)
     class_names = embeddings.class_names(args.embed_dir)
 
     panels = []
@@ -88,8 +106,7 @@ def main(argv=None):
     tsne.draw_panels(panels, out, class_names=class_names)
     print(f"=> wrote {out}")
     if args.per_model:
-        for name, panel in zip(names, panels):
-            path = out.with_name(f"{out.stem}_{name}{out.suffix}")
+        for path, panel in zip(outputs[1:], panels):
             tsne.draw_panels([panel], path, class_names=class_names)
             print(f"=> wrote {path}")
 

@@ -15,12 +15,15 @@ import argparse
 import os
 from pathlib import Path
 
+from selfsup.analysis import embeddings
 from selfsup.analysis.export import export_checkpoint
 from selfsup.cli.flags import add_unsafe_load_arg, default_data
 from selfsup.core import checks
 from selfsup.core.errors import UserError, cli_main
+from selfsup.core.files import check_name, refuse_overwriting
 
 REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where results/ goes
+OUTPUTS = (embeddings.EMBED_SUFFIX, embeddings.LABELS_SUFFIX)
 
 
 def build_parser():
@@ -67,6 +70,9 @@ def main(argv=None):
     if args.gpu is not None:
         checks.at_least(args.gpu, 0, "--gpu", "a GPU index >= 0")
     checks.output_dir(args.out, "--out")  # before the embedding pass, not after it
+    name = check_name(args.arch.replace("/", "_") if args.name is None else args.name, "--name", args.out, OUTPUTS)
+    for written in [name + suffix for suffix in OUTPUTS] + [embeddings.CLASSES_FILE]:  # never the file read
+        refuse_overwriting(os.path.join(args.out, written), [("the --pretrained checkpoint", args.pretrained)])
     device = f"cuda:{args.gpu}" if args.gpu is not None else None
     workers = max(0, min(args.workers, os.cpu_count() or 1))
     e_path, l_path, n, dim = export_checkpoint(
@@ -74,7 +80,7 @@ def main(argv=None):
         args.pretrained,
         data,
         args.out,
-        args.name or args.arch,
+        name,
         split=args.split,
         image_size=args.image_size,
         batch_size=args.batch_size,

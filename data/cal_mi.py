@@ -16,6 +16,7 @@ from selfsup.analysis import bi, embeddings
 from selfsup.analysis.mutual_info import NORMALISATIONS, RANGES
 from selfsup.core import checks
 from selfsup.core.errors import UserError, cli_main
+from selfsup.core.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where results/ goes
 
@@ -72,7 +73,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     table = bi.markdown_table(rows, bins=args.bins)
     bi.write_csv(rows, out / "bi.csv")
-    (out / "bi.md").write_text(table)
+    with atomic_write(out / "bi.md", "w", what="table") as f:
+        f.write(table)
     bi.plot(rows, out / "bi.png", bins=args.bins)
     print(table, end="")
     print(f"=> wrote {out / 'bi.csv'}, {out / 'bi.md'}, {out / 'bi.png'}")

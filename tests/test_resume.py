@@ -87,7 +87,7 @@ def test_moco_killed_after_a_mid_epoch_checkpoint_continues_from_it_exactly(tiny
     mid = folder / "checkpoint_0001_iter000002.pth.tar"
     code, _ = interrupt(cmd, ".", tmp_path / "log", lambda _: mid.exists(), signal.SIGKILL)
     assert code == -signal.SIGKILL
-    (folder / "checkpoint_0000.pth.tar.tmp999999").write_bytes(b"half")  # a writer killed mid-write
+    (folder / ".checkpoint_0000.pth.tar.selfsup-partial.tmp999999").write_bytes(b"half")  # a writer killed mid-write
     rerun = run("python3 " + " ".join(cmd))
     assert rerun.returncode == 0, rerun.stdout[-2000:]
     assert re.search(

@@ -11,8 +11,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from selfsup.analysis.figures import save_figure
 from selfsup.analysis.mutual_info import mi_by_binning
 from selfsup.core.errors import UserError
+from selfsup.core.files import atomic_write
 
 FIELDS = ("name", "bins", "I_XT", "I_TY", "H_T", "H_Y", "n_distinct", "n")
 
@@ -34,7 +36,7 @@ def analyse(
 
 
 def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> str | os.PathLike:
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w", newline="", what="table") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         for r in rows:
@@ -100,6 +102,6 @@ def plot(
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=dpi)
+    save_figure(fig, out_path, dpi)
     plt.close(fig)
     return out_path

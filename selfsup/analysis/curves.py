@@ -19,7 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
+from selfsup.analysis.figures import save_figure
 from selfsup.core.errors import UserError, cli_main
+from selfsup.core.files import refuse_overwriting
 
 METRICS_FILE = "metrics.csv"
 _TITLES = {"loss": "loss", "lr": "learning rate", "acc1": "top-1 (%)", "acc5": "top-5 (%)"}
@@ -143,7 +145,7 @@ def plot_curves(
     for k in range(len(columns), nrow * ncol):
         axes[k // ncol][k % ncol].axis("off")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=dpi)
+    save_figure(fig, out_path, dpi)
     plt.close(fig)
     return out_path
 
@@ -180,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.runs):
         raise UserError(f"--labels has {len(args.labels)} names for {len(args.runs)} runs")
+    for run in args.runs:  # a CSV read is never the picture written
+        refuse_overwriting(args.out, [("the metrics file", metrics_path(run))], "--out")
     runs = [read_metrics(r) for r in args.runs]
     labels = args.labels or [run_label(r) for r in args.runs]
     out = Path(args.out)

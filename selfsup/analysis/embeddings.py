@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from selfsup.core.errors import UserError
+from selfsup.core.files import atomic_write, check_name
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +39,9 @@ def save(
     class_names: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
     """Write the embedding and label files (and classes.txt when names are
-    given); returns the two paths."""
+    given), each whole or not at all; returns the two paths. `name` must be
+    a plain file name: its files stay inside `folder`."""
+    check_name(name, "name", folder, (EMBED_SUFFIX, LABELS_SUFFIX))
     embed = np.asarray(embed, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(embed) != len(labels):
@@ -46,10 +49,12 @@ def save(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     e_path, l_path = embed_paths(folder, name)
-    np.save(e_path, embed)
-    np.save(l_path, labels)
+    for path, array in ((e_path, embed), (l_path, labels)):
+        with atomic_write(path, what="embedding file") as f:
+            np.save(f, array)
     if class_names is not None:
-        (folder / CLASSES_FILE).write_text("".join(f"{c}\n" for c in class_names))
+        with atomic_write(folder / CLASSES_FILE, "w", what="class list") as f:
+            f.write("".join(f"{c}\n" for c in class_names))
     return e_path, l_path
 
 

@@ -11,6 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from selfsup.analysis.figures import save_figure
 from selfsup.core.errors import UserError
 
 
@@ -125,7 +126,7 @@ def draw_panels(
         frameon=False,
     )
     fig.tight_layout(rect=(0, 0, 1 - legend_w / width, 1))
-    fig.savefig(out_path, dpi=dpi)
+    save_figure(fig, out_path, dpi)
     plt.close(fig)
     return out_path
 

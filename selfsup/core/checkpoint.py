@@ -1,6 +1,10 @@
 """Checkpoints in the original's layout, written atomically, and the loaders
 that hand a pretrained backbone from one script to the next.
 
+Every file the project writes whole (checkpoints, embeddings, plots, the
+detectron2 pickle, metrics) goes through :func:`atomic_write` (from
+selfsup.core.files, re-exported here): see there.
+
 Layout (MoCo's): ``{"epoch", "arch", "state_dict", "optimizer"}`` with
 ``state_dict`` keys prefixed ``module.`` (``module.encoder_q.*``,
 ``module.encoder_k.*``, ``module.queue``, ...). We add ``small_images`` so a
@@ -22,10 +26,16 @@ import torch
 
 from selfsup.core import distributed as du
 from selfsup.core.errors import UserError
-from selfsup.core.processes import pid_alive
+
+# The atomic writer lives in core.files (no torch there, for the analysis
+# scripts' quick start); checkpoints and every other writer use it from here too.
+from selfsup.core.files import atomic_write as atomic_write
+from selfsup.core.files import copy_file as copy_file
+from selfsup.core.files import partial_path as partial_path
+from selfsup.core.files import remove_stale_temporaries as remove_stale_temporaries
+from selfsup.core.files import same_file as same_file
 
 CKPT_PATTERN = re.compile(r"checkpoint_(\d+)(?:_iter(\d+))?\.pth\.tar$")
-TMP_PATTERN = re.compile(r"\.tmp(\d+)$")
 
 
 def checkpoint_name(epoch: int, iteration: int | None = None) -> str:
@@ -38,39 +48,56 @@ def checkpoint_name(epoch: int, iteration: int | None = None) -> str:
     )
 
 
-def remove_stale_temporaries(folder: str) -> None:
-    """Delete `*.tmp<PID>` files whose writer is dead (killed mid-write)."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        m = TMP_PATTERN.search(name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            try:
-                os.remove(os.path.join(folder, name))
-            except OSError:
-                pass
+def _float_tensors(obj, key):
+    """(key path, tensor) of every floating tensor in nested dicts/lists."""
+    if torch.is_tensor(obj):
+        if obj.is_floating_point() and obj.numel():
+            yield key, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _float_tensors(v, f"{key}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _float_tensors(v, f"{key}[{i}]")
+
+
+def first_non_finite(state: Mapping[str, Any]) -> str | None:
+    """The key (e.g. 'state_dict.module.fc.weight', 'optimizer.state.3.momentum_buffer')
+    of the first floating tensor of a checkpoint's weights or optimizer state
+    that holds a NaN or an inf; None when all are finite. One isfinite-all
+    reduction per tensor, read back once per device."""
+    named = [
+        *_float_tensors(state.get("state_dict"), "state_dict"),
+        *_float_tensors(state.get("optimizer"), "optimizer"),
+    ]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(named):
+        by_device.setdefault(t.device, []).append(i)
+    bad = []
+    for idx in by_device.values():
+        finite = torch.stack([torch.isfinite(named[i][1]).all() for i in idx]).cpu()
+        bad += [idx[j] for j in (~finite).nonzero().flatten().tolist()]
+    return named[min(bad)][0] if bad else None
 
 
 def save_checkpoint(state: dict[str, Any], path: str) -> None:
-    """torch.save to a temporary file, fsync, then rename: a crash never
-    leaves a half-written checkpoint under the real name, and a writer
-    killed mid-write leaves a .tmp<PID> that the next save removes. The one
-    checkpoint writer of the project."""
+    """torch.save through atomic_write: a crash never leaves a half-written
+    checkpoint under the real name, and a writer killed mid-write leaves a
+    partial file that the next save (or start) removes. Weights or optimizer
+    state holding NaN or inf are never written: the last checkpoint stays the
+    one a rerun resumes from. The one checkpoint writer of the project."""
     folder = os.path.dirname(os.path.abspath(path))
+    kept = path if os.path.isfile(path) else latest_checkpoint(folder)
+    bad = first_non_finite(state)
+    if bad is not None:
+        last = f"the last checkpoint '{kept}' is kept" if kept else "no checkpoint is written"
+        raise UserError(
+            f"not writing checkpoint '{path}': {bad} holds NaN or inf values (the training diverged); {last}"
+        )
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:  # on disk before the rename makes it the checkpoint
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):  # an exception (not a kill): clean up now
-            os.remove(tmp)
-        raise
+    with atomic_write(path, kept=kept, what="checkpoint") as f:
+        torch.save(state, f)
 
 
 def checkpoint_progress(path: str) -> tuple[int, int] | None:

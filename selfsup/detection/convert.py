@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch
 
 from selfsup.core.checkpoint import load_file
 from selfsup.core.errors import UserError
+from selfsup.core.files import atomic_write, refuse_overwriting
 
 # blocks per stage (layer1..layer4) -> depth, for the two block types
 _DEPTHS = {
@@ -206,26 +206,21 @@ def load_checkpoint(path: str) -> Any:
 
 
 def save_pickle(conv: Conversion, out_path: str) -> None:
-    """Write the detectron2 pickle atomically (tmp file in the same folder + os.replace)."""
+    """Write the detectron2 pickle whole or not at all (selfsup.core.files.atomic_write)."""
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if os.path.isdir(out_path):
         raise UserError(f"{out_path}: is a folder; give the pickle's file name (e.g. ./output.pkl)")
     if not os.path.isdir(out_dir):
         raise UserError(f"{out_path}: output folder {out_dir} does not exist")
     data = {"model": conv.model, "__author__": "DisCo-pytorch selfsup.detection", "matching_heuristics": True}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(out_path, what="detectron2 pickle") as f:
+        pickle.dump(data, f)
 
 
 def convert_file(in_path: str, out_path: str) -> Conversion:
-    """Checkpoint file -> detectron2 pickle; returns the :class:`Conversion`."""
+    """Checkpoint file -> detectron2 pickle; returns the :class:`Conversion`.
+    An output that is the input (`X X`, or through a link) is refused."""
+    refuse_overwriting(out_path, [("the input checkpoint", in_path)])
     conv = convert_state_dict(load_checkpoint(in_path), where=in_path)
     save_pickle(conv, out_path)
     return conv

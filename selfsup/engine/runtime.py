@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from selfsup.core import checks
-from selfsup.core.errors import UserError, exit_with, one_line
+from selfsup.core.errors import UserError, as_user_error, exit_with, one_line
 from selfsup.core.processes import STOP_SIGNALS
 
 
@@ -174,8 +174,10 @@ def _spawned(local_rank, per_node, worker, args):
     try:
         node = max(args.rank, 0)
         _run(Placement(node * per_node + local_rank, args.world_size, local_rank, per_node), worker, args)
-    except UserError as exc:
-        error = exc
+    except Exception as exc:  # a UserError, or a full disk met by any write: one line
+        error = as_user_error(exc)
+        if error is None:
+            raise
     if error is not None:
         exit_with(error)
 

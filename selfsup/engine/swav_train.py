@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 from typing import Any, Iterable
 
 import numpy as np
@@ -233,7 +232,7 @@ def _swav(args, distill):
             metrics.write(epoch, **stats)  # first: a kill between the two redoes this epoch's row
             writer.save(last, epoch + 1, **extra)
             if epoch % args.checkpoint_freq == 0 or epoch == args.epochs - 1:
-                shutil.copyfile(last, os.path.join(args.dump_path, "checkpoints", f"ckp-{epoch}.pth"))
+                ck.copy_file(last, os.path.join(args.dump_path, "checkpoints", f"ckp-{epoch}.pth"))
         save_queue()
         if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
             rs.announce_stop(last, epoch)
