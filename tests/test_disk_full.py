@@ -8,8 +8,6 @@ fills up (ENOSPC). Tiny: 16 px, 60 images, ResNet-18."""
 import errno
 import hashlib
 import os
-import resource
-import signal
 import subprocess
 import sys
 
@@ -35,18 +33,25 @@ SWAV = (
 LIMIT = 4 << 20  # 4 MiB: logs and metrics fit, no ResNet-18 checkpoint does
 
 
+# Sets the limit, then becomes the script (exec keeps both the limit and the
+# ignored SIGXFSZ, so a write past the limit fails with EFBIG instead of
+# killing the process); no preexec_fn, which is unsafe in a threaded pytest.
+LIMITED = (
+    "import os, resource, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "limit = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "os.execv(sys.executable, [sys.executable] + sys.argv[2:])\n"
+)
+
+
 def script(argv, limit=None):
     """Run a script of the checkout; with `limit`, under RLIMIT_FSIZE=limit."""
-
-    def limited():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
+    prefix = ["-c", LIMITED, str(limit)] if limit else []
     return subprocess.run(
-        [sys.executable, *argv],
+        [sys.executable, *prefix, *argv],
         cwd=REPO,
         env=dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
-        preexec_fn=limited if limit else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
