@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--small_images", type=bool_flag, default=None, help="ours: default taken from the checkpoint")
     a("--print_freq", type=int, default=50, help="ours")
     a(
+        "--save_freq",
+        type=int,
+        default=0,
+        help="ours: also checkpoint every N iterations within an epoch (docs/resume.md)",
+    )
+    a(
         "--pooled_bn",
         type=bool_flag,
         default=False,

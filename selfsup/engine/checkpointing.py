@@ -19,6 +19,7 @@ import torch
 
 from selfsup.core import checkpoint as ck
 from selfsup.core import distributed as du
+from selfsup.core.errors import UserError
 from selfsup.engine import runstate as rs
 from selfsup.engine.precision import Precision
 
@@ -69,9 +70,12 @@ class CheckpointWriter:
         """A checkpoint from which a rerun continues exactly after `batches_done`
         batches of `epoch`: the sampler's position and every rank's RNG states.
         A collective (every rank gathers its RNG state); the main process writes."""
-        rng = rs.gather_objects(rs.capture_rng())
+        # Each rank draws its own augmentation seeds and has its own RNG
+        # streams: a rerun on N processes needs all N of both, by rank.
+        ranks = rs.gather_objects((loader.position(batches_done), rs.capture_rng()))
         if du.is_main_process():
-            self.save(path, epoch, iteration=batches_done, sampler=loader.position(batches_done), rng=rng, **extra)
+            samplers, rngs = [s for s, _ in ranks], [r for _, r in ranks]
+            self.save(path, epoch, iteration=batches_done, sampler=samplers, rng=rngs, **extra)
         return path
 
     def restore(self, ckpt: dict, optimizer_required: bool = True) -> None:
@@ -81,3 +85,46 @@ class CheckpointWriter:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.prec is not None:
             self.prec.load_state_dict(ckpt.get("scaler"))
+
+
+SAMPLER_KEYS = ("epoch", "perm_seed", "aug_seed", "start")
+
+
+def mid_epoch_state(ckpt: dict, path: str) -> dict | None:
+    """The mid-epoch entries of `ckpt` ({"iteration", "sampler", "rng"}: one
+    sampler position and one RNG state per rank), checked against this run's
+    processes; None for an end-of-epoch checkpoint. Anything malformed, or
+    written by another number of processes, is one line naming the file."""
+    if ckpt.get("iteration") is None:
+        return None
+    sampler, rng = ckpt.get("sampler"), ckpt.get("rng")
+    if isinstance(sampler, dict) and isinstance(rng, list):  # before per-rank positions: rank 0's for all
+        sampler = [sampler] * len(rng)
+    where = f"epoch {ckpt.get('epoch')} iteration {ckpt.get('iteration')}"
+    if not (isinstance(sampler, list) and isinstance(rng, list) and len(sampler) == len(rng) > 0):
+        raise UserError(f"mid-epoch checkpoint '{path}' ({where}) has no per-process sampler and RNG states")
+    for s in sampler:
+        if not (isinstance(s, dict) and all(isinstance(s.get(k), int) for k in SAMPLER_KEYS)):
+            raise UserError(
+                f"mid-epoch checkpoint '{path}': its sampler position {s!r:.80} is malformed "
+                f"(expected {', '.join(SAMPLER_KEYS)} as integers)"
+            )
+    if len(rng) != du.world_size():
+        raise UserError(
+            f"'{path}' was saved at {where} of a {len(rng)}-process run; this run has {du.world_size()}: "
+            f"resume it on {len(rng)} processes (the same launch flags), or continue from an end-of-epoch checkpoint"
+        )
+    try:
+        rs.check_rng_state(rng[du.rank()])
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+        raise UserError(
+            f"mid-epoch checkpoint '{path}': the RNG state of rank {du.rank()} is malformed ({exc})"
+        ) from None
+    return {"iteration": int(ckpt["iteration"]), "sampler": sampler, "rng": rng}
+
+
+def continue_mid_epoch(loader: ResumableLoader, mid: dict) -> None:
+    """Put this rank's loader at the checkpoint's batch and its RNG streams
+    where they were (after loader.set_epoch)."""
+    loader.resume_at(mid["sampler"][du.rank()])
+    rs.restore_rng(mid["rng"][du.rank()])

@@ -28,7 +28,7 @@ from selfsup.data import folders as D
 from selfsup.data.cifar import CIFAR
 from selfsup.data.subset import balanced_subset
 from selfsup.engine import runstate as rs
-from selfsup.engine.checkpointing import CheckpointWriter
+from selfsup.engine.checkpointing import CheckpointWriter, continue_mid_epoch, mid_epoch_state
 from selfsup.engine.loaders import train_val_loaders
 from selfsup.engine.optim import epoch_lr, set_lr
 from selfsup.engine.precision import Precision
@@ -192,14 +192,15 @@ def _lincls(args, build_datasets):
     )
 
     best_acc1, mid = 0.0, None
-    resume = lincls_resume_path(args)
+    resume = rs.on_rank0(lambda: lincls_resume_path(args))
     if not args.evaluate and main:
         ck.remove_stale_temporaries(args.ckpt_dir)
         if not (resume and os.path.dirname(os.path.abspath(resume)) == os.path.abspath(args.ckpt_dir)):
             rs.archive_previous_run(args.ckpt_dir, RUN_OUTPUTS)  # another run's results are not ours
     du.barrier()
     if resume:
-        ckpt = ck.load_file(resume, "--resume checkpoint")
+        ckpt = rs.on_rank0(lambda: ck.load_file(resume, "--resume checkpoint"))
+        mid = mid_epoch_state(ckpt, resume) if not args.evaluate else None
         if not args.evaluate:
             hint = (
                 "use another --ckpt-dir, or --resume '' to start from scratch"
@@ -214,8 +215,6 @@ def _lincls(args, build_datasets):
         ck.load_into(unwrap(model), ck.strip_prefix(ck.state_dict_of(ckpt, resume), "module."), resume, args.arch)
         writer.restore(ckpt, optimizer_required=False)
         args.start_epoch, best_acc1 = int(ckpt.get("epoch", 0)), float(ckpt.get("best_acc1", 0.0))
-        if ckpt.get("iteration") is not None:
-            mid = {"sampler": ckpt["sampler"], "rng": ckpt["rng"]}
         if main:
             where = f", iteration {ckpt['iteration']}" if mid else ""
             print(f"=> resumed '{resume}' (epoch {args.start_epoch}{where})", flush=True)
@@ -236,8 +235,7 @@ def _lincls(args, build_datasets):
     for epoch in range(args.start_epoch, args.epochs):
         train_loader.sampler.set_epoch(epoch)
         if mid is not None:  # continue a mid-epoch checkpoint exactly
-            train_loader.resume_at(mid["sampler"])
-            rs.restore_rng(mid["rng"][args.rank])
+            continue_mid_epoch(train_loader, mid)
             mid = None
         elif args.seed is not None:  # per-epoch seeds: a run resumed at an epoch repeats its batches
             seed_everything(args.seed + 1000 * epoch + args.rank)
@@ -286,7 +284,7 @@ def train_one_epoch(
     # eval(): BatchNorm keeps the pretrained statistics while the classifier trains.
     prec = prec or Precision()
     model.eval()
-    for i, (images, target) in enumerate(loader):
+    for i, (images, target) in enumerate(loader, getattr(loader, "start", 0)):  # i: the batch's index in the epoch
         meters.data_loaded()
         images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
         with prec.autocast():

@@ -25,7 +25,7 @@ from selfsup.data.gpu_augment import moco_spec
 from selfsup.data.jpeg import TwoViewLoader, two_view_loader
 from selfsup.engine import collapse
 from selfsup.engine import runstate as rs
-from selfsup.engine.checkpointing import CheckpointWriter
+from selfsup.engine.checkpointing import CheckpointWriter, continue_mid_epoch, mid_epoch_state
 from selfsup.engine.loaders import train_loader
 from selfsup.engine.optim import epoch_lr, set_lr
 from selfsup.engine.precision import Precision
@@ -132,7 +132,7 @@ def resume(writer: CheckpointWriter, path: str, args: argparse.Namespace) -> tup
     """Load model, queue, optimizer and scaler state (into what `writer`
     saves) after checking that the checkpoint's run had the same flags;
     returns (epoch to start at, the mid-epoch state or None)."""
-    ckpt = ck.load_file(path, "--resume checkpoint")
+    ckpt = rs.on_rank0(lambda: ck.load_file(path, "--resume checkpoint"))
     hint = (
         "use another --ckpt-dir, or --resume '' to start from scratch"
         if args.resume is None
@@ -143,6 +143,7 @@ def resume(writer: CheckpointWriter, path: str, args: argparse.Namespace) -> tup
             f"--resume '{path}' holds arch '{ckpt.get('arch')}', not -a {args.arch}"
             f"{'; ' + hint if args.resume is None else ''}"
         )
+    mid = mid_epoch_state(ckpt, path)  # first: another process count is said as such
     identity = run_identity(args)
     if args.resume:  # an explicit --resume may change the schedule (the original allowed it); a rerun may not
         identity = {k: v for k, v in identity.items() if k not in rs.SCHEDULE_KEYS}
@@ -150,9 +151,6 @@ def resume(writer: CheckpointWriter, path: str, args: argparse.Namespace) -> tup
     state = ck.strip_prefix(ck.state_dict_of(ckpt, path), "module.")
     ck.load_into(unwrap(writer.model), state, path, args.arch)
     writer.restore(ckpt)
-    mid = None
-    if ckpt.get("iteration") is not None:
-        mid = {"iteration": int(ckpt["iteration"]), "sampler": ckpt["sampler"], "rng": ckpt["rng"]}
     if du.is_main_process():
         where = f", iteration {mid['iteration']}" if mid else ""
         print(f"=> loaded checkpoint '{path}' (epoch {ckpt['epoch']}{where})", flush=True)
@@ -241,7 +239,7 @@ def _pretrain(args, build_model):
         run=run_identity(args),
     )
 
-    path = resume_path(args)
+    path = rs.on_rank0(lambda: resume_path(args))
     prepare_folder(args, path)
     mid = None
     if path:
@@ -256,7 +254,9 @@ def _pretrain(args, build_model):
             prune(args.ckpt_dir, name)
         return name
 
-    if main and hasattr(unwrap(model), "teacher") and args.start_epoch == 0:
+    # Once a run, before it trains: the measurement runs the teacher's BN in
+    # its training mode, whose batch counters the checkpoint holds.
+    if main and hasattr(unwrap(model), "teacher") and args.start_epoch == 0 and mid is None:
         print(teacher_spread_line(unwrap(model), args), flush=True)
 
     loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
@@ -264,8 +264,7 @@ def _pretrain(args, build_model):
     for epoch in range(args.start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)
         if mid is not None:  # continue a mid-epoch checkpoint exactly: its batch, its RNG states
-            loader.resume_at(mid["sampler"])
-            rs.restore_rng(mid["rng"][args.rank])
+            continue_mid_epoch(loader, mid)
             mid = None
         elif args.seed is not None:  # per-epoch seeds make a resumed run repeat the same batches
             seed_everything(args.seed + 1000 * epoch + args.rank)

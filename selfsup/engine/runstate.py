@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import random
+import signal
 import socket
 import sys
 from typing import Any, Callable, Iterable, Iterator, NoReturn
@@ -283,9 +284,15 @@ def check_identity(
 
 
 def moco_flag_name(key: str) -> str:
-    return {"arch": "-a", "batch_size": "-b", "weight_decay": "--wd", "method": "the script"}.get(
-        key, "--" + key.replace("_", "-")
-    )
+    # -b is stored per process (the script divides it among a node's processes)
+    names = {
+        "arch": "-a",
+        "batch_size": "-b (per process)",
+        "world_size": "the number of processes",
+        "weight_decay": "--wd",
+        "method": "the script",
+    }
+    return names.get(key, "--" + key.replace("_", "-"))
 
 
 # -- previous runs ----------------------------------------------------------------
@@ -350,6 +357,27 @@ def stop_all(error: BaseException) -> NoReturn:
     raise SystemExit(2)
 
 
+def on_rank0(fn: Callable[[], Any]) -> Any:
+    """fn() computed on rank 0 alone and handed to every rank (its UserError
+    stops every rank with rank 0's line). What a rerun resumes from is rank
+    0's to say: only rank 0 writes checkpoints, so on a multi-node run the
+    other nodes' --ckpt-dir may not hold them at all."""
+    if du.world_size() == 1:
+        return fn()
+    result, message = None, None
+    if du.is_main_process():
+        try:
+            result = fn()
+        except UserError as exc:
+            message = str(exc)
+    box = [(result, message)]
+    torch.distributed.broadcast_object_list(box, src=0, device=_device())
+    result, message = box[0]
+    if message is not None:
+        stop_all(UserError(message))
+    return result
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """[obj of rank 0, obj of rank 1, ...] on every rank."""
     if du.world_size() == 1:
@@ -398,6 +426,19 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_rng_state(state: Any) -> None:
+    """Raise (TypeError, ValueError, KeyError, ...) unless `state` is one
+    that restore_rng takes: tried on the live generators, then undone, so a
+    malformed file is refused before the run starts, not at its resume point."""
+    if not isinstance(state, dict):
+        raise TypeError(f"expected a dict of generator states, got {type(state).__name__}")
+    before = capture_rng()
+    try:
+        restore_rng(state)
+    finally:
+        restore_rng(before)
+
+
 # -- the iteration boundary -------------------------------------------------------------
 
 
@@ -422,8 +463,20 @@ def boundary_hook(
             path = save(epoch, i)
             if stop:
                 announce_stop(path, epoch, i)
+        if _KILL_AT == (epoch, i):
+            du.barrier()  # rank 0's file is complete before any rank dies
+            os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
+
+
+# Debug hook for the tests of docs/resume.md: SELFSUP_DEBUG_KILL=EPOCH:BATCH
+# makes every rank kill itself (SIGKILL, as `kill -9`) at that iteration
+# boundary, after whatever the boundary saves: a crash at a known place,
+# without racing a signal against the run.
+_KILL_AT = (
+    tuple(int(x) for x in os.environ["SELFSUP_DEBUG_KILL"].split(":")) if os.environ.get("SELFSUP_DEBUG_KILL") else None
+)
 
 
 def announce_stop(path: str, epoch: int, i: int | None = None) -> NoReturn:

@@ -21,7 +21,7 @@ from selfsup.core.errors import UserError
 from selfsup.data import folders as D
 from selfsup.data.multicrop import SWAV_MEAN, SWAV_STD
 from selfsup.engine import runstate as rs
-from selfsup.engine.checkpointing import CheckpointWriter
+from selfsup.engine.checkpointing import CheckpointWriter, continue_mid_epoch, mid_epoch_state
 from selfsup.engine.loaders import train_val_loaders
 from selfsup.engine.progress import EpochMeters, MetricsWriter
 from selfsup.engine.runstate import seed_everything
@@ -206,8 +206,10 @@ def _eval_linear(args):
         if not (args.restart and os.path.isfile(last)):
             rs.archive_previous_run(args.dump_path, ["checkpoint.pth.tar", "metrics.csv", "tb"], "--dump_path")
     du.barrier()
-    if os.path.isfile(last):
-        ckpt = ck.load_file(last, "restart checkpoint")
+    mid = None
+    ckpt = rs.on_rank0(lambda: ck.load_file(last, "restart checkpoint") if os.path.isfile(last) else None)
+    if ckpt is not None:
+        mid = mid_epoch_state(ckpt, last)
         # Another --pretrained (or flags) would report the old model's accuracy as the new one's.
         rs.check_identity(
             ckpt.get("run"), identity, last, "use another --dump_path, or --restart false to start from scratch"
@@ -219,14 +221,24 @@ def _eval_linear(args):
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt.get("best_acc", 0.0))
         if main:
-            print(f"=> restarting from '{last}' at epoch {start_epoch}", flush=True)
+            where = f" iteration {mid['iteration']}" if mid else ""
+            print(f"=> restarting from '{last}' at epoch {start_epoch}{where}", flush=True)
+
+    def save_mid(epoch, i):
+        return writer.save_mid_epoch(last, epoch, train_loader, i, scheduler=scheduler.state_dict(), best_acc=best_acc)
+
+    train_loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
 
     metrics = MetricsWriter(args.dump_path, start_epoch) if main else None
     criterion = nn.CrossEntropyLoss()
     acc1 = acc5 = 0.0
     for epoch in range(start_epoch, args.epochs):
-        if args.distributed:
-            train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
+        if mid is not None:  # continue a mid-epoch checkpoint exactly
+            continue_mid_epoch(train_loader, mid)
+            mid = None
+        else:  # per-epoch seeds: a run restarted at an epoch repeats its batches
+            seed_everything(args.seed + 1000 * epoch + args.rank)
         lr = optimizer.param_groups[0]["lr"]
         train = train_one_epoch(model, head, train_loader, optimizer, criterion, epoch, args)
         scheduler.step()
@@ -237,8 +249,7 @@ def _eval_linear(args):
                 f"Test: Epoch [{epoch}]\tAcc@1 {acc1:.3f}\tAcc@5 {acc5:.3f}\tBest Acc@1 so far {best_acc:.3f}",
                 flush=True,
             )
-            writer.save(last, epoch + 1, scheduler=scheduler.state_dict(), best_acc=best_acc)
-            metrics.write(
+            metrics.write(  # first: a kill between the two redoes this epoch's row
                 epoch,
                 lr=lr,
                 loss=train["loss"],
@@ -248,6 +259,9 @@ def _eval_linear(args):
                 acc5=acc5,
                 best_acc1=best_acc,
             )
+            writer.save(last, epoch + 1, scheduler=scheduler.state_dict(), best_acc=best_acc)
+        if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
+            rs.announce_stop(last, epoch)
     if main:
         metrics.close()
         print(f"=> linear evaluation done: best Acc@1 {best_acc:.3f}", flush=True)
@@ -267,7 +281,7 @@ def train_one_epoch(
     meters = EpochMeters(len(loader), f"Epoch: [{epoch}]", args.print_freq, topk=(1,))
     model.eval()
     head.train()
-    for i, (images, target) in enumerate(loader):
+    for i, (images, target) in enumerate(loader, getattr(loader, "start", 0)):  # i: the batch's index in the epoch
         meters.data_loaded()
         images, target = images.to(args.device, non_blocking=True), target.to(args.device, non_blocking=True)
         with torch.no_grad():

@@ -22,7 +22,7 @@ from selfsup.core.errors import UserError
 from selfsup.data import folders as D
 from selfsup.data.multicrop import MultiCropTransform
 from selfsup.engine import runstate as rs
-from selfsup.engine.checkpointing import CheckpointWriter
+from selfsup.engine.checkpointing import CheckpointWriter, continue_mid_epoch, mid_epoch_state
 from selfsup.engine.lars import LARS
 from selfsup.engine.loaders import train_loader
 from selfsup.engine.precision import Precision
@@ -126,11 +126,40 @@ def restore_queue(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> torc
     """This rank's queue from the restart checkpoint (always in step with it)
     or, for files of the official layout, queue{rank}.pth; None without one."""
     if ckpt is not None and ckpt.get("queues") is not None:
-        queue = ckpt["queues"][args.rank]
-        return queue.to(args.device) if queue is not None else None
+        where = os.path.join(args.dump_path, "checkpoint.pth.tar")
+        queues = ckpt["queues"]
+        if not isinstance(queues, list) or len(queues) != args.world_size:
+            n = len(queues) if isinstance(queues, list) else None
+            raise UserError(
+                f"'{where}': its 'queues' entry is "
+                + (f"of a {n}-process run; this run has {args.world_size}" if n else "not a list of per-rank queues")
+                + ": resume it with the processes it was written by, or use another --dump_path"
+            )
+        return _checked_queue(queues[args.rank], args, f"'{where}' (the queue of rank {args.rank})")
     if os.path.isfile(queue_path(args)):
-        return ck.load_file(queue_path(args), "queue file")["queue"].to(args.device)
+        saved = ck.load_file(queue_path(args), "queue file")
+        queue = saved.get("queue") if isinstance(saved, dict) else None
+        if queue is None:
+            raise UserError(f"queue file '{queue_path(args)}' holds no 'queue' tensor (expected {{'queue': tensor}})")
+        return _checked_queue(queue, args, f"queue file '{queue_path(args)}'")
     return None
+
+
+def _checked_queue(queue: Any, args: argparse.Namespace, what: str) -> torch.Tensor | None:
+    """A saved queue, if it has the shape this run keeps: (crops assigned,
+    queue length / processes, feature width), finite."""
+    if queue is None:
+        return None
+    shape = (len(args.crops_for_assign), args.queue_length // args.world_size, args.feat_dim)
+    if not torch.is_tensor(queue) or tuple(queue.shape) != shape or not queue.is_floating_point():
+        got = tuple(queue.shape) if torch.is_tensor(queue) else type(queue).__name__
+        raise UserError(
+            f"{what} is {got}, not a queue of shape {shape} (--crops_for_assign, --queue_length, --feat_dim): "
+            "use the flags of the run that wrote it, or another --dump_path"
+        )
+    if not torch.isfinite(queue).all():
+        raise UserError(f"{what} holds non-finite values: use another --dump_path")
+    return queue.to(args.device)
 
 
 def _swav(args, distill):
@@ -174,13 +203,13 @@ def _swav(args, distill):
 
     identity = rs.run_identity(args, RUN_KEYS, ("teacher",))
     start_epoch, ckpt = restart_from_checkpoint(args, model, optimizer, prec, identity)
+    args.queue_length -= args.queue_length % (args.batch_size * args.world_size)
     method.queue = restore_queue(args, ckpt)
     if method.queue is not None:
         _log(f"=> restored the queue from '{queue_path(args)}'")
-    mid = None
-    if ckpt is not None and ckpt.get("iteration") is not None:
-        mid = {k: ckpt[k] for k in ("sampler", "rng", "use_the_queue")}
-    args.queue_length -= args.queue_length % (args.batch_size * args.world_size)
+    mid = mid_epoch_state(ckpt, os.path.join(args.dump_path, "checkpoint.pth.tar")) if ckpt is not None else None
+    if mid is not None:
+        mid["use_the_queue"] = ckpt.get("use_the_queue", False)
     last = os.path.join(args.dump_path, "checkpoint.pth.tar")
 
     writer = CheckpointWriter(
@@ -217,8 +246,7 @@ def _swav(args, distill):
         loader.sampler.set_epoch(epoch)
         method.use_the_queue = False
         if mid is not None:  # continue a mid-epoch checkpoint exactly
-            loader.resume_at(mid["sampler"])
-            rs.restore_rng(mid["rng"][args.rank])
+            continue_mid_epoch(loader, mid)
             method.use_the_queue, mid = bool(mid["use_the_queue"]), None
         else:
             seed_everything(args.seed + 1000 * epoch + args.rank)
@@ -251,10 +279,11 @@ def restart_from_checkpoint(
 ) -> tuple[int, dict[str, Any] | None]:
     """(epoch to start at, the checkpoint or None) from --dump_path's checkpoint.pth.tar."""
     path = os.path.join(args.dump_path, "checkpoint.pth.tar")
-    if not os.path.isfile(path):
+    # rank 0's file: the only rank that writes it
+    ckpt = rs.on_rank0(lambda: ck.load_file(path, "restart checkpoint") if os.path.isfile(path) else None)
+    if ckpt is None:
         _log(f"=> no checkpoint in '{args.dump_path}': starting from scratch")
         return 0, None
-    ckpt = ck.load_file(path, "restart checkpoint")
     if ckpt.get("arch") not in (None, args.arch):
         raise UserError(
             f"'{path}' holds arch '{ckpt.get('arch')}', not --arch {args.arch}: use another --dump_path or delete it"
