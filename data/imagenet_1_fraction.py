@@ -144,9 +144,9 @@ def main(argv=None):
         if args.split_file
         else subset.balanced_subset(files, args.ratio, args.seed)
     )
+    val = subset.class_files(os.path.join(args.source, "val"), "source val folder")  # refused before a copy
     write_stamp(args)  # first: an interrupted run is topped up by the same command, refused by another
     n_train = subset.write_subset(os.path.join(args.source, "train"), os.path.join(out, "train"), chosen, args.link)
-    val = subset.class_files(os.path.join(args.source, "val"))
     n_val = subset.write_subset(os.path.join(args.source, "val"), os.path.join(out, "val"), val, args.link)
     total = sum(len(v) for v in chosen.values())
     how = f"listed in {args.split_file}" if args.split_file else f"{args.ratio:g}% of each class, seed {args.seed}"

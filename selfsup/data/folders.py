@@ -19,16 +19,21 @@ from selfsup.core import distributed as du
 from selfsup.core.checks import SKIP_BAD_IMAGES_ENV
 from selfsup.core.errors import UserError
 from selfsup.core.processes import ignore_stop_signals
+from selfsup.data.scan import FolderScan, ScannedImageFolder, open_regular_file, scan_image_folder
 
 
 def pil_loader(path: str) -> Image.Image:
     """Open an image as RGB; an unreadable file is a UserError naming it.
     Decoding is PIL's business: whatever it raises (truncated data, a bad
-    chunk, a decompression bomb) is the file's fault, so all of it is caught."""
+    chunk, a decompression bomb) is the file's fault, so all of it is caught.
+    A FIFO or device (put there after the scan) is refused, not waited on."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             img = Image.open(f)
             return img.convert("RGB")
+    except UserError as err:  # a FIFO or device: --skip-bad-images skips it like an unreadable image
+        err.bad_image = path
+        raise
     except (
         OSError,
         UnidentifiedImageError,
@@ -53,16 +58,14 @@ def skip_bad_images_enabled() -> bool:
     return os.environ.get(SKIP_BAD_IMAGES_ENV) == "1"
 
 
-class SkippingImageFolder(datasets.ImageFolder):
+class SkippingImageFolder(ScannedImageFolder):
     """ImageFolder for --skip-bad-images: an unreadable image is reported by
     path once and replaced by the next readable one, so batches keep their
     size; the count lives in shared memory because loader workers meet the
     files, and report_skipped() prints it in the main process."""
 
-    def __init__(self, root: str, transform: Callable | None):
-        super().__init__(root, transform=transform, loader=pil_loader)
-        import multiprocessing
-
+    def __init__(self, root: str, transform: Callable | None, scan: FolderScan | None = None):
+        super().__init__(root, transform=transform, loader=pil_loader, scan=scan)
         self.skipped = multiprocessing.Value("i", 0)
         self._known_bad = set()
 
@@ -94,31 +97,22 @@ def report_skipped(dataset: torch.utils.data.Dataset, epoch: int) -> int:
     return n
 
 
-def check_image_folder(root: str, what: str = "data folder") -> None:
-    """Raise UserError unless `root` is a folder of class folders holding images."""
-    if not os.path.isdir(root):
-        raise UserError(f"{what} '{root}' does not exist (expected a folder of class sub-folders with images)")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    if not classes:
-        raise UserError(
-            f"{what} '{root}' has no class sub-folders (expected ImageFolder layout: {root}/<class>/<image>)"
-        )
-    for c in classes:
-        folder = os.path.join(root, c)
-        if not any(
-            datasets.folder.has_file_allowed_extension(f, datasets.folder.IMG_EXTENSIONS) for f in os.listdir(folder)
-        ):
-            raise UserError(
-                f"class folder '{folder}' holds no images (expected files ending in "
-                f"{', '.join(datasets.folder.IMG_EXTENSIONS[:4])}, ...)"
-            )
+def check_image_folder(root: str, what: str = "data folder") -> FolderScan:
+    """The scan of `root` (selfsup.data.scan): UserError unless it is a
+    folder of class folders holding images, by the scan's rules on links and
+    special files. Pass the result on (image_folder's `scan`) rather than
+    reading the tree again."""
+    return scan_image_folder(root, what)
 
 
-def image_folder(root: str, transform: Callable | None, what: str = "data folder") -> datasets.ImageFolder:
-    check_image_folder(root, what)
+def image_folder(
+    root: str, transform: Callable | None, what: str = "data folder", scan: FolderScan | None = None
+) -> datasets.ImageFolder:
+    """The ImageFolder of `root`, from one scan (made here unless given)."""
+    scan = scan if scan is not None else check_image_folder(root, what)
     if skip_bad_images_enabled():
-        return SkippingImageFolder(root, transform)
-    return datasets.ImageFolder(root, transform=transform, loader=pil_loader)
+        return SkippingImageFolder(root, transform, scan=scan)
+    return ScannedImageFolder(root, transform=transform, loader=pil_loader, scan=scan)
 
 
 def split_folder(data: str, split: str) -> str:

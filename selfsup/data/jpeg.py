@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from selfsup.core.errors import UserError
 from selfsup.data import folders as D
 from selfsup.data.gpu_augment import BatchTwoViews, CroppedTwoViews, crop_pair
+from selfsup.data.scan import ScannedImageFolder, open_regular_file
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -28,7 +28,7 @@ def read_encoded(path: str) -> tuple[str, str, torch.Tensor]:
     """(path, kind, tensor): kind 'jpeg' with the file's bytes, or 'pixels'
     with a decoded uint8 (3, H, W) tensor for other formats."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:  # a FIFO is refused, not waited on
             raw = f.read()
     except OSError as exc:
         raise UserError(f"unreadable image '{path}': {exc}") from None
@@ -49,12 +49,11 @@ def _decode_on_cpu(path, data):
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
 
 
-class EncodedImageFolder(datasets.ImageFolder):
+class EncodedImageFolder(ScannedImageFolder):
     """ImageFolder whose samples are read_encoded() triples, untransformed."""
 
     def __init__(self, root: str, what: str = "data folder") -> None:
-        D.check_image_folder(root, what)
-        super().__init__(root, loader=read_encoded)
+        super().__init__(root, loader=read_encoded, what=what)
 
 
 def collate_encoded(batch: list) -> tuple[list, torch.Tensor]:
@@ -182,8 +181,7 @@ def two_view_loader(
     if decode not in ("gpu", "workers"):
         raise UserError(f"--gpu-aug-decode {decode}: expected gpu or workers")
     if decode == "workers":
-        D.check_image_folder(root)
-        dataset = datasets.ImageFolder(root, loader=CropPairReader(spec))
+        dataset = ScannedImageFolder(root, loader=CropPairReader(spec))
         loader = D.make_loader(
             dataset, batch_size, workers, shuffle=True, drop_last=True, distributed=distributed, seed=seed
         )

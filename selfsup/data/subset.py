@@ -16,11 +16,18 @@ from selfsup.core.errors import UserError
 from selfsup.data.folders import check_image_folder
 
 
-def class_files(root: str) -> dict[str, list[str]]:
-    check_image_folder(root, "source train folder")
-    out = {}
-    for c in sorted(e.name for e in os.scandir(root) if e.is_dir()):
-        out[c] = sorted(f for f in os.listdir(os.path.join(root, c)) if not f.startswith("."))
+def class_files(root: str, what: str = "source train folder") -> dict[str, list[str]]:
+    """{class: its images, as paths relative to the class folder}, in the
+    order the training scripts read them: the data folder scan's images
+    (selfsup.data.scan), so a subset holds only what ImageFolder would
+    train on, and a link cycle or a FIFO is refused before anything is
+    copied."""
+    scan = check_image_folder(root, what)
+    out = {c: [] for c in scan.classes}
+    # Each sample path starts with os.path.join(root, class) + "/": cut it (relpath is slow at 1.28 M files).
+    cut = [len(os.path.join(scan.root, c, "")) for c in scan.classes]
+    for path, target in scan.samples:
+        out[scan.classes[target]].append(path[cut[target] :])
     return out
 
 
@@ -62,6 +69,7 @@ def write_subset(source: str, out: str, chosen: dict[str, list[str]], link: bool
         os.makedirs(os.path.join(out, c), exist_ok=True)
         for f in files:
             src, dst = os.path.join(source, c, f), os.path.join(out, c, f)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)  # images in sub-folders of the class
             if os.path.lexists(dst):
                 continue
             if link:
