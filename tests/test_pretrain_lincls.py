@@ -81,9 +81,8 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint_0000.pth.tar")
     ck.save_checkpoint({"epoch": 1}, path)
 
-    def broken_save(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+    def broken_save(obj, f):  # the writer hands torch.save its open partial file
+        f.write(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", broken_save)
@@ -91,6 +90,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         ck.save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["checkpoint_0000.pth.tar"]  # the partial file went with the exception
 
 
 def test_linear_eval_trains_only_the_classifier(tiny_data, tmp_path):

@@ -35,6 +35,7 @@ from selfsup.engine.precision import Precision
 from selfsup.engine.progress import EpochMeters, MetricsWriter
 from selfsup.engine.runstate import seed_everything
 from selfsup.models.backbones import create_backbone, set_head
+from selfsup.models.health import state_problem
 
 
 def imagefolder_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
@@ -147,6 +148,30 @@ def lincls_resume_path(args: argparse.Namespace) -> str | None:
     return path if found else None
 
 
+def foreign_output(name: str) -> str | None:
+    """Whose file a top-level name of --ckpt-dir is, when not a linear evaluation's."""
+    if name.startswith("checkpoint_") and ck.checkpoint_progress(name) is not None:
+        return "a pretraining run's"
+    return "a SwAV run's" if name == "checkpoints" else None
+
+
+def prepare_folder(args: argparse.Namespace, resume: str | None) -> None:
+    """Rank 0, before the evaluation writes: a folder of another kind of run,
+    or a --pretrained among this run's outputs, is refused; stale temporaries
+    out; another evaluation's files move aside unless this run continues them."""
+    rs.check_run_folder(
+        args.ckpt_dir,
+        "--ckpt-dir",
+        lambda name: name in RUN_OUTPUTS,
+        foreign_output,
+        {"--pretrained": args.pretrained},
+        "linear evaluation",
+    )
+    ck.remove_stale_temporaries(args.ckpt_dir)
+    if not (resume and os.path.dirname(os.path.abspath(resume)) == os.path.abspath(args.ckpt_dir)):
+        rs.archive_previous_run(args.ckpt_dir, RUN_OUTPUTS)  # another run's results are not ours
+
+
 def run_lincls(
     args: argparse.Namespace,
     build_datasets: Callable[[argparse.Namespace], tuple[Dataset, Dataset]] = imagefolder_datasets,
@@ -193,11 +218,8 @@ def _lincls(args, build_datasets):
 
     best_acc1, mid = 0.0, None
     resume = rs.on_rank0(lambda: lincls_resume_path(args))
-    if not args.evaluate and main:
-        ck.remove_stale_temporaries(args.ckpt_dir)
-        if not (resume and os.path.dirname(os.path.abspath(resume)) == os.path.abspath(args.ckpt_dir)):
-            rs.archive_previous_run(args.ckpt_dir, RUN_OUTPUTS)  # another run's results are not ours
-    du.barrier()
+    if not args.evaluate:
+        rs.on_rank0(lambda: prepare_folder(args, resume))
     if resume:
         ckpt = rs.on_rank0(lambda: ck.load_file(resume, "--resume checkpoint"))
         mid = mid_epoch_state(ckpt, resume) if not args.evaluate else None
@@ -291,13 +313,38 @@ def train_one_epoch(
             output = model(prec.inputs(images)).float()
         loss = criterion(output, target)
         # Before the step, so the classifier keeps its last finite weights; under DDP every rank stops together.
-        rs.check_finite(loss, epoch, i, "lower --lr", args.ckpt_dir, args.device)
+        rs.check_finite(loss, epoch, i, lambda: blame(model, images, args), args.ckpt_dir, args.device)
         optimizer.zero_grad(set_to_none=True)
         prec.backward_step(loss, optimizer)
         meters.update({"loss": loss, "logits": output, "labels": target}, target.shape[0])
         meters.batch_done(i)
     D.report_skipped(loader.dataset, epoch)
     return meters.summary()
+
+
+@torch.no_grad()
+def blame(model: nn.Module, images: torch.Tensor, args: argparse.Namespace) -> str:
+    """What a non-finite loss of the classifier says to do: a frozen backbone
+    whose state or features are not usable is the checkpoint's fault, which
+    no --lr can mend; otherwise the classifier diverged."""
+    net = unwrap(model)
+    problem = state_problem(net, skip_prefix=f"{net.head_name}.")
+    if problem is None:
+        seen = []
+        hook = getattr(net, net.head_name).register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0]))
+        try:
+            net(images)
+        finally:
+            hook.remove()
+        if seen and not bool(torch.isfinite(seen[0]).all()):
+            problem = "it gives non-finite features"
+    if problem is None:
+        return "lower --lr"
+    source = f"--pretrained '{args.pretrained}'" if args.pretrained else "the randomly initialised -a " + args.arch
+    return (
+        f"the frozen backbone ({source}) is not usable: {problem}, so no --lr can help "
+        "(pretrain it again, e.g. with larger BN groups: raise -b or lower --bn-splits)"
+    )
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from selfsup.engine.optim import epoch_lr, set_lr
 from selfsup.engine.precision import Precision
 from selfsup.engine.progress import EpochMeters, MetricsWriter
 from selfsup.engine.runstate import seed_everything
+from selfsup.models import health
 
 
 def resume_path(args: argparse.Namespace) -> str | None:
@@ -179,15 +180,34 @@ def in_folder(path: str | None, folder: str) -> bool:
     return bool(path) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(folder)
 
 
+def is_output(name: str) -> bool:
+    """Whether a top-level name of --ckpt-dir is one a pretraining run writes."""
+    return name in RUN_OUTPUTS or (name.startswith("checkpoint_") and ck.checkpoint_progress(name) is not None)
+
+
+def foreign_output(name: str) -> str | None:
+    """Whose file a top-level name of --ckpt-dir is, when not a pretraining run's."""
+    return {
+        "checkpoint.pth.tar": "a linear evaluation's or SwAV's",
+        "model_best.pth.tar": "a linear evaluation's",
+        "checkpoints": "a SwAV run's",
+    }.get(name)
+
+
 def prepare_folder(args: argparse.Namespace, path: str | None) -> None:
-    """Rank 0: stale temporaries out; a run that does not continue this
-    folder's checkpoints moves the folder's previous files aside."""
-    if du.is_main_process():
+    """Rank 0: a folder of another kind of run, or a teacher among this
+    run's outputs, is refused; stale temporaries out; a run that does not
+    continue this folder's checkpoints moves the folder's previous files aside."""
+
+    def on_main():
+        inputs = {"--teacher": getattr(args, "teacher", None)}
+        rs.check_run_folder(args.ckpt_dir, "--ckpt-dir", is_output, foreign_output, inputs, "pretraining run")
         ck.remove_stale_temporaries(args.ckpt_dir)
         if not in_folder(path, args.ckpt_dir):
             old = [os.path.basename(p) for p in ck.run_checkpoints(args.ckpt_dir)]
             rs.archive_previous_run(args.ckpt_dir, old + list(RUN_OUTPUTS))
-    du.barrier()
+
+    rs.on_rank0(on_main)
 
 
 def prune(folder: str, keep: str) -> None:
@@ -260,7 +280,7 @@ def _pretrain(args, build_model):
         print(teacher_spread_line(unwrap(model), args), flush=True)
 
     loader.hook = rs.boundary_hook(save_mid, getattr(args, "save_freq", 0), args.device)
-    warned_rise = False
+    warned_rise = warned_bn = False
     for epoch in range(args.start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)
         if mid is not None:  # continue a mid-epoch checkpoint exactly: its batch, its RNG states
@@ -283,6 +303,10 @@ def _pretrain(args, build_model):
                 warned_rise = True
             writer.save(name, epoch + 1)
             prune(args.ckpt_dir, name)
+            exploded = health.bn_warning(getattr(unwrap(model), "encoder_q", unwrap(model)), "the query encoder")
+            if exploded and not warned_bn:  # once a run, at the first epoch it shows
+                print(exploded, flush=True)
+                warned_bn = True
         if epoch < args.epochs - 1 and rs.any_rank(rs.stop_signal() is not None, args.device):
             rs.announce_stop(name, epoch)
     if main:

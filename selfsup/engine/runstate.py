@@ -298,6 +298,45 @@ def moco_flag_name(key: str) -> str:
 # -- previous runs ----------------------------------------------------------------
 
 
+def _top_name_inside(path: str, folder: str) -> str | None:
+    """The first component of `path` below `folder` (links resolved), or None
+    when `path` does not lie inside it."""
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(folder))
+    if rel == os.curdir or rel.split(os.sep)[0] == os.pardir:
+        return None
+    return rel.split(os.sep)[0]
+
+
+def check_run_folder(
+    folder: str,
+    flag: str,
+    is_output: Callable[[str], bool],
+    foreign: Callable[[str], str | None],
+    inputs: dict[str, str | None],
+    what: str,
+) -> None:
+    """Before a run touches `folder`: refuse a folder holding another kind of
+    run's files (foreign(name) says whose), whose logs and tb/ would be moved
+    or mixed with this run's, and an input file (a teacher, a pretrained
+    backbone) that is one of this run's outputs there (is_output(top-level
+    name)): the run that reads it would move it aside, prune or overwrite it."""
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        kind = foreign(name)
+        if kind:
+            raise UserError(f"{flag} '{folder}' holds {kind} files ({name}): give this {what} a folder of its own")
+    for input_flag, path in inputs.items():
+        top = _top_name_inside(path, folder) if path and os.path.exists(path) else None
+        if top is not None and is_output(top):
+            raise UserError(
+                f"{input_flag} '{path}' is inside {flag} '{folder}', where this {what} moves aside, prunes and "
+                f"writes its own {top}: copy it out of that folder, or use another {flag}"
+            )
+
+
 def archive_previous_run(folder: str, names: Iterable[str], flag: str = "--ckpt-dir") -> str | None:
     """Move `names` (files of a run this one does not continue) into
     `folder`/previous-N, so nothing of it is overwritten or read as ours."""
@@ -499,11 +538,17 @@ _POISON = (
 
 
 def check_finite(
-    loss: torch.Tensor, epoch: int, i: int, hint: str, folder: str | None, device: torch.device | None = None
+    loss: torch.Tensor,
+    epoch: int,
+    i: int,
+    hint: str | Callable[[], str],
+    folder: str | None,
+    device: torch.device | None = None,
 ) -> None:
     """Before the backward pass: stop every rank together, with one line,
     when the loss is not finite on any of them; no step is taken and the
-    checkpoints already written stay as they are."""
+    checkpoints already written stay as they are. `hint` says what to do (a
+    callable: worked out only when the loss is not finite)."""
     if _POISON is not None and _POISON == (du.rank(), epoch, i):
         loss = loss * float("nan")
     bad = not bool(torch.isfinite(loss.detach()).all())
@@ -518,7 +563,8 @@ def check_finite(
         value = f" {loss.item()}" if bad else " non-finite"
         last = latest_checkpoint(folder) if folder else None
         kept = f"; the last checkpoint '{last}' is unchanged" if last else ""
-        stop_all(UserError(f"loss became{value}{where} at epoch {epoch} batch {i}: {hint}{kept}"))
+        text = hint() if callable(hint) else hint
+        stop_all(UserError(f"loss became{value}{where} at epoch {epoch} batch {i}: {text}{kept}"))
 
 
 def seed_everything(seed: int) -> None:

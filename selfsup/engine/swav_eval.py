@@ -26,6 +26,7 @@ from selfsup.engine.loaders import train_val_loaders
 from selfsup.engine.progress import EpochMeters, MetricsWriter
 from selfsup.engine.runstate import seed_everything
 from selfsup.models.backbones import create_backbone
+from selfsup.models.health import state_problem
 
 
 def linear_transforms(size: int = 224) -> tuple[T.Compose, T.Compose]:
@@ -161,6 +162,29 @@ RUN_KEYS = (
 )
 
 
+OUTPUTS = ("checkpoint.pth.tar", "metrics.csv", "tb")
+
+
+def foreign_output(name: str) -> str | None:
+    """Whose file a top-level name of --dump_path is, when not this evaluation's."""
+    if name.startswith("checkpoint_") and ck.checkpoint_progress(name) is not None:
+        return "a MoCo-family pretraining run's"
+    if name == "checkpoints" or (name.startswith("queue") and name.endswith(".pth")):
+        return "a SwAV pretraining run's"
+    return "a linear evaluation's (moco/main_lincls.py)" if name == "model_best.pth.tar" else None
+
+
+def prepare_dump(args: argparse.Namespace, last: str) -> None:
+    """Rank 0, before the evaluation writes: a folder of another kind of run,
+    or a --pretrained among this evaluation's outputs, is refused; stale
+    temporaries out; unless restarting, a previous evaluation's files move aside."""
+    inputs = {"--pretrained": args.pretrained}
+    rs.check_run_folder(args.dump_path, "--dump_path", OUTPUTS.__contains__, foreign_output, inputs, "evaluation")
+    ck.remove_stale_temporaries(args.dump_path)
+    if not (args.restart and os.path.isfile(last)):
+        rs.archive_previous_run(args.dump_path, list(OUTPUTS), "--dump_path")
+
+
 def run_eval_linear(args: argparse.Namespace) -> dict[str, float]:
     with rs.owned_run(args.dump_path, "--dump_path"):
         return _eval_linear(args)
@@ -201,11 +225,7 @@ def _eval_linear(args):
     last = os.path.join(args.dump_path, "checkpoint.pth.tar")
     identity = rs.run_identity(args, RUN_KEYS, ("pretrained",))
     writer = CheckpointWriter(head, optimizer, args.arch, run=identity)
-    if main:
-        ck.remove_stale_temporaries(args.dump_path)
-        if not (args.restart and os.path.isfile(last)):
-            rs.archive_previous_run(args.dump_path, ["checkpoint.pth.tar", "metrics.csv", "tb"], "--dump_path")
-    du.barrier()
+    rs.on_rank0(lambda: prepare_dump(args, last))
     mid = None
     ckpt = rs.on_rank0(lambda: ck.load_file(last, "restart checkpoint") if os.path.isfile(last) else None)
     if ckpt is not None:
@@ -289,7 +309,7 @@ def train_one_epoch(
         output = head(feats)
         loss = criterion(output, target)
         # Before the step, so the head keeps its last finite weights; under DDP every rank stops together.
-        rs.check_finite(loss, epoch, i, "lower --lr", args.dump_path, args.device)
+        rs.check_finite(loss, epoch, i, lambda: blame(model, feats, args), args.dump_path, args.device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -297,6 +317,18 @@ def train_one_epoch(
         meters.batch_done(i)
     D.report_skipped(loader.dataset, epoch)
     return meters.summary()
+
+
+def blame(model: nn.Module, feats: torch.Tensor, args: argparse.Namespace) -> str:
+    """What a non-finite loss says to do: a frozen backbone whose state or
+    features are unusable is the checkpoint's fault; otherwise the head diverged."""
+    problem = state_problem(model)
+    if problem is None and not bool(torch.isfinite(feats).all()):
+        problem = "it gives non-finite features"
+    if problem is None:
+        return "lower --lr"
+    source = f"--pretrained '{args.pretrained}'" if args.pretrained else "the randomly initialised --arch " + args.arch
+    return f"the frozen backbone ({source}) is not usable: {problem}, so no --lr can help (pretrain it again)"
 
 
 @torch.no_grad()

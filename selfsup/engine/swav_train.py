@@ -100,12 +100,34 @@ def prepare_dump(args: argparse.Namespace, outputs: Iterable[str]) -> None:
     """Rank 0: stale temporaries out; with --restart false (or nothing to
     restart from) a previous run's files move to previous-N."""
     path = os.path.join(args.dump_path, "checkpoint.pth.tar")
-    if du.is_main_process():
+    outputs = list(outputs)
+
+    def on_main():
+        rs.check_run_folder(
+            args.dump_path,
+            "--dump_path",
+            lambda name: name in outputs or is_queue_file(name),
+            foreign_output,
+            {"--pretrained/--teacher": getattr(args, "teacher", None) if getattr(args, "distill", False) else None},
+            "SwAV run",
+        )
         ck.remove_stale_temporaries(args.dump_path)
         if not (getattr(args, "restart", True) and os.path.isfile(path)):
-            queues = [n for n in os.listdir(args.dump_path) if n.startswith("queue") and n.endswith(".pth")]
-            rs.archive_previous_run(args.dump_path, list(outputs) + queues, "--dump_path")
-    du.barrier()
+            queues = [n for n in os.listdir(args.dump_path) if is_queue_file(n)]
+            rs.archive_previous_run(args.dump_path, outputs + queues, "--dump_path")
+
+    rs.on_rank0(on_main)
+
+
+def is_queue_file(name: str) -> bool:
+    return name.startswith("queue") and name.endswith(".pth")
+
+
+def foreign_output(name: str) -> str | None:
+    """Whose file a top-level name of --dump_path is, when not a SwAV run's."""
+    if name.startswith("checkpoint_") and ck.checkpoint_progress(name) is not None:
+        return "a MoCo-family pretraining run's"
+    return "a linear evaluation's" if name == "model_best.pth.tar" else None
 
 
 def build_model(args: argparse.Namespace, prec: Precision) -> nn.Module:
