@@ -27,6 +27,8 @@ import datetime
 import os
 import signal
 import sys
+import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -242,11 +244,39 @@ def check_rendezvous(url: str, node_rank: int, flag: str = "--dist-url") -> None
     resolve, or (on the rank-0 node, which hosts the store) a port already
     in use is one line at once instead of a wait or a long torch error."""
     scheme, host, port = checks.parse_dist_url(url, flag)
+    if scheme == "file":
+        check_file_store(url, flag)
     if scheme != "tcp":
         return
     address = checks.resolve_host(host, flag)
     if node_rank == 0 and checks.is_local_address(address):
         checks.port_free(port, flag)
+
+
+def check_file_store(url: str, flag: str = "--dist-url") -> None:
+    """A file:// rendezvous needs a folder that exists and can be written
+    (torch's FileStore waits for ever on a path it cannot create)."""
+    path = urllib.parse.urlparse(url).path
+    folder = os.path.dirname(path) or "/"
+    if os.path.isdir(path):
+        raise UserError(
+            f"{flag} '{url}': '{path}' is a folder; give a file in a shared folder, e.g. file://{path}/store"
+        )
+    if not os.path.isdir(folder):
+        raise UserError(
+            f"{flag} '{url}': folder '{folder}' does not exist (expected a folder every process can write, "
+            "on a disk all nodes share)"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} '{url}': folder '{folder}' is not writable")
+
+
+def _give_up(message: str, stderr_fd: int) -> None:
+    """The rendezvous watchdog's end: whatever torch is waiting on (a
+    FileStore, a TCPStore connect, a peer), this process stops with one line
+    (on the real stderr: fd 2 is muted while torch waits)."""
+    os.write(stderr_fd, f"error: {message}\n".encode())
+    os._exit(2)
 
 
 @contextlib.contextmanager
@@ -275,7 +305,18 @@ def init_group(
 ) -> None:
     """init_process_group whose rendezvous (the TCPStore connect and the
     wait for every rank) and collectives give up after `timeout_s` seconds,
-    with one line saying what to do."""
+    with one line saying what to do. A watchdog bounds the rendezvous for
+    every init method (torch's own timeout does not cover all of them: a
+    file:// store waits for ever), a little after torch's own deadline."""
+    late = (
+        f"{flag} {url}: not all {world_size} processes joined within {timeout_flag} {timeout_s:g} s "
+        f"(rank {rank}); start every process with the same {flag} and world size, or raise {timeout_flag}"
+    )
+    sys.stderr.flush()
+    stderr_fd = os.dup(2)
+    watchdog = threading.Timer(timeout_s + min(30.0, 0.5 * timeout_s + 2), _give_up, args=(late, stderr_fd))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         with _quiet_stderr():
             dist.init_process_group(
@@ -298,3 +339,6 @@ def init_group(
         raise UserError(
             f"{flag} {url}: could not join the process group (rank {rank} of {world_size}): {text[:300]}"
         ) from None
+    finally:
+        watchdog.cancel()
+        os.close(stderr_fd)
