@@ -23,6 +23,7 @@ A random init's spread is printed first, for reference.
 import argparse
 import csv
 import os
+import shlex
 import subprocess
 import sys
 
@@ -72,8 +73,14 @@ def variant_flags(name: str) -> dict:
     return {k: v for k, v in flags.items() if v is not None}
 
 
+def flag_args(flags: dict) -> list:
+    """The flags as arguments: a switch alone, others followed by their value."""
+    return [a for k, v in flags.items() for a in ([k] if v is True else [k, str(v)])]
+
+
 def command_line(flags: dict) -> str:
-    return " ".join(k if v is True else f"{k} {v}" for k, v in flags.items())
+    """The flags as printed (and pasted into a shell)."""
+    return shlex.join(flag_args(flags))
 
 
 def random_init_spread(images: torch.Tensor) -> float:
@@ -84,19 +91,21 @@ def random_init_spread(images: torch.Tensor) -> float:
     return collapse.embedding_spread(lambda x: encoder(x), images)
 
 
+def train_command(flags: dict, data: str, folder: str, epochs: int, seed: int) -> list:
+    """The argument list of one variant's main_moco.py run (no shell: any path works)."""
+    cmd = [sys.executable, "-u", "main_moco.py", "-a", "resnet18", "-b", "64", "--image-size", "32", "-j", "1"]
+    cmd += ["-p", "1000", "--resume", "", "--seed", str(seed), *flag_args(flags), "--epochs", str(epochs)]
+    return cmd + ["--ckpt-dir", os.path.join(folder, "ckpt"), data]
+
+
 def train(name: str, flags: dict, data: str, out: str, epochs: int, seed: int) -> str:
     folder = os.path.join(out, name)
-    cmd = (
-        f"{sys.executable} -u main_moco.py -a resnet18 -b 64 --image-size 32 -j 1 -p 1000 --resume '' "
-        f"--seed {seed} {command_line(flags)} --epochs {epochs} --ckpt-dir {folder}/ckpt {data}"
-    )
+    cmd = train_command(flags, data, folder, epochs, seed)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "pretrain.log"), "w") as log:
         # One thread, as the demo's steps (tools/pipeline.py): the same arithmetic, run for run.
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        code = subprocess.call(
-            cmd, shell=True, cwd=os.path.join(REPO, "moco"), stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        code = subprocess.call(cmd, cwd=os.path.join(REPO, "moco"), stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
         raise UserError(f"variant {name}: main_moco.py exited {code}; see {folder}/pretrain.log")
     return folder

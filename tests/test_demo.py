@@ -1,13 +1,20 @@
 """The demo pipeline end to end at a tiny scale (the wiring, not the numbers)."""
 
 import os
+import shlex
+import shutil
 
 from conftest import run
 
 
 def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
-    out, results = tmp_path / "runs", tmp_path / "results"
-    r = run(f"python3 tools/demo.py --data {tiny_data} --scale 0.01 --batch-size 16 --out {out} --results {results}")
+    # Every path holds a space, both quotes and a non-ASCII letter: the steps are argument lists.
+    weird = tmp_path / "d a't\"a é"
+    data, out, results = weird / "data", weird / "runs", weird / "res ults"
+    shutil.copytree(tiny_data, data)
+    q = shlex.quote
+    r = run(f"python3 tools/demo.py --data {q(str(data))} --scale 0.01 --batch-size 16 --out {q(str(out))} "
+            f"--results {q(str(results))}")  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:]
     text = (results / "table.md").read_text()
     table = [line for line in text.splitlines() if line.startswith("|")]
@@ -41,7 +48,7 @@ def test_demo_pipeline_runs_and_writes_table_and_pictures(tiny_data, tmp_path):
     assert len(steps) == 7 and steps[-1].startswith("[demo] 7/7 steps done") and "min left" in steps[0]
     assert "reference step on this machine" in text
     # The DisCo student was trained against the demo's own teacher checkpoint.
-    assert "--teacher " + str(out / "teacher" / "ckpt" / "checkpoint_0000.pth.tar") in r.stdout
+    assert "--teacher " + q(str(out / "teacher" / "ckpt" / "checkpoint_0000.pth.tar")) in r.stdout
 
 
 def test_run_steps_respects_dependencies_and_lanes():

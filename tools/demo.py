@@ -22,7 +22,17 @@ import os
 import sys
 import time
 
-from pipeline import BUILTIN_DATA, REPO_ROOT, StepFailed, reference_step_seconds, run_pipeline
+from pipeline import (
+    BUILTIN_DATA,
+    REPO_ROOT,
+    StepFailed,
+    check_inputs,
+    check_positive,
+    reference_step_seconds,
+    run_pipeline,
+)
+
+from selfsup.core.errors import UserError, cli_main
 
 # Sized to finish in under 15 minutes on a 2-core CPU at 32 px, venv
 # included. The teacher is a ResNet-18 trained 16 epochs: a 7-epoch ResNet-34
@@ -50,13 +60,23 @@ CONFIG = {
 }
 
 
+def env_scale():
+    """DEMO_SCALE (`DEMO_SCALE=0.2 make demo`), the default of --scale."""
+    text = os.environ.get("DEMO_SCALE", "1")
+    try:
+        return check_positive("DEMO_SCALE", float(text))
+    except ValueError:
+        raise UserError(f"DEMO_SCALE {text!r}: expected a number above 0 (0.2: a quick smoke run)") from None
+
+
+@cli_main
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=BUILTIN_DATA)
     p.add_argument(
         "--scale",
         type=float,
-        default=float(os.environ.get("DEMO_SCALE", 1.0)),
+        default=env_scale(),
         help="multiply every epoch count (0.2: a quick smoke run)",
     )
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "demo"))
@@ -65,6 +85,12 @@ def main():
     p.add_argument("--no-pictures", action="store_true")
     p.add_argument("--lanes", type=int, default=2, help="steps run side by side (one torch thread each)")
     args = p.parse_args()
+    check_positive("--scale", args.scale)
+    check_positive("--batch-size", args.batch_size, "an integer")
+    check_positive("--lanes", args.lanes, "an integer")
+    config = dict(CONFIG, batch_size=args.batch_size)
+    # Before the reference step: a wrong --data is said at once (run_pipeline checks again).
+    check_inputs(config, os.path.abspath(args.data), os.path.abspath(args.out), os.path.abspath(args.results))
     start = time.time()
     reference = reference_step_seconds()
     print(
@@ -74,7 +100,7 @@ def main():
     )
     try:
         _, table = run_pipeline(
-            dict(CONFIG, batch_size=args.batch_size),
+            config,
             args.data,
             args.out,
             args.results,

@@ -1,8 +1,16 @@
 """The teacher -> student -> evaluation pipeline that `make demo`
 (tools/demo.py) and the Table 1 analogue (tools/tab1_small.py) run: it
-shells out to the repository's own scripts, as a user would, two steps side
-by side, and writes the table of accuracies (and, for the demo, the curves
-and t-SNE pictures).
+runs the repository's own scripts, as a user would, two steps side by side,
+and writes the table of accuracies (and, for the demo, the curves and t-SNE
+pictures).
+
+Every step is an argument list (no shell): a path with spaces, quotes or
+non-ASCII letters reaches the scripts as it is, and the line printed for a
+step (shlex.join) can be pasted into a shell. The inputs are checked before
+any folder is touched, and the only folders it ever removes are the ones it
+made itself: each holds a marker file (MARKER), and a rerun replaces a
+marked folder that holds nothing but what the steps write (starting fresh,
+as the runs are deterministic); any other folder in its way is refused.
 
 Not part of the library: this orchestration knows the checkout's layout
 (the scripts' folders, data/builtin, runs/, results/), which an installed
@@ -12,7 +20,9 @@ folder is on sys.path) and by the tests (pytest's pythonpath = ["tools"]).
 
 import concurrent.futures
 import csv
+import math
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -22,6 +32,7 @@ import time
 import torch
 
 from selfsup.analysis.knn import checkpoint_knn
+from selfsup.core.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILTIN_DATA = os.path.join(REPO_ROOT, "data", "builtin")
@@ -31,11 +42,17 @@ class StepFailed(RuntimeError):
     pass
 
 
+def shown(cmd, cwd):
+    """The line printed for a step: what a user pastes into a shell to run it."""
+    return f"$ (cd {shlex.quote(os.path.relpath(cwd, REPO_ROOT))} && {shlex.join(cmd)})"
+
+
 def sh(cmd, cwd, log, tag=None):
-    """Run one command line, stream its output to the terminal (lines
-    prefixed by `tag` when steps run side by side) and to `log`."""
+    """Run one command (an argument list: no shell), stream its output to
+    the terminal (lines prefixed by `tag` when steps run side by side) and
+    to `log`."""
     prefix = f"[{tag}] " if tag else ""
-    print(f"\n{prefix}$ (cd {os.path.relpath(cwd, REPO_ROOT)} && {cmd})", flush=True)
+    print(f"\n{prefix}{shown(cmd, cwd)}", flush=True)
     start = time.time()
     with open(log, "w", buffering=1) as f:  # line-buffered: the log can be followed while it runs
         # One torch thread per process: two steps share the two cores of a
@@ -43,7 +60,7 @@ def sh(cmd, cwd, log, tag=None):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("OMP_NUM_THREADS", "1")
         proc = subprocess.Popen(
-            cmd, shell=True, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         for line in proc.stdout:
             f.write(line)
@@ -52,7 +69,7 @@ def sh(cmd, cwd, log, tag=None):
                 sys.stdout.flush()
         proc.wait()
     if proc.returncode != 0:
-        raise StepFailed(f"demo step failed (exit {proc.returncode}); its log: {log}")
+        raise StepFailed(f"error: a step failed (exit {proc.returncode}); its output is above and in '{log}'")
     return time.time() - start
 
 
@@ -149,9 +166,138 @@ def scaled(epochs, scale):
     return max(1, round(epochs * scale))
 
 
+# -- inputs, checked before anything is touched ---------------------------------------
+
+
+def split_flags(text, flag):
+    """A flag string (`--pretrain-flags "--lr 0.03 --cos"`) as the arguments
+    a shell would make of it; an unbalanced quote is one line naming `flag`."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise UserError(f"{flag} {text!r}: {exc}: expected flags as a shell splits them (every quote closed)") from None
+
+
+def check_positive(flag, value, what="a number"):
+    """A count or a scale given on the command line: finite and above 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{flag} {value}: expected {what} above 0")
+    return value
+
+
+def check_data(data, flag="--data"):
+    """`data` is an ImageFolder tree: train/ and val/, each with class folders."""
+    expected = "expected a folder holding train/CLASS/IMAGE and val/CLASS/IMAGE"
+    if not os.path.isdir(data):
+        what = "is not a folder" if os.path.exists(data) else "does not exist"
+        raise UserError(f"{flag} '{data}' {what}: {expected}")
+    for split in ("train", "val"):
+        folder = os.path.join(data, split)
+        if not os.path.isdir(folder):
+            raise UserError(f"{flag} '{data}' has no {split}/ folder: {expected}")
+        if not any(entry.is_dir() for entry in os.scandir(folder)):
+            raise UserError(f"{flag} '{data}': {split}/ holds no class folder: {expected}")
+
+
+def check_out(folder, flag):
+    """An output folder (made if missing) must not be a file."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{flag} '{folder}' is a file: expected a folder (or a path where one can be made)")
+
+
+def check_inputs(config, data, runs, results):
+    """Everything the pipeline can check before it starts: the data tree,
+    the output folders and the flag strings (split as a shell would)."""
+    flags = {key: split_flags(config[key], FLAG_OF[key]) for key in FLAG_OF}
+    check_data(data)
+    check_out(runs, "--out")
+    check_out(results, "--results")
+    return flags
+
+
+# The config's flag strings and the flag of tools/tab1_small.py that sets each.
+FLAG_OF = {
+    "pretrain_flags": "--pretrain-flags",
+    "disco_flags": "--disco-flags",
+    "lincls_flags": "lincls_flags (tools/demo.py's CONFIG)",
+}
+
+# -- the folders this pipeline makes ------------------------------------------------
+
+# Written into each folder the pipeline makes: only such a folder is ever removed.
+MARKER = ".made-by-tools-pipeline"
+MARKER_TEXT = (
+    "This folder was made by tools/pipeline.py (make demo, tools/tab1_small.py). A rerun replaces it when it\n"
+    "holds nothing but what the pipeline writes; with any other file in it the rerun stops and names it.\n"
+)
+# What the pipeline's steps write in the folders it makes.
+OWN_ENTRIES = {
+    *(MARKER, "ckpt", "lincls", "pretrain.log", "lincls.log", "export.log"),  # a model's folder
+    *("draw.log", "curves.log", "curves_lincls.log"),  # the pictures' folder
+}
+
+
+def check_own_folder(folder, flag="--out"):
+    """Whether `folder` exists; a folder that the pipeline did not make (no
+    MARKER), or that holds a file it does not write, is one line: nothing of
+    the user's is ever removed."""
+    if not os.path.lexists(folder):
+        return False
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        raise UserError(
+            f"{flag}: '{folder}' is in the pipeline's way and is not a folder it made: "
+            f"move it away or use another {flag}; nothing was changed"
+        )
+    if not os.path.isfile(os.path.join(folder, MARKER)):
+        raise UserError(
+            f"{flag}: '{folder}' exists without the {MARKER} marker that this pipeline leaves in the folders "
+            "it makes (a folder of yours, or of a demo older than the marker): "
+            f"move it away or use another {flag}; nothing was changed"
+        )
+    foreign = sorted(set(os.listdir(folder)) - OWN_ENTRIES)
+    if foreign:
+        raise UserError(
+            f"{flag}: '{folder}', which an earlier run of this pipeline made, holds files it did not write "
+            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): move them away or use another "
+            f"{flag}; nothing was changed"
+        )
+    return True
+
+
+def fresh_folders(folders, flag="--out"):
+    """Every folder of `folders` empty but for MARKER: all are checked first
+    (check_own_folder), then an earlier run's are removed and all made anew."""
+    earlier = [folder for folder in folders if check_own_folder(folder, flag)]
+    for folder in earlier:
+        shutil.rmtree(folder)
+    for folder in folders:
+        os.makedirs(folder)
+        with open(os.path.join(folder, MARKER), "w") as f:
+            f.write(MARKER_TEXT)
+    if earlier:
+        print(
+            f"=> replaced {len(earlier)} folder(s) made by an earlier run of this pipeline "
+            f"in '{os.path.dirname(folders[0])}'",
+            flush=True,
+        )
+
+
+def planned_folders(rows, runs, pictures_too):
+    """The folders run_pipeline makes in `runs`: one per model, and the pictures' logs."""
+    return [r["folder"] for r in rows] + ([os.path.join(runs, PICTURES_LOGS)] if pictures_too else [])
+
+
+def check_folders(config, runs, scale=1.0, pictures_too=True):
+    """run_pipeline's check of its folders, for a caller that runs it several
+    times (tools/tab1_small.py's seeds): each free, or one it made."""
+    runs = os.path.abspath(runs)
+    for folder in planned_folders(plan_rows(config, runs, scale), runs, pictures_too):
+        check_own_folder(folder)
+
+
 def plan_rows(config, runs, scale):
     """The models of the table: random init, the teacher, and per student arch
-    a MoCo-v2 baseline and a DisCo student."""
+    a MoCo-v2 baseline and a DisCo student (their folders are not made here)."""
     c = config
     ep = lambda n: scaled(n, scale)  # noqa: E731
     t_arch = c["teacher"]["arch"]
@@ -170,8 +316,6 @@ def plan_rows(config, runs, scale):
             os.path.join(r["folder"], "ckpt", f"checkpoint_{r['epochs'] - 1:04d}.pth.tar") if r["epochs"] else None
         )
         r["seconds"] = 0.0
-        shutil.rmtree(r["folder"], ignore_errors=True)  # the demo's own folders: every run starts fresh
-        os.makedirs(r["folder"])
     return rows
 
 
@@ -182,36 +326,37 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     # The steps run in moco/ and DisCo/: every path they get is absolute.
     data, runs, results = os.path.abspath(data), os.path.abspath(runs), os.path.abspath(results)
     c, py = config, sys.executable
+    flags = check_inputs(c, data, runs, results)
+    rows = plan_rows(config, runs, scale)
+    folders = planned_folders(rows, runs, pictures_too)
     os.makedirs(runs, exist_ok=True)
+    fresh_folders(folders)
     os.makedirs(results, exist_ok=True)
     # --resume '': fresh runs (the scripts resume from their --ckpt-dir by default).
-    common = f"-b {c['batch_size']} --image-size {c['image_size']} -j 1 -p 20 --seed {seed} --resume ''"
-    rows = plan_rows(config, runs, scale)
+    common = ["-b", str(c["batch_size"]), "--image-size", str(c["image_size"]), "-j", "1", "-p", "20"]
+    common += ["--seed", str(seed), "--resume", ""]
     teacher = rows[1]
     # The kNN probe runs in this process, beside a training step: one thread.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
     def pretrain(r):
-        flags = f"-a {r['arch']} {common} {c['pretrain_flags']} --epochs {r['epochs']} --ckpt-dir {r['folder']}/ckpt"
+        args = ["-a", r["arch"], *common, *flags["pretrain_flags"], "--epochs", str(r["epochs"])]
+        args += ["--ckpt-dir", os.path.join(r["folder"], "ckpt")]
         if r["method"].startswith("DisCo"):
-            cmd = (
-                f"{py} -u main.py {flags} {c['disco_flags']} --teacher_arch {teacher['arch']} "
-                f"--teacher {teacher['ckpt']} {data}"
-            )
+            cmd = [py, "-u", "main.py", *args, *flags["disco_flags"], "--teacher_arch", teacher["arch"]]
+            cmd += ["--teacher", teacher["ckpt"], data]
             cwd = os.path.join(REPO_ROOT, "DisCo")
         else:
-            cmd = f"{py} -u main_moco.py {flags} {data}"
+            cmd = [py, "-u", "main_moco.py", *args, data]
             cwd = os.path.join(REPO_ROOT, "moco")
         r["seconds"] += sh(cmd, cwd, os.path.join(r["folder"], "pretrain.log"), r["name"])
 
     def evaluate(r):
-        pretrained = f"--pretrained {r['ckpt']} " if r["ckpt"] else ""
-        cmd = (
-            f"{py} -u main_lincls.py -a {r['arch']} {common} {c['lincls_flags']} "
-            f"--epochs {scaled(c['lincls_epochs'], scale)} {pretrained}"
-            f"--ckpt-dir {r['folder']}/lincls {data}"
-        )
+        cmd = [py, "-u", "main_lincls.py", "-a", r["arch"], *common, *flags["lincls_flags"]]
+        cmd += ["--epochs", str(scaled(c["lincls_epochs"], scale))]
+        cmd += ["--pretrained", r["ckpt"]] if r["ckpt"] else []
+        cmd += ["--ckpt-dir", os.path.join(r["folder"], "lincls"), data]
         r["seconds"] += sh(cmd, os.path.join(REPO_ROOT, "moco"), os.path.join(r["folder"], "lincls.log"), r["name"])
         m = last_row(os.path.join(r["folder"], "lincls", "metrics.csv"))
         r["acc1"], r["acc5"] = float(m["acc1"]), float(m["acc5"])
@@ -242,8 +387,12 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     with open(os.path.join(results, "table.md"), "w") as f:
         f.write(table + "\n")
     if pictures_too:
-        pictures(py, rows[1:], runs, results, data)
+        pictures(py, rows[1:], os.path.join(runs, PICTURES_LOGS), results, data)
     return rows, table
+
+
+# The folder (one the pipeline makes) of the picture steps' logs.
+PICTURES_LOGS = "pictures"
 
 
 TABLE_HEADER = ["model", "method", "arch", "pretrain epochs", "kNN top-1", "linear top-1", "linear top-5", "minutes"]
@@ -278,31 +427,31 @@ def read_table(path):
     return rows
 
 
-def pictures(py, rows, runs, results, data):
-    """Training curves and t-SNE of the models (the analysis tools)."""
+def pictures(py, rows, logs, results, data):
+    """Training curves and t-SNE of the models (the analysis tools); their
+    logs in `logs`, each model's export log in its own folder."""
     names = [r["name"] for r in rows]
     emb = os.path.join(results, "embeddings")
     for r in rows:
         sh(
-            f"{py} DisCo/export_embed.py -a {r['arch']} --pretrained {r['ckpt']} --name {r['name']} --out {emb} {data}",
+            [py, "DisCo/export_embed.py", "-a", r["arch"], "--pretrained", r["ckpt"], "--name", r["name"]]
+            + ["--out", emb, data],
             REPO_ROOT,
             os.path.join(r["folder"], "export.log"),
         )
     sh(
-        f"{py} -u draw.py --embed-dir {emb} --names {' '.join(names)} --out {os.path.join(results, 'tsne.png')}",
+        [py, "-u", "draw.py", "--embed-dir", emb, "--names", *names, "--out", os.path.join(results, "tsne.png")],
         os.path.join(REPO_ROOT, "DisCo"),
-        os.path.join(runs, "draw.log"),
+        os.path.join(logs, "draw.log"),
     )
-    ck_dirs = " ".join(os.path.join(runs, n, "ckpt") for n in names)
-    lin_dirs = " ".join(os.path.join(runs, n, "lincls") for n in names)
-    labels = f"--labels {' '.join(names)}"
-    sh(
-        f"{py} -m selfsup.analysis.curves {ck_dirs} {labels} --out {os.path.join(results, 'curves_pretrain.png')}",
-        REPO_ROOT,
-        os.path.join(runs, "curves.log"),
-    )
-    sh(
-        f"{py} -m selfsup.analysis.curves {lin_dirs} {labels} --out {os.path.join(results, 'curves_lincls.png')}",
-        REPO_ROOT,
-        os.path.join(runs, "curves_lincls.log"),
-    )
+    for sub, log, png in (
+        ("ckpt", "curves.log", "curves_pretrain.png"),
+        ("lincls", "curves_lincls.log", "curves_lincls.png"),
+    ):
+        runs = [r["folder"] for r in rows]
+        sh(
+            [py, "-m", "selfsup.analysis.curves", *[os.path.join(f, sub) for f in runs], "--labels", *names]
+            + ["--out", os.path.join(results, png)],
+            REPO_ROOT,
+            os.path.join(logs, log),
+        )

@@ -20,6 +20,7 @@ results/tab1/seedK/) and results/tab1/table.md holds mean ± std per cell.
 import argparse
 import os
 import statistics
+import sys
 
 import matplotlib
 
@@ -29,7 +30,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 # Siblings in tools/ (this script's folder is on sys.path): the demo's
 # recipe and the pipeline it runs.
 from demo import CONFIG  # noqa: E402
-from pipeline import BUILTIN_DATA, REPO_ROOT, flags_line, read_table, run_pipeline  # noqa: E402
+from pipeline import (  # noqa: E402
+    BUILTIN_DATA,
+    REPO_ROOT,
+    StepFailed,
+    check_folders,
+    check_inputs,
+    check_positive,
+    flags_line,
+    read_table,
+    run_pipeline,
+)
+
+from selfsup.core.errors import UserError, cli_main  # noqa: E402
 
 METRICS = ("knn", "acc1", "acc5", "minutes")
 
@@ -106,6 +119,50 @@ def seed_results(results, seed, seeds):
     return results if seeds == 1 else os.path.join(results, f"seed{seed}")
 
 
+def seed_out(out, seed, seeds):
+    """Where one seed's runs go: --out itself for a single seed."""
+    return out if seeds == 1 else os.path.join(out, f"seed{seed}")
+
+
+def check_args(args):
+    """The counts, the students and (unless only replotting) the data, the
+    output folders and the flag strings, before anything is run or written."""
+    check_positive("--seeds", args.seeds, "an integer")
+    if args.replot:
+        return
+    check_positive("--scale", args.scale)
+    check_positive("--teacher-epochs", args.teacher_epochs, "an integer")
+    check_positive("--student-epochs", args.student_epochs, "an integer")
+    twice = sorted({a for a in args.students if args.students.count(a) > 1})
+    if twice:
+        raise UserError(f"--students {' '.join(args.students)}: {', '.join(twice)} listed twice (each arch once)")
+    config = pipeline_config(args)
+    check_inputs(config, os.path.abspath(args.data), os.path.abspath(args.out), args.results)
+    for seed in range(args.seeds):  # every seed's folders, before the first seed runs
+        check_folders(config, seed_out(args.out, seed, args.seeds), args.scale, pictures_too=False)
+
+
+def pipeline_config(args):
+    """The demo's recipe with this run's changes."""
+    return dict(
+        CONFIG,
+        teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
+        students=args.students,
+        student_epochs=args.student_epochs,
+        pretrain_flags=args.pretrain_flags,
+        disco_flags=args.disco_flags,
+    )
+
+
+def read_seed_table(results):
+    """A seed's table.md for --replot; a missing one is one line."""
+    path = os.path.join(results, "table.md")
+    if not os.path.isfile(path):
+        raise UserError(f"--replot: no table at '{path}' (expected the table.md that a run with these --results wrote)")
+    return read_table(path)
+
+
+@cli_main
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=BUILTIN_DATA, help="train/ and val/ (data/builtin; `make digits`: data/digits)")
@@ -129,24 +186,20 @@ def main():
     p.add_argument("--results", default=os.path.join(REPO_ROOT, "results", "tab1"))
     p.add_argument("--replot", action="store_true", help="redraw from the written tables, train nothing")
     args = p.parse_args()
-    if args.seeds < 1:
-        raise SystemExit(f"error: --seeds {args.seeds}: expected at least 1")
+    check_args(args)
     tables = []
     for seed in range(args.seeds):
         results = seed_results(args.results, seed, args.seeds)
         if args.replot:
-            tables.append(read_table(os.path.join(results, "table.md")))
+            tables.append(read_seed_table(results))
             continue
-        config = dict(
-            CONFIG,
-            teacher={"arch": args.teacher, "epochs": args.teacher_epochs},
-            students=args.students,
-            student_epochs=args.student_epochs,
-            pretrain_flags=args.pretrain_flags,
-            disco_flags=args.disco_flags,
-        )
-        out = args.out if args.seeds == 1 else os.path.join(args.out, f"seed{seed}")
-        rows, table = run_pipeline(config, args.data, out, results, args.scale, pictures_too=False, seed=seed)
+        out = seed_out(args.out, seed, args.seeds)
+        try:
+            rows, table = run_pipeline(
+                pipeline_config(args), args.data, out, results, args.scale, pictures_too=False, seed=seed
+            )
+        except StepFailed as exc:
+            sys.exit(str(exc))
         print(f"seed {seed}:\n{table}", flush=True)
         tables.append(rows)
     if args.seeds == 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from selfsup.core import distributed as du
+from selfsup.core.errors import UserError
+from selfsup.core.files import atomic_write
 
 
 class AverageMeter:
@@ -164,12 +167,17 @@ class MetricsWriter:
     value to TensorBoard under `<folder>/tb` when tensorboard is installed.
 
     A resumed run appends to the same file; rows of epochs at or after the
-    resume point are dropped first so the curve has no duplicates."""
+    resume point are dropped first so the curve has no duplicates. A file
+    that is not such a table (not text, rows of another width, epochs that
+    are not increasing integers) is refused before the run starts, and one
+    whose columns are not this run's at its first row: two runs' rows are
+    never mixed in one file."""
 
     def __init__(self, folder: str, start_epoch: int = 0):
         os.makedirs(folder, exist_ok=True)
         self.path = os.path.join(folder, "metrics.csv")
-        self.rows = self._read_rows(start_epoch)
+        self.header, rows = read_metrics(self.path)
+        self.rows = self._keep_rows(rows, start_epoch)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -177,16 +185,12 @@ class MetricsWriter:
         except Exception:  # tensorboard missing: the CSV is the record
             self.tb = None
 
-    def _read_rows(self, start_epoch):
+    def _keep_rows(self, rows, start_epoch):
         """Rows of the epochs before `start_epoch`: the run being continued.
         Rows from `start_epoch` on are redone by this run (a killed run's
         epoch after its last checkpoint); said in one line, never silently.
         A run that does not continue the folder's run has moved its
         metrics.csv aside first (selfsup.engine.runstate.archive_previous_run)."""
-        if not os.path.isfile(self.path):
-            return []
-        with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
         kept = [r for r in rows if int(r["epoch"]) < start_epoch]
         if len(kept) < len(rows):
             print(
@@ -196,18 +200,29 @@ class MetricsWriter:
             )
         return kept
 
+    def _check_columns(self, row):
+        """The file's columns are this run's (checked at the first row written,
+        when this run's columns are known): a file of another kind of run
+        (a linear evaluation's rows in a pretraining run's file) is refused."""
+        if self.header is not None and set(self.header) != set(row):
+            raise UserError(
+                f"metrics file '{self.path}' has the columns of another kind of run ({', '.join(self.header)}); "
+                f"this run writes {', '.join(row)}: give this run a folder of its own, or move the file away "
+                "to start a new one"
+            )
+        self.header = None  # checked once: from here on the file holds this run's rows
+
     def write(self, epoch: int, **values) -> None:
         row = {"epoch": epoch, **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in values.items()}}
+        self._check_columns(row)
         self.rows.append(row)
         fields = []
         for r in self.rows:
             fields += [k for k in r if k not in fields]
-        tmp = f"{self.path}.tmp{os.getpid()}"  # a writer killed here leaves a file the next save removes
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.path, "w", newline="", what="metrics file") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(self.rows)
-        os.replace(tmp, self.path)
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
@@ -217,3 +232,50 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+METRICS_EXPECTED = "a CSV table whose first column is 'epoch', one row per epoch (as the training scripts write it)"
+
+
+def read_metrics(path: str) -> tuple[list[str] | None, list[dict]]:
+    """The header and rows of a run's metrics.csv ((None, []) when there is
+    none or it is empty); one UserError naming the file and what is wrong
+    when it is not the table a run writes: not text, no 'epoch' column
+    first, a row of another width, an epoch that is not an integer >= 0, or
+    epochs that do not increase (two runs' rows one after the other)."""
+    if not os.path.isfile(path):
+        return None, []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            text = f.read()
+        if "\0" in text:  # newer csv modules read NUL bytes as text
+            raise csv.Error("it holds NUL bytes")
+        reader = csv.reader(io.StringIO(text, newline=""))
+        table = [(reader.line_num, cells) for cells in reader if cells]  # blank lines: no rows
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _bad_metrics(path, f"it is not a CSV text file ({exc})") from None
+    if not table:
+        return None, []
+    header, body = table[0][1], table[1:]
+    if header[0] != "epoch" or len(set(header)) != len(header) or "" in header:
+        shown = ",".join(header)[:120]
+        raise _bad_metrics(path, f"its header '{shown}' is not a metrics header (unique column names, 'epoch' first)")
+    rows, last = [], -1
+    for line, cells in body:
+        if len(cells) != len(header):
+            raise _bad_metrics(path, f"line {line} has {len(cells)} cells where the header has {len(header)}")
+        epoch = cells[0]
+        if not (epoch.isascii() and epoch.isdigit()):
+            raise _bad_metrics(path, f"line {line}: epoch {epoch[:40]!r} is not an integer >= 0")
+        if int(epoch) <= last:
+            raise _bad_metrics(path, f"line {line}: epoch {epoch} does not follow epoch {last} (rows of two runs?)")
+        last = int(epoch)
+        rows.append(dict(zip(header, cells)))
+    return header, rows
+
+
+def _bad_metrics(path, what):
+    return UserError(
+        f"metrics file '{path}': {what}; expected {METRICS_EXPECTED}: move it away (checkpoints do not need it) "
+        "and rerun"
+    )
