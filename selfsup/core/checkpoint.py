@@ -205,6 +205,73 @@ def _refused_globals(path, exc):
         return sorted(set(names)), parsed
 
 
+# -- safetensors files (tools/export.py writes them; never a pickle) ---------------
+
+# The metadata "format" of the files selfsup.export writes, and the prefix
+# of their projection head's keys (the backbone's keys are its library's own).
+EXPORT_FORMAT = "selfsup-export/1"
+EXPORT_HEAD_PREFIX = "projection_head."
+SAFETENSORS_SUFFIX = ".safetensors"
+_SAFETENSORS_HEADER_LIMIT = 100_000_000  # the safetensors format's own cap on its JSON header
+
+
+def is_safetensors(path: str) -> bool:
+    """Whether `path` is a safetensors file, told by its first bytes (an
+    8-byte little-endian header length, then the JSON header's '{'), not by
+    its name, so a renamed export is still read without any pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= _SAFETENSORS_HEADER_LIMIT and 8 + n <= size
+
+
+def read_safetensors(path: str, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, read with the safetensors
+    library: a JSON header and raw tensor bytes, nothing is unpickled."""
+    from safetensors import safe_open  # a dependency of timm; imported here to keep core's import light
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # the library's SafetensorError, a truncated file, ...
+        raise UserError(f"{what} '{path}' is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    return tensors, metadata
+
+
+def exported_checkpoint(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, Any]:
+    """A safetensors file as the dict a checkpoint loads to. An export of
+    ours becomes MoCo's layout (``module.encoder_q.<backbone key>``, the
+    projection head in the backbone's head slot) with ``arch``,
+    ``small_images``, ``image_size``, ``epoch`` and the file's metadata under
+    ``exported``, so every reader of pretrained weights takes it as it takes
+    a pretraining checkpoint; any other safetensors file is a plain state
+    dict (timm's or torchvision's own weights, say)."""
+    if metadata.get("format") != EXPORT_FORMAT:
+        return {"state_dict": dict(tensors)}
+    slot = metadata.get("head_slot") or "fc"
+    state = {}
+    for k, v in tensors.items():
+        inner = f"{slot}.{k[len(EXPORT_HEAD_PREFIX) :]}" if k.startswith(EXPORT_HEAD_PREFIX) else k
+        state[f"module.encoder_q.{inner}"] = v
+    ckpt: dict[str, Any] = {
+        "arch": metadata.get("arch"),
+        "state_dict": state,
+        "small_images": metadata.get("small_images") == "true",
+        "exported": dict(metadata),
+    }
+    for key in ("epoch", "image_size"):
+        if str(metadata.get(key, "")).isdigit():
+            ckpt[key] = int(metadata[key])
+    return ckpt
+
+
 def load_file(path: str, what: str = "checkpoint", unsafe: bool | None = None) -> Any:
     """torch.load on CPU, with one-line errors for a missing, unreadable or
     unsafe file.
@@ -212,9 +279,18 @@ def load_file(path: str, what: str = "checkpoint", unsafe: bool | None = None) -
     The default loads with weights_only=True: tensors, plain Python values
     and allowed_globals() only, so a planted pickle cannot run code. With
     `unsafe` (default: the --unsafe-load policy) torch.load runs the file's
-    pickle as is, for files the user trusts."""
+    pickle as is, for files the user trusts. A safetensors file (told by its
+    header) is read without any pickle, whatever `unsafe` says, into the
+    layout of exported_checkpoint."""
     if not path or not os.path.isfile(path):
         raise UserError(f"{what} '{path}' does not exist")
+    if is_safetensors(path):
+        return exported_checkpoint(*read_safetensors(path, what))
+    if path.endswith(SAFETENSORS_SUFFIX):  # named as one: never handed to the unpickler
+        raise UserError(
+            f"{what} '{path}' is not a safetensors file (its first bytes are not a safetensors header); "
+            "a torch checkpoint must not be named .safetensors"
+        )
     unsafe = unsafe_load_enabled() if unsafe is None else unsafe
     try:
         if unsafe:

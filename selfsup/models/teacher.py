@@ -12,7 +12,9 @@ logic: the method holding it decides its BatchNorm mode (DisCo's
   ``DCresnet50``, ``SELAresnet50``): the official SwAV, DeepCluster-v2 and
   SeLa-v2 releases or our own SwAV runs (layout: selfsup.models.swav);
 - the DINO, MoCo-v3 and DINOv2 releases (``--teacher_arch dino_vits16``,
-  ``mocov3_resnet50``, ``dinov2_vits14``, ...), via selfsup.models.releases.
+  ``mocov3_resnet50``, ``dinov2_vits14``, ...), via selfsup.models.releases;
+- any of these exported by tools/export.py --with-head (a safetensors file,
+  selfsup.models.exported): the same backbone and head, so the same embedding.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 from selfsup.core import checkpoint as ck
 from selfsup.core.errors import UserError
 from selfsup.models.backbones import create_backbone, set_head
+from selfsup.models.exported import load_exported_encoder
 from selfsup.models.heads import projection_head
 from selfsup.models.releases import is_release, load_release_encoder
 from selfsup.models.swav import load_swav_encoder
@@ -126,7 +129,12 @@ def load_teacher(arch: str, path: str, small_images: bool | None = None, nmb_pro
     """A frozen teacher of `arch` with the weights of `path`, in eval mode."""
     if not path:
         raise UserError("--teacher PATH is required (a MoCo-v2, SwAV, DINO, MoCo-v3 or DINOv2 file of --teacher_arch)")
-    if arch in SWAV_TEACHERS:
+    if ck.is_safetensors(path):  # tools/export.py --with-head, of any family: backbone + head, one layout
+        encoder, _ = load_exported_encoder(
+            path, arch, with_head=True, what="--teacher file", arch_flag="--teacher_arch"
+        )
+        teacher = EmbeddingTeacher(encoder)
+    elif arch in SWAV_TEACHERS:
         teacher = load_swav_teacher(arch, path, nmb_prototypes=nmb_prototypes, small_images=small_images)
     elif is_release(arch):  # built at the release's own stem: small_images does not apply
         encoder, release, layout = load_release_encoder(arch, path)
