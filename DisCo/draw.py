@@ -9,7 +9,6 @@ of the first 10 classes, runs t-SNE per model and writes ../results/tsne.png.
 See docs/analysis.md.
 """
 
-import argparse
 from pathlib import Path
 
 from selfsup.analysis import embeddings, tsne
@@ -21,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where resu
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="t-SNE scatter plots of exported embeddings, one panel per model")
+    p = checks.FlagParser(description="t-SNE scatter plots of exported embeddings, one panel per model")
     embeddings.add_embedding_args(p, str(REPO / "results" / "embeddings"), "to draw, in panel order")
     p.add_argument("--titles", nargs="+", default=None, help="panel titles, one per name (default: the names)")
     p.add_argument(
@@ -57,7 +56,9 @@ def check_args(args):
     checks.at_least(args.per_class, 1, "--per-class", "a positive number")
     checks.positive(args.perplexity, "--perplexity", "a number > 0")
     checks.seed(args.seed)
-    checks.at_least(args.threads, 1, "--threads", "1 or more")
+    checks.at_least(args.threads, 0, "--threads", "0 (no cap) or more")
+    if args.classes is not None and min(args.classes) < 0:
+        raise UserError(f"--classes {' '.join(map(str, args.classes))}: expected label values >= 0")
     checks.output_file(args.out, "--out")
 
 

@@ -11,7 +11,6 @@ draw.py and data/cal_mi.py read. Any of our checkpoints works: MoCo-v2
 pretraining, DisCo, SwAV or linear evaluation. See docs/analysis.md.
 """
 
-import argparse
 import os
 from pathlib import Path
 
@@ -21,13 +20,14 @@ from selfsup.cli.flags import add_unsafe_load_arg, default_data
 from selfsup.core import checks
 from selfsup.core.errors import UserError, cli_main
 from selfsup.core.files import check_name, refuse_overwriting
+from selfsup.models.backbones import check_image_size
 
 REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where results/ goes
 OUTPUTS = (embeddings.EMBED_SUFFIX, embeddings.LABELS_SUFFIX)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Embeddings + labels of an image set from a checkpoint's backbone")
+    p = checks.FlagParser(description="Embeddings + labels of an image set from a checkpoint's backbone")
     p.add_argument(
         "data",
         metavar="DIR",
@@ -66,6 +66,7 @@ def main(argv=None):
         raise UserError(f"--max-images {args.max_images}: expected a positive number")
     if args.image_size is not None:
         checks.at_least(args.image_size, 1, "--image-size", "a positive number of pixels")
+        check_image_size(args.arch, args.image_size, None)  # None: either stem (the checkpoint's)
     checks.at_least(args.workers, 0, "-j/--workers", "0 or more")
     if args.gpu is not None:
         checks.at_least(args.gpu, 0, "--gpu", "a GPU index >= 0")

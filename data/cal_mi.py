@@ -9,7 +9,6 @@ estimates the mutual information for each model and each bin count of
 --bins rows) and results/bi/bi.png. See docs/analysis.md for the formulas.
 """
 
-import argparse
 from pathlib import Path
 
 from selfsup.analysis import bi, embeddings
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]  # this script's checkout: where resu
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Binning estimate of I(X;T) and I(T;Y) of exported embeddings")
+    p = checks.FlagParser(description="Binning estimate of I(X;T) and I(T;Y) of exported embeddings")
     embeddings.add_embedding_args(p, str(REPO / "results" / "embeddings"), "to analyse")
     p.add_argument("--bins", type=int, default=30, help="bin count of the markdown table and the marked points (30)")
     p.add_argument(

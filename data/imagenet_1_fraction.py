@@ -26,7 +26,7 @@ SIMCLR_SPLITS = {1: os.path.join(HERE, "1percent.txt"), 10: os.path.join(HERE, "
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = check.FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ratio", type=float, default=1, help="percent of labelled images (default 1, as the original)")
     p.add_argument(
         "--source",

@@ -9,6 +9,7 @@ import argparse
 import os
 import time
 
+from selfsup.core import checks
 from selfsup.core.errors import cli_main
 from selfsup.data.builtin import CLASSES, prepare
 
@@ -16,15 +17,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @cli_main
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = checks.FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(HERE, "builtin"))
     p.add_argument("--train-per-class", type=int, default=300)
     p.add_argument("--val-per-class", type=int, default=100)
     p.add_argument("--size", type=int, default=40, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="redraw even if the tree is complete")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    checks.at_least(args.train_per_class, 1, "--train-per-class", "a positive number of images")
+    checks.at_least(args.val_per_class, 1, "--val-per-class", "a positive number of images")
+    checks.at_least(args.size, 1, "--size", "a positive number of pixels")
+    checks.seed(args.seed)
     start = time.time()
     n = prepare(args.out, args.train_per_class, args.val_per_class, args.size, args.seed, args.force)
     if n == 0:

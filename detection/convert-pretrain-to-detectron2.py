@@ -8,16 +8,15 @@ renames to detectron2's ResNet and prints what was kept. ResNet-18/34: res5 is n
 transferred (R-C4 builds it of bottleneck blocks in the ROI head).
 """
 
-import argparse
-
 from selfsup.cli.flags import add_unsafe_load_arg
+from selfsup.core.checks import FlagParser
 from selfsup.core.errors import cli_main
 from selfsup.detection.convert import convert_file
 
 
 @cli_main
 def run():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = FlagParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="checkpoint written by main_moco.py / DisCo main.py")
     parser.add_argument("output", help="detectron2 pickle to write (e.g. ./output.pkl)")
     add_unsafe_load_arg(parser)

@@ -14,7 +14,7 @@ from selfsup.engine.swav_eval import run_eval_linear
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Linear evaluation of a SwAV / SwAV+DisCo backbone")
+    p = swav_flags.parser("Linear evaluation of a SwAV / SwAV+DisCo backbone")
     a = p.add_argument
     a("--data_path", type=str, default="/path/to/imagenet", help="folder holding train/ and val/")
     a("--arch", default="resnet50", type=str)

@@ -13,7 +13,7 @@ from selfsup.engine.swav_train import run_swav
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="SwAV pretraining")
+    p = swav_flags.parser("SwAV pretraining")
     swav_flags.add_swav_args(p)  # --data_path, multi-crop, --crops_for_assign ... --epoch_queue_starts
     swav_flags.add_swav_optim_args(p)  # --epochs, --batch_size, --base_lr ... --start_warmup
     swav_flags.add_swav_run_args(p)  # --arch, --hidden_mlp, --workers ... --dump_path, --restart, --seed

@@ -38,7 +38,7 @@ def add_teacher_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="SwAV + DisCo distillation")
+    p = swav_flags.parser("SwAV + DisCo distillation")
     swav_flags.add_swav_args(p)  # --data_path, multi-crop, --crops_for_assign ... --epoch_queue_starts
     swav_flags.add_swav_optim_args(p)  # --epochs, --batch_size, --base_lr ... --start_warmup
     swav_flags.add_swav_run_args(p)  # --arch, --hidden_mlp, --workers ... --dump_path, --restart, --seed

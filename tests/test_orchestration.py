@@ -224,7 +224,7 @@ def test_a_quoted_value_in_a_flag_string_is_one_argument(tiny_data, tmp_path, mo
     "argv, line",
     [
         (["--seeds", "0"], "error: --seeds 0: expected an integer above 0"),
-        (["--scale", "nan"], "error: --scale nan: expected a number above 0"),
+        (["--scale", "nan"], "error: --scale nan: expected a finite number"),
         (["--scale", "-1"], "error: --scale -1.0: expected a number above 0"),
         (["--teacher-epochs", "0"], "error: --teacher-epochs 0: expected an integer above 0"),
         (["--student-epochs", "-2"], "error: --student-epochs -2: expected an integer above 0"),

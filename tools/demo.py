@@ -32,6 +32,7 @@ from pipeline import (
     run_pipeline,
 )
 
+from selfsup.core.checks import FlagParser
 from selfsup.core.errors import UserError, cli_main
 
 # Sized to finish in under 15 minutes on a 2-core CPU at 32 px, venv
@@ -71,7 +72,7 @@ def env_scale():
 
 @cli_main
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=BUILTIN_DATA)
     p.add_argument(
         "--scale",

@@ -42,6 +42,7 @@ from pipeline import (  # noqa: E402
     run_pipeline,
 )
 
+from selfsup.core.checks import FlagParser  # noqa: E402
 from selfsup.core.errors import UserError, cli_main  # noqa: E402
 
 METRICS = ("knn", "acc1", "acc5", "minutes")
@@ -164,7 +165,7 @@ def read_seed_table(results):
 
 @cli_main
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = FlagParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=BUILTIN_DATA, help="train/ and val/ (data/builtin; `make digits`: data/digits)")
     # Defaults: the demo's recipe (tools/demo.py's CONFIG), which shows DisCo's gain
     # on both data sets; the paper's other students and teachers by flag.

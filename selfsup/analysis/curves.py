@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from selfsup.analysis.figures import save_figure
+from selfsup.core.checks import FlagParser
 from selfsup.core.errors import UserError, cli_main
 from selfsup.core.files import refuse_overwriting
 
@@ -162,7 +163,7 @@ def run_label(run: str | os.PathLike) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         description="Draw training curves (loss, lr, top-1, ...) of one or more runs from their metrics.csv files."
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder holding metrics.csv, or the CSV file itself")

@@ -12,7 +12,8 @@ from selfsup.core import checks as check
 from selfsup.core.checkpoint import set_unsafe_load
 from selfsup.core.errors import UserError
 from selfsup.data.augment import CROP_MIN
-from selfsup.models.backbones import default_image_size
+from selfsup.models import releases
+from selfsup.models.backbones import check_image_size, default_image_size
 
 
 def default_data(script: Optional[str] = None) -> str:
@@ -36,7 +37,7 @@ def common_parser(
     workers: int = 32,
     batch_size: int = 256,
 ) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = check.FlagParser(description=description)
     p.add_argument(
         "data",
         metavar="DIR",
@@ -248,6 +249,12 @@ def finish_common(args: argparse.Namespace) -> argparse.Namespace:
     if args.gpu is not None:
         check.at_least(args.gpu, 0, "--gpu", "a GPU index >= 0")
     check.at_least(args.cpu_procs, 1, "--cpu-procs", "1 or more")
+    if args.cpu_procs > 1 and not args.multiprocessing_distributed:
+        raise UserError(
+            f"--cpu-procs {args.cpu_procs} needs --multiprocessing-distributed (without it one process runs)"
+        )
+    if getattr(args, "save_freq", None) is not None:
+        check.at_least(args.save_freq, 0, "--save-freq", "0 (checkpoints after each epoch only) or more iterations")
     check_launch(args)
     check.output_dir(args.ckpt_dir, "--ckpt-dir")
     args.workers = max(0, min(args.workers, os.cpu_count() or 1))
@@ -267,12 +274,26 @@ def check_launch(args: argparse.Namespace) -> None:
         raise UserError(
             f"--rank {args.rank} with --world-size {args.world_size}: expected a rank below {args.world_size}"
         )
-    if args.multiprocessing_distributed and args.world_size > 1 and args.rank < 0:
-        raise UserError(f"--world-size {args.world_size} nodes: give each node its --rank (0 to {args.world_size - 1})")
     if args.dist_backend not in ("nccl", "gloo", "mpi", "ucc"):
         raise UserError(f"--dist-backend {args.dist_backend}: expected nccl or gloo")
     check.positive(args.dist_timeout, "--dist-timeout", "a positive number of seconds")
-    check.parse_dist_url(args.dist_url)
+    scheme, _, _ = check.parse_dist_url(args.dist_url)
+    if scheme != "env":  # env:// (a launcher) gives the rank and world size the flags leave out
+        check_rank_pair(args)
+
+
+def check_rank_pair(args: argparse.Namespace) -> None:
+    """--rank and --world-size go together, in each launch style: a node
+    rank without the node count would place a single process at rank N of 1
+    (and resume from RNG states it does not have), a node count without the
+    rank would start every node as node 0."""
+    if args.rank > 0 and args.world_size == -1:
+        raise UserError(
+            f"--rank {args.rank} without --world-size: give --world-size, the number of nodes "
+            "(--rank is this node's index below it)"
+        )
+    if args.world_size > 1 and args.rank < 0:
+        raise UserError(f"--world-size {args.world_size} nodes: give each node its --rank (0 to {args.world_size - 1})")
 
 
 def finish_moco(args: argparse.Namespace, default_hidden: int = -1) -> argparse.Namespace:
@@ -295,6 +316,16 @@ def finish_moco(args: argparse.Namespace, default_hidden: int = -1) -> argparse.
             f"--moco-k {args.moco_k} is smaller than -b/--batch-size {args.batch_size}: "
             "the queue must hold at least one batch of keys"
         )
+    nodes = max(args.world_size, 1)
+    if args.moco_k < args.batch_size * nodes:  # each step enqueues the keys of every node
+        raise UserError(
+            f"--moco-k {args.moco_k} is smaller than the {args.batch_size * nodes} keys of one step "
+            f"(-b/--batch-size {args.batch_size} on each of --world-size {nodes} nodes): "
+            "the queue must hold at least one step's keys"
+        )
+    if getattr(args, "gpu_aug_decode", "gpu") != "gpu" and not getattr(args, "gpu_aug", False):
+        raise UserError(f"--gpu-aug-decode {args.gpu_aug_decode} sets how --gpu-aug decodes: it needs --gpu-aug")
+    check_image_size(args.arch, args.image_size, bool(args.small_images))
     return args
 
 
@@ -344,6 +375,7 @@ def finish_lincls(args: argparse.Namespace) -> argparse.Namespace:
         args.resume = found if os.path.isfile(found) else ""
     if args.evaluate and not (args.resume or args.pretrained):
         raise UserError("-e/--evaluate needs a model: give --resume (a linear-eval checkpoint) or --pretrained")
+    check_image_size(args.arch, args.image_size, args.small_images)  # None: either stem (the checkpoint's)
     return args
 
 
@@ -407,6 +439,8 @@ def finish_distill(args: argparse.Namespace) -> argparse.Namespace:
             check.non_negative(getattr(args, flag), "--" + flag.replace("_", "-"))
     if not args.teacher:
         raise UserError("--teacher PATH is required (a MoCo-v2 or SwAV checkpoint of --teacher_arch)")
+    if releases.is_release(args.teacher_arch):  # the others' stem comes from their checkpoint
+        releases.check_image_size(args.teacher_arch, args.image_size)
     return args
 
 

@@ -15,7 +15,12 @@ from selfsup.cli.flags import (
 from selfsup.core import checks as check
 from selfsup.core.errors import UserError
 from selfsup.data.multicrop import check_multicrop_args
-from selfsup.models.backbones import backbone_spec
+from selfsup.models.backbones import backbone_spec, check_image_size
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The SwAV scripts' parser: inf/nan floats and argparse's own errors are one line (checks.FlagParser)."""
+    return check.FlagParser(description=description)
 
 
 def bool_flag(s: str) -> bool:
@@ -156,15 +161,25 @@ def finish_swav_args(args: argparse.Namespace, distill: bool = False) -> argpars
     n = sum(args.nmb_crops)
     if not args.crops_for_assign or any(not 0 <= c < n for c in args.crops_for_assign):
         raise UserError(f"--crops_for_assign {args.crops_for_assign}: expected crop indices below {n}")
+    if len(set(args.crops_for_assign)) != len(args.crops_for_assign):
+        raise UserError(f"--crops_for_assign {args.crops_for_assign}: expected each crop once")
     if args.batch_size < 1:
         raise UserError(f"--batch_size {args.batch_size}: expected a positive number")
     if args.epochs < 1:
         raise UserError(f"--epochs {args.epochs}: nothing to train")
-    if args.nmb_prototypes < 1 or args.feat_dim < 1:
-        raise UserError("--nmb_prototypes and --feat_dim must be positive")
+    check.at_least(args.nmb_prototypes, 1, "--nmb_prototypes", "a positive number of prototypes")
+    check.at_least(args.feat_dim, 1, "--feat_dim", "a positive embedding width")
     if args.sync_bn not in ("pytorch", "apex", "none"):
         raise UserError(f"--sync_bn {args.sync_bn}: expected pytorch, apex or none")
     check_args(args)
+    if 0 < args.queue_length < args.batch_size:  # the original rounds it down to a multiple of the step's features
+        raise UserError(
+            f"--queue_length {args.queue_length} is shorter than one step's {args.batch_size} features "
+            "(--batch_size, per process): it would be cut to 0, no queue; give 0 or a multiple of "
+            "--batch_size x the processes"
+        )
+    for size in dict.fromkeys(args.size_crops):
+        check_image_size(args.arch, size, args.small_images, "--arch", "--size_crops")
     args.workers = max(0, min(args.workers, os.cpu_count() or 1))
     if distill:
         if args.pretrained and args.teacher and args.pretrained != args.teacher:
@@ -187,9 +202,9 @@ def finish_eval_linear_args(args: argparse.Namespace) -> argparse.Namespace:
             )
         if args.pooled_bn:
             raise UserError("--pooled_bn true needs --global_pooling true (use --use_bn without global pooling)")
-    if args.batch_size < 1 or args.epochs < 1:
-        raise UserError("--batch_size and --epochs must be positive")
     check_args(args)
+    if args.image_size is not None:
+        check_image_size(args.arch, args.image_size, args.small_images, "--arch", "--image_size")
     args.workers = max(0, min(args.workers, os.cpu_count() or 1))
     return args
 
@@ -203,6 +218,10 @@ _RANGES = [
     ("workers", lambda v, f: check.at_least(v, 0, f, "0 or more")),
     ("print_freq", lambda v, f: check.at_least(v, 1, f, "a positive number of iterations")),
     ("checkpoint_freq", lambda v, f: check.at_least(v, 1, f, "a positive number of epochs")),
+    ("save_freq", lambda v, f: check.at_least(v, 0, f, "0 (checkpoints after each epoch only) or more iterations")),
+    ("syncbn_process_group_size", lambda v, f: check.at_least(v, 1, f, "1 or more processes")),
+    ("teacher_hidden_mlp", lambda v, f: check.at_least(v, 0, f, "0 (linear head) or a positive width")),
+    ("local_rank", lambda v, f: check.at_least(v, 0, f, "the process's index on its node (0 or more)")),
     ("base_lr", check.learning_rate),
     ("lr", check.learning_rate),
     ("final_lr", check.non_negative),
@@ -224,6 +243,22 @@ _RANGES = [
 ]
 
 
+def check_rank(args: argparse.Namespace) -> None:
+    """--rank against --world_size (a launcher sets both in the environment,
+    which wins over the flags; these are the flags as given)."""
+    if args.rank < 0:
+        raise UserError(f"--rank {args.rank}: expected the process's rank (0 or more)")
+    if args.world_size > 0 and args.rank >= args.world_size:
+        raise UserError(
+            f"--rank {args.rank} with --world_size {args.world_size}: expected a rank below {args.world_size}"
+        )
+    if args.rank > 0 and args.world_size == -1:
+        raise UserError(
+            f"--rank {args.rank} without --world_size: give --world_size, the number of processes "
+            "(or start the processes with torchrun, which sets both)"
+        )
+
+
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Every range of a SwAV script's flags, the launch settings and
     --dump_path, before any work: one line naming the flag."""
@@ -234,6 +269,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--decay_epochs {' '.join(map(str, args.decay_epochs))}: expected epochs >= 0")
     if args.world_size == 0 or args.world_size < -1:
         raise UserError(f"--world_size {args.world_size}: expected the number of processes (1 or more)")
+    check_rank(args)
     check.parse_dist_url(args.dist_url, "--dist_url")
     check.output_dir(args.dump_path, "--dump_path")
     return args

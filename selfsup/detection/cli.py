@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from selfsup.core.checks import FlagParser
 from selfsup.core.errors import UserError
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         description="Fine-tune a converted ResNet in detectron2 (R-C4) and evaluate on VOC/COCO",
         epilog="Trailing KEY VALUE pairs override the config, e.g. MODEL.RESNETS.DEPTH 34 "
         "MODEL.RESNETS.RES2_OUT_CHANNELS 64",

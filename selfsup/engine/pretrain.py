@@ -32,6 +32,7 @@ from selfsup.engine.precision import Precision
 from selfsup.engine.progress import EpochMeters, MetricsWriter
 from selfsup.engine.runstate import seed_everything
 from selfsup.models import health
+from selfsup.models.backbones import small_bn_group_warning
 
 
 def resume_path(args: argparse.Namespace) -> str | None:
@@ -239,6 +240,8 @@ def _pretrain(args, build_model):
         )
     prec = Precision.from_args(args)
     model = prec.model(build_model(args).to(args.device))
+    if main and (bn_line := small_bn_group_warning(model, args.batch_size, args.bn_splits, args.world_size)):
+        print(bn_line, flush=True)
     if main and (prec.dtype is not None or prec.channels_last or getattr(args, "gpu_aug", False)):
         print(f"=> precision {prec.name}{', GPU data pipeline' if getattr(args, 'gpu_aug', False) else ''}", flush=True)
     if args.distributed:

@@ -9,7 +9,10 @@ checkpoint keys as the original's: ``encoder_q.fc.*`` / ``encoder_q.classifier.*
 
 ``small_images=True`` adapts the stem to 32-64 px inputs: a 3x3 stride-1 first
 convolution and no max-pool for ResNets, a stride-1 stem for the timm CNNs,
-and 4 px (ViT) / 8 px (XCiT) patches for the transformers.
+and 4 px (ViT) / 8 px (XCiT) patches for the transformers. timm's
+transformers are built with ``dynamic_img_size`` where they have it (their
+position embeddings resampled to each input), so they run at any image
+size; ``check_image_size`` refuses, before any work, a size a model cannot take.
 
 Besides the paper's names, any timm model name (``convnext_atto``, or
 ``timm:NAME`` to force timm where a name is also ours) and any torchvision
@@ -23,10 +26,13 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
+import torch
 import torch.nn as nn
 import torchvision.models as tvm
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.resnet import Bottleneck
 
+from selfsup.core.checks import bn_group_warning
 from selfsup.core.errors import UserError
 
 
@@ -108,12 +114,23 @@ def _timm_cnn(name):
 
 def _timm_vit(name, small_kwargs):
     def build(small):
-        import timm
-
-        kwargs = small_kwargs if small else {}
-        return timm.create_model(name, pretrained=False, **kwargs)
+        return _timm_any_size(name, small_kwargs if small else {})
 
     return build
+
+
+def _timm_any_size(name, kwargs):
+    """timm's `name`, for any input size where it can be (ViT, DeiT, Swin...):
+    dynamic_img_size resamples the position embeddings to each input's patch
+    grid (identity at the size they were built for), so --image-size need not
+    be the model's native one and the state dict is the same at every size.
+    Models without the option are built as they are."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=False, dynamic_img_size=True, **kwargs)
+    except TypeError:  # the model has no such option (XCiT, CNNs...)
+        return timm.create_model(name, pretrained=False, **kwargs)
 
 
 BACKBONES: Dict[str, BackboneSpec] = {
@@ -207,7 +224,7 @@ def _timm_any(name):
                         "drop --small-images"
                     ) from None
         if model is None:
-            model = timm.create_model(name, pretrained=False)
+            model = timm.create_model(name, pretrained=False) if small else _timm_any_size(name, {})
             if small:
                 _small_stem(model)
         cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
@@ -359,3 +376,96 @@ def set_head(model: nn.Module, head: nn.Module) -> nn.Module:
 
 def get_head(model: nn.Module) -> nn.Module:
     return model.get_submodule(model.head_name)
+
+
+# -- checks before a run: image size, BatchNorm groups ----------------------------
+
+# Families whose zoo builds take any input size (a convolutional stem and
+# adaptive pooling): not probed, so most runs pay nothing for the check.
+_ANY_SIZE_FAMILIES = ("resnet", "timm-cnn")
+
+
+def probe_forward(build: Callable[[], nn.Module], size: int) -> Optional[str]:
+    """The error a `size` x `size` image raises in the model `build()`
+    makes, on one line, or None when it runs (or when this cannot be told).
+    The model is built and run on the meta device: shapes only, no weights,
+    no arithmetic, so even a large teacher costs a fraction of a second."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except UserError:
+        raise
+    except Exception:  # some inits read values (meta tensors have none): the run itself will tell
+        return None
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, 3, size, size, device="meta"))
+    except NotImplementedError:  # an op without a meta kernel
+        return None
+    except Exception as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return None if "meta" in text else text
+    return None
+
+
+def native_image_size(arch: str) -> Optional[int]:
+    """The input size timm built `arch` for (its pretrained config), if it has one."""
+    if arch.startswith(TV_PREFIX):
+        return None
+    try:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(arch[len(TIMM_PREFIX) :] if arch.startswith(TIMM_PREFIX) else arch)
+    except Exception:
+        return None
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(size[-1]) if size else None
+
+
+def image_size_problem(arch: str, size: int, small_images: Optional[bool]) -> Optional[str]:
+    """Why `arch` cannot run on `size` px images, or None. With
+    small_images None (a linear evaluation takes it from the checkpoint)
+    only a size that neither stem takes is a problem."""
+    spec = backbone_spec(arch)
+    if spec.family in _ANY_SIZE_FAMILIES:
+        return None
+    if small_images is not None:
+        return probe_forward(lambda: create_backbone(arch, small_images)[0], size)
+    problems = []
+    for small in (False, True):
+        try:
+            problems.append(probe_forward(lambda small=small: create_backbone(arch, small)[0], size))
+        except UserError as exc:  # this stem cannot be built at all: the other one decides
+            problems.append(str(exc))
+    return None if None in problems else problems[0]
+
+
+def check_image_size(
+    arch: str, size: int, small_images: Optional[bool], arch_flag: str = "-a", size_flag: str = "--image-size"
+) -> None:
+    """One line, before any work, when `arch` cannot take `size` px inputs
+    (a transformer with a fixed patch grid, windows the image cannot hold,
+    a size that is not a multiple of the patch...), instead of the model's
+    own assertion at the first step."""
+    problem = image_size_problem(arch, size, small_images)
+    if problem is not None:
+        raise image_size_error(arch, size, problem, native_image_size(ALIASES.get(arch, arch)), arch_flag, size_flag)
+
+
+def image_size_error(
+    arch: str, size: int, problem: str, native: Optional[int], arch_flag: str, size_flag: str
+) -> UserError:
+    hint = f" (its native size is {native} px)" if native else ""
+    return UserError(
+        f"{arch_flag} {arch} cannot take {size} px images ({size_flag} {size}): {problem.rstrip('.')}; "
+        f"give {size_flag} a size it accepts{hint}"
+    )
+
+
+def small_bn_group_warning(model: nn.Module, batch: int, bn_splits: int, processes: int) -> Optional[str]:
+    """core.checks.bn_group_warning for a model that has BatchNorm layers
+    (a transformer's LayerNorms do not care how many images a group holds)."""
+    if not any(isinstance(m, _BatchNorm) for m in model.modules()):
+        return None
+    return bn_group_warning(batch, bn_splits, processes)

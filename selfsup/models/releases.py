@@ -34,7 +34,7 @@ from torch import nn
 
 from selfsup.core import checkpoint as ck
 from selfsup.core.errors import UserError
-from selfsup.models.backbones import create_backbone, set_head
+from selfsup.models.backbones import create_backbone, image_size_error, probe_forward, set_head
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,19 @@ def build_trunk(release: Release) -> tuple[nn.Module, str]:
     model = timm.create_model(release.model, pretrained=False, num_classes=0, **kwargs)
     model.head_name = "head"
     return model, "head"
+
+
+def check_image_size(arch: str, size: int, arch_flag: str = "--teacher_arch", size_flag: str = "--image-size") -> None:
+    """One line, before any work, when the release's trunk cannot take `size`
+    px images (DINOv2's 14 px patches need a multiple of 14), instead of
+    timm's assertion at the first step. ViT releases resample their position
+    embeddings to any patch grid (build_trunk), so most sizes pass."""
+    release = RELEASES[arch]
+    if release.model == "resnet50":  # any size
+        return
+    problem = probe_forward(lambda: build_trunk(release)[0], size)
+    if problem is not None:
+        raise image_size_error(arch, size, problem, release.native, arch_flag, size_flag)
 
 
 # -- key mapping: release names -> timm names ------------------------------------
