@@ -497,6 +497,8 @@ def boundary_hook(
     (a collective: every rank calls it) and returns its path."""
 
     def hook(epoch, i):
+        if _PREEMPT_AT == (epoch, i):
+            _debug_preempt()
         stop = any_rank(stop_signal() is not None, device)
         if stop or (save_freq and i % save_freq == 0):
             path = save(epoch, i)
@@ -518,6 +520,27 @@ _KILL_AT = (
 )
 
 
+# Debug hook for tests/test_submitit.py: SELFSUP_DEBUG_PREEMPT=EPOCH:BATCH makes
+# every rank, at that boundary, send the scheduler's warning signal (submitit's:
+# $SUBMITIT_PREEMPT_SIGNAL, default USR2) to its parent, the job task of
+# tools/run_with_submitit.py, and wait for the stop signal the task passes back:
+# a pre-emption at a known iteration that goes through the whole requeue path.
+_PREEMPT_AT = (
+    tuple(int(x) for x in os.environ["SELFSUP_DEBUG_PREEMPT"].split(":"))
+    if os.environ.get("SELFSUP_DEBUG_PREEMPT")
+    else None
+)
+
+
+def _debug_preempt() -> None:
+    import time
+
+    os.kill(os.getppid(), getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
+    deadline = time.monotonic() + 120  # a parent that never answers: carry on unstopped
+    while stop_signal() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def announce_stop(path: str, epoch: int, i: int | None = None) -> NoReturn:
     if du.is_main_process():
         where = f"epoch {epoch} iteration {i}" if i is not None else f"the end of epoch {epoch}"
@@ -525,6 +548,10 @@ def announce_stop(path: str, epoch: int, i: int | None = None) -> NoReturn:
             f"=> {stop_signal() or 'stop signal'}: saved '{path}' at {where}; rerun the same command to continue",
             flush=True,
         )
+    # Every rank calls this after agreeing on the stop. A launcher that tears a
+    # job down when its first process exits (srun --kill-on-bad-exit, torchrun's
+    # agents) must not meet rank 0 still writing the file.
+    du.barrier()
     raise Preempted()
 
 
