@@ -62,6 +62,9 @@ NOT_SCRIPTS = {"tools/pipeline.py"}  # the tools' shared module
 GUARDED = ("launch", "launch_in_place", "export_checkpoint", "run_pipeline", "reference_step_seconds", "prepare")
 GUARDED += ("prepare_digits", "convert_file", "import_submitit")
 
+# Scripts whose guarded function checks its ranges first, before any work.
+CHECKS_IN_WORK = {"tools/export.py": "export_checkpoint"}  # --image-size, then the checkpoint is read
+
 _MODULES = {}
 
 
@@ -86,7 +89,7 @@ def call(path, argv, monkeypatch):
     """The script's entry point on `argv` (through sys.argv for those that read it)."""
     module = load(path)
     for name in GUARDED:
-        if hasattr(module, name):
+        if hasattr(module, name) and CHECKS_IN_WORK.get(path) != name:
             monkeypatch.setattr(module, name, _accepted)
     entry = getattr(module, "main", None) or module.run
     if inspect.signature(entry).parameters:
@@ -250,6 +253,10 @@ BAD_FLAG_ROWS = [
     ("detection/convert-pretrain-to-detectron2.py", "extra.pkl", "error: unrecognized arguments: extra.pkl"),
     ("detection/train_net.py", "--num-gpus x", "error: argument --num-gpus: invalid int value: 'x'"),
     ("data/plot_curves.py", "--labels", "error: argument --labels: expected at least one argument"),
+    ("tools/export.py", "--image-size 0", "error: --image-size 0: expected a positive number of pixels"),
+    ("tools/run_with_submitit.py", "--max-timeouts -1", "error: --max-timeouts -1: expected 0 or more"),
+    ("tools/run_with_submitit.py", "--timeout inf", "error: --timeout inf: expected a finite number"),
+    ("tools/run_with_submitit.py", "--nodes abc", "error: argument --nodes: invalid int value: 'abc'"),
 ]
 
 

@@ -25,7 +25,6 @@ of the job. See docs/cluster.md.
 submitit is an optional dependency: `pip install -e '.[cluster]'`.
 """
 
-import argparse
 import os
 import shlex
 import signal
@@ -36,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from selfsup.core.checks import FlagParser  # noqa: E402
 from selfsup.core.errors import UserError, cli_main  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ def parse_args(argv=None):
         raise UserError("expected `-- SCRIPT.py FLAGS` after the job's flags, e.g. -- moco/main_moco.py ...")
     cut = argv.index("--")
     own, command = argv[:cut], argv[cut + 1 :]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--executor", default="slurm", choices=["slurm", "local"])
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--tasks-per-node", type=int, default=1, help="GPUs per node (processes on a CPU machine)")
@@ -84,6 +84,14 @@ def check_args(args):
         raise UserError(f"--timeout {args.timeout:g}: expected a positive number of minutes")
     if args.signal_delay < 0 or args.signal_delay >= args.timeout * 60:
         raise UserError(f"--signal-delay {args.signal_delay}: expected 0 <= seconds < --timeout ({args.timeout:g} min)")
+    counts = [
+        ("--max-timeouts", args.max_timeouts, 0),
+        ("--mem-gb", args.mem_gb, 1),
+        ("--cpus-per-task", args.cpus_per_task, 1),
+    ]
+    for flag, value, low in counts:
+        if value is not None and value < low:
+            raise UserError(f"{flag} {value}: expected {low} or more")
     if args.gpus_per_node is not None and args.gpus_per_node < 0:
         raise UserError(f"--gpus-per-node {args.gpus_per_node}: expected 0 or more")
     if args.master_port is not None and not 0 < args.master_port < 65536:
