@@ -26,11 +26,19 @@ The rules (docs/bad-input.md, "Data folders: links, cycles and special files"):
 - a FIFO, socket or device named like an image is refused.
 Regular files cost no system call beyond the folder listing (DirEntry
 knows their type), so a scan of ImageNet's 1.28 M files stays fast.
+
+The samples are kept in numpy arrays (selfsup.data.samples: DataLoader
+workers then share them instead of copying them page by page as they read
+them), and a big tree is scanned once per node (selfsup.data.scan_cache:
+the node's other ranks, and later runs, read the first one's result while
+the tree is unchanged).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -39,18 +47,29 @@ from typing import Any, BinaryIO, Callable
 from torchvision import datasets
 
 from selfsup.core.errors import UserError
+from selfsup.data import scan_cache
+from selfsup.data.samples import SampleList, SampleTable, TargetList, as_sample_list, as_target_list
 
 IMG_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
 
 
 @dataclass
 class FolderScan:
-    """What torchvision's find_classes and make_dataset would return."""
+    """What torchvision's find_classes and make_dataset would return, the
+    samples in a SampleTable (`samples` and `targets` read it like lists)."""
 
     root: str
     classes: list[str]
     class_to_idx: dict[str, int]
-    samples: list[tuple[str, int]]
+    table: SampleTable
+
+    @property
+    def samples(self) -> SampleList:
+        return SampleList(self.table)
+
+    @property
+    def targets(self) -> TargetList:
+        return TargetList(self.table.targets)
 
 
 def is_image_name(name: str) -> bool:
@@ -75,24 +94,49 @@ def special_kind(mode: int) -> str | None:
     return None
 
 
-def scan_image_folder(root: str | os.PathLike, what: str = "data folder") -> FolderScan:
+def scan_image_folder(root: str | os.PathLike, what: str = "data folder", cache: bool = True) -> FolderScan:
     """Read `root` (an ImageFolder tree) once; UserError naming the path for
-    anything the rules above refuse, or for a folder without images."""
+    anything the rules above refuse, or for a folder without images. With
+    `cache`, a big tree's valid scan of this node is read instead
+    (selfsup.data.scan_cache)."""
     root = os.path.expanduser(os.fspath(root))  # as torchvision's VisionDataset
     _check_root(root, what)
+    if cache:
+        classes, table = scan_cache.cached_scan(root, rules_digest(), lambda: _scan(root, what))
+    else:
+        classes, table, _ = _scan(root, what)
+    return FolderScan(root, classes, {name: i for i, name in enumerate(classes)}, table)
+
+
+@functools.lru_cache(maxsize=None)
+def rules_digest() -> str:
+    """Names the scan rules a cached scan was made by: this module's source
+    and torchvision's image extensions."""
+    with open(__file__, "rb") as f:
+        digest = hashlib.sha256(f.read())
+    digest.update(repr(IMG_EXTENSIONS).encode())
+    return digest.hexdigest()
+
+
+def _scan(root, what):
+    """(classes, table, the folders listed) of one walk of `root`; each
+    class folder's paths are packed as soon as it is read."""
+    folders = [scan_cache.listed(root)]
     classes = _class_names(root, what)
     guard = _Guard(root, {name: _class_target(root, name) for name in classes})
-    class_to_idx = {name: i for i, name in enumerate(classes)}
-    samples: list[tuple[str, int]] = []
-    for name in classes:
-        before = len(samples)
-        _walk_class(os.path.join(root, name), class_to_idx[name], guard, samples)
-        if len(samples) == before:
-            raise UserError(
-                f"class folder '{os.path.join(root, name)}' holds no images (expected files ending in "
-                f"{', '.join(IMG_EXTENSIONS[:4])}, ...)"
-            )
-    return FolderScan(root, classes, class_to_idx, samples)
+    prefix = os.path.join(root, "")
+
+    def per_class():
+        for index, name in enumerate(classes):
+            paths = _walk_class(os.path.join(root, name), guard, folders, len(prefix))
+            if not paths:
+                raise UserError(
+                    f"class folder '{os.path.join(root, name)}' holds no images (expected files ending in "
+                    f"{', '.join(IMG_EXTENSIONS[:4])}, ...)"
+                )
+            yield paths, index
+
+    return classes, SampleTable.build(prefix, per_class()), folders
 
 
 def _check_root(root, what):
@@ -211,28 +255,32 @@ class _Guard:
         )
 
 
-def _walk_class(class_path, index, guard, samples):
-    """Append the (path, index) samples of one class folder in torchvision's
-    order: folders sorted by path as `sorted(os.walk(...))` sorts them,
-    then each folder's image names sorted."""
+def _walk_class(class_path, guard, folders, cut):
+    """The image paths of one class folder in torchvision's order, without
+    their first `cut` characters (the data folder): folders sorted by path
+    as `sorted(os.walk(...))` sorts them, then each folder's image names
+    sorted. Each folder listed is recorded in `folders`."""
     found, stack = [], [class_path]
     while stack:
         top = stack.pop()
+        folders.append(scan_cache.listed(top))
         images = []
         for entry in _entries(top):
-            if entry.is_dir(follow_symlinks=False):
+            name = entry.name
+            if entry.is_file(follow_symlinks=False):  # a regular file, ImageNet's every entry: tested first
+                if name.lower().endswith(IMG_EXTENSIONS):
+                    images.append(name)
+            elif entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)  # os.path.join(top, name), as os.walk names it
             elif entry.is_symlink():
                 if _followed_link(entry, guard):
-                    images.append(entry.name)
-            elif is_image_name(entry.name):
-                if not entry.is_file(follow_symlinks=False):
-                    _refuse_special(entry.path, entry.stat(follow_symlinks=False).st_mode)
-                images.append(entry.name)
+                    images.append(name)
+            elif is_image_name(name):
+                _refuse_special(entry.path, entry.stat(follow_symlinks=False).st_mode)
         found.append((top, images))
     found.sort(key=lambda item: item[0])
-    for top, images in found:
-        samples.extend((os.path.join(top, name), index) for name in sorted(images))
+    # top + os.sep + name is os.path.join(top, name): top never ends with a separator here
+    return [head + name for top, images in found for head in (top[cut:] + os.sep,) for name in sorted(images)]
 
 
 def _followed_link(entry, guard):
@@ -299,8 +347,12 @@ def _refuse_at_read(path, mode):
 class ScannedImageFolder(datasets.ImageFolder):
     """torchvision's ImageFolder whose classes and samples come from one
     scan_image_folder (given, or made here): the tree is read once, by the
-    scan's rules, and everything else (targets, imgs, __getitem__) is
-    torchvision's."""
+    scan's rules, and __getitem__ is torchvision's.
+
+    `samples`, `imgs` and `targets` are SampleList/TargetList views of numpy
+    arrays (selfsup.data.samples), so that forked loader workers share them;
+    assigning a list to any of them (a labelled subset) packs it the same
+    way, and each stays its own attribute as in torchvision."""
 
     def __init__(
         self,
@@ -310,20 +362,40 @@ class ScannedImageFolder(datasets.ImageFolder):
         what: str = "data folder",
         scan: FolderScan | None = None,
     ) -> None:
-        self._scan = scan if scan is not None else scan_image_folder(root, what)
-        kwargs = {} if loader is None else {"loader": loader}
-        super().__init__(self._scan.root, transform=transform, **kwargs)
-        del self._scan  # its lists are the dataset's own now
+        scan = scan if scan is not None else scan_image_folder(root, what)
+        # DatasetFolder.__init__ would walk the tree again and build a list of
+        # every target: only VisionDataset's part is run, the rest comes from the scan.
+        datasets.VisionDataset.__init__(self, scan.root, transform=transform)
+        self.loader = loader if loader is not None else datasets.folder.default_loader
+        self.extensions = IMG_EXTENSIONS
+        self.classes, self.class_to_idx = scan.classes, scan.class_to_idx
+        self.samples = scan.samples
+        self.targets = scan.targets
+        self.imgs = self.samples
 
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        return self._scan.classes, self._scan.class_to_idx
+    def _prefix(self):
+        return os.path.join(self.root, "")
 
-    def make_dataset(
-        self,
-        directory: str,
-        class_to_idx: dict[str, int],
-        extensions: tuple[str, ...] | None = None,
-        is_valid_file: Callable[[str], bool] | None = None,
-        allow_empty: bool = False,
-    ) -> list[tuple[str, int]]:
-        return self._scan.samples
+    @property
+    def samples(self) -> SampleList:
+        return self._samples
+
+    @samples.setter
+    def samples(self, value: Any) -> None:
+        self._samples = as_sample_list(value, self._prefix())
+
+    @property
+    def imgs(self) -> SampleList:
+        return self._imgs
+
+    @imgs.setter
+    def imgs(self, value: Any) -> None:
+        self._imgs = as_sample_list(value, self._prefix())
+
+    @property
+    def targets(self) -> TargetList | list:
+        return self._targets
+
+    @targets.setter
+    def targets(self, value: Any) -> None:
+        self._targets = as_target_list(value)
