@@ -211,7 +211,7 @@ def test_cache_is_never_used_for_another_root(tmp_path, cache):
 def test_recent_changes_unsafe_folders_and_damaged_files_are_not_trusted(tmp_path, cache, capsys):
     root = nested_tree(str(tmp_path / "data"))
     S.scan_image_folder(root)  # just made: a change in the same clock tick could hide, so not cached
-    assert not os.path.exists(scan_cache.cache_file(cache.folder, root))
+    assert not os.path.exists(scan_cache.cache_file(cache.folder, root)) and os.listdir(cache.folder) == []
     age(root)
     S.scan_image_folder(root)
     path = scan_cache.cache_file(cache.folder, root)

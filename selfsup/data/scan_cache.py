@@ -119,8 +119,13 @@ def cached_scan(
             return hit
         started = time.time_ns()
         classes, table, folders = scan()
-        if len(table) >= MIN_SAMPLES and not _racy(folders, started):
-            store(path, root, rules, classes, table, folders)
+        big = len(table) >= MIN_SAMPLES and not _racy(folders, started)
+        if not (big and store(path, root, rules, classes, table, folders)):
+            # Nothing to wait for: leave no lock file per small tree. A process
+            # already waiting on it then scans alongside a newcomer, which only
+            # costs a second scan.
+            with contextlib.suppress(OSError):
+                os.unlink(path + ".lock")
         return classes, table
 
 
