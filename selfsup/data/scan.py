@@ -101,19 +101,24 @@ def scan_image_folder(root: str | os.PathLike, what: str = "data folder", cache:
     (selfsup.data.scan_cache)."""
     root = os.path.expanduser(os.fspath(root))  # as torchvision's VisionDataset
     _check_root(root, what)
-    if cache:
-        classes, table = scan_cache.cached_scan(root, rules_digest(), lambda: _scan(root, what))
+    rules = rules_digest() if cache else None
+    if rules is not None:
+        classes, table = scan_cache.cached_scan(root, rules, lambda: _scan(root, what))
     else:
         classes, table, _ = _scan(root, what)
     return FolderScan(root, classes, {name: i for i, name in enumerate(classes)}, table)
 
 
 @functools.lru_cache(maxsize=None)
-def rules_digest() -> str:
+def rules_digest() -> str | None:
     """Names the scan rules a cached scan was made by: this module's source
-    and torchvision's image extensions."""
-    with open(__file__, "rb") as f:
-        digest = hashlib.sha256(f.read())
+    and torchvision's image extensions (None, and no cache, when the source
+    cannot be read)."""
+    try:
+        with open(__file__, "rb") as f:
+            digest = hashlib.sha256(f.read())
+    except OSError:
+        return None
     digest.update(repr(IMG_EXTENSIONS).encode())
     return digest.hexdigest()
 
@@ -279,8 +284,11 @@ def _walk_class(class_path, guard, folders, cut):
                 _refuse_special(entry.path, entry.stat(follow_symlinks=False).st_mode)
         found.append((top, images))
     found.sort(key=lambda item: item[0])
-    # top + os.sep + name is os.path.join(top, name): top never ends with a separator here
-    return [head + name for top, images in found for head in (top[cut:] + os.sep,) for name in sorted(images)]
+    paths = []
+    for top, images in found:
+        head = top[cut:] + os.sep  # head + name is os.path.join(top, name)[cut:]: top never ends with a separator
+        paths.extend(head + name for name in sorted(images))
+    return paths
 
 
 def _followed_link(entry, guard):
