@@ -17,6 +17,7 @@ from conftest import REPO, run
 from PIL import Image
 from torchvision import datasets
 
+from selfsup.core.errors import UserError
 from selfsup.data import folders as D
 from selfsup.data import scan as S
 from selfsup.data import scan_cache
@@ -218,6 +219,11 @@ def test_recent_changes_unsafe_folders_and_damaged_files_are_not_trusted(tmp_pat
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
     assert S.scan_image_folder(root).samples == datasets.ImageFolder(root).samples and len(cache.walks) == 3
+    png(os.path.join(root, "empty_class", "notes.txt"))  # refused (no images): no lock file is left either
+    with pytest.raises(UserError, match="holds no images"):
+        S.scan_image_folder(root)
+    assert sorted(os.listdir(cache.folder)) == [os.path.basename(path)]
+    shutil.rmtree(os.path.join(root, "empty_class"))
     os.chmod(cache.folder, 0o777)
     os.remove(path)
     S.scan_image_folder(root)

@@ -117,15 +117,19 @@ def cached_scan(
         hit = load(path, root, rules)
         if hit is not None:
             return hit
-        started = time.time_ns()
-        classes, table, folders = scan()
-        big = len(table) >= MIN_SAMPLES and not _racy(folders, started)
-        if not (big and store(path, root, rules, classes, table, folders)):
-            # Nothing to wait for: leave no lock file per small tree. A process
-            # already waiting on it then scans alongside a newcomer, which only
-            # costs a second scan.
-            with contextlib.suppress(OSError):
-                os.unlink(path + ".lock")
+        stored = False
+        try:
+            started = time.time_ns()
+            classes, table, folders = scan()
+            big = len(table) >= MIN_SAMPLES and not _racy(folders, started)
+            stored = big and store(path, root, rules, classes, table, folders)
+        finally:
+            if not stored:
+                # Nothing to wait for (a small or changing tree, or a refused
+                # one): leave no lock file behind. A process already waiting on
+                # it then scans alongside a newcomer: a second scan, no harm.
+                with contextlib.suppress(OSError):
+                    os.unlink(path + ".lock")
         return classes, table
 
 
