@@ -39,9 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from selfsup.core.errors import UserError, cli_main  # noqa: E402
+from selfsup.core.errors import UserError, cli_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_PRETRAIN = ["--precision", "bf16", "--channels-last", "--gpu-aug"]
@@ -357,8 +355,7 @@ def _run_in_child(argv, log, threads):
         os.chdir(REPO)
         torch.set_num_threads(threads)
         script = os.path.join(REPO, argv[0])
-        sys.argv = [script, *argv[1:]]
-        sys.path.insert(0, os.path.dirname(script))
+        sys.argv = [script, *argv[1:]]  # the scripts import no siblings: sys.path needs no script folder
         runpy.run_path(script, run_name="__main__")
         code = 0
     except SystemExit as exc:
@@ -377,12 +374,7 @@ def preload(scripts):
     """Import what the scripts import, once, before the forks (their module
     code runs; their main() does not)."""
     for script in dict.fromkeys(scripts):
-        path = os.path.join(REPO, script)
-        sys.path.insert(0, os.path.dirname(path))
-        try:
-            runpy.run_path(path, run_name="gpu_check_preload")
-        finally:
-            sys.path.remove(os.path.dirname(path))
+        runpy.run_path(os.path.join(REPO, script), run_name="gpu_check_preload")
 
 
 def finish(step, code, seconds):

@@ -33,10 +33,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from selfsup.core.checks import FlagParser  # noqa: E402
-from selfsup.core.errors import UserError, cli_main  # noqa: E402
+from selfsup.core.checks import FlagParser
+from selfsup.core.errors import UserError, cli_main
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A script stopped by a stop signal exits 0 after saving; one killed by
