@@ -39,10 +39,11 @@ lint: env
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
-# Two pytest-xdist workers (TEST_WORKERS=1: one process, no xdist): each runs
-# the scripts from its own copy of the repository (tests/conftest.py), and the
-# tests of Reproduction.md's fixed-port commands share one worker.
-TEST_WORKERS ?= 2
+# pytest-xdist workers from the CPUs (half of them, 2 to 8: most tests start
+# scripts of one or two processes; TEST_WORKERS=1: one process, no xdist):
+# each runs the scripts from its own copy of the repository (tests/conftest.py),
+# and the tests of Reproduction.md's fixed-port commands share one worker.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(max(2, min(8, len(os.sched_getaffinity(0)) // 2)))" 2>/dev/null || echo 2)
 test: lint detectron2
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q --durations=15 \
 		$(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)

@@ -9,8 +9,10 @@ built-in dataset, on a CPU, through the same scripts a user runs.
    accuracy of all three and of a randomly initialised student
 5. a table of the accuracies, training curves, t-SNE of the embeddings.
 
-Two steps run side by side (--lanes): the teacher and the student baseline
-train together, and the evaluations fill the lane that DisCo leaves free.
+Steps run side by side (--lanes, from the CPUs: two on a small machine,
+three from 6 CPUs), each with CPUs / lanes torch threads (--threads): the
+teacher and the student baseline train together, and the evaluations fill
+the lanes that DisCo leaves free.
 
 Everything lands in runs/demo/ (checkpoints, logs) and results/demo/
 (table, pictures). Set DEMO_SCALE=0.2 for a quick smoke run. The pipeline
@@ -28,8 +30,10 @@ from pipeline import (
     StepFailed,
     check_inputs,
     check_positive,
+    cpu_plan,
     reference_step_seconds,
     run_pipeline,
+    usable_cpus,
 )
 
 from selfsup.core.checks import FlagParser
@@ -84,11 +88,16 @@ def main():
     p.add_argument("--results", default=os.path.join(REPO_ROOT, "results", "demo"))
     p.add_argument("--batch-size", type=int, default=CONFIG["batch_size"])
     p.add_argument("--no-pictures", action="store_true")
-    p.add_argument("--lanes", type=int, default=2, help="steps run side by side (one torch thread each)")
+    p.add_argument("--lanes", type=int, default=None, help="steps run side by side (default: from the CPUs)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per step (default: CPUs / lanes)")
     args = p.parse_args()
     check_positive("--scale", args.scale)
     check_positive("--batch-size", args.batch_size, "an integer")
-    check_positive("--lanes", args.lanes, "an integer")
+    for flag, value in (("--lanes", args.lanes), ("--threads", args.threads)):
+        if value is not None:
+            check_positive(flag, value, "an integer")
+    lanes, threads = cpu_plan(lanes=args.lanes, threads=args.threads)
+    print(f"=> {usable_cpus()} CPUs: {lanes} steps side by side, {threads} torch thread(s) each", flush=True)
     config = dict(CONFIG, batch_size=args.batch_size)
     # Before the reference step: a wrong --data is said at once (run_pipeline checks again).
     check_inputs(config, os.path.abspath(args.data), os.path.abspath(args.out), os.path.abspath(args.results))
@@ -107,8 +116,9 @@ def main():
             args.results,
             args.scale,
             not args.no_pictures,
-            args.lanes,
+            lanes,
             reference,
+            threads=threads,
         )
     except StepFailed as exc:
         sys.exit(str(exc))

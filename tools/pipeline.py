@@ -47,18 +47,38 @@ def shown(cmd, cwd):
     return f"$ (cd {shlex.quote(os.path.relpath(cwd, REPO_ROOT))} && {shlex.join(cmd)})"
 
 
-def sh(cmd, cwd, log, tag=None):
+def usable_cpus():
+    """The CPUs this process may run on (a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_plan(cpus=None, lanes=None, threads=None):
+    """(lanes, threads per lane) for the machine: steps side by side, and the
+    torch threads each gets, so that lanes x threads = the CPUs. Two lanes on
+    a small machine (the teacher and the student baseline train together),
+    three from 6 CPUs on (the random init's evaluation joins them); more
+    lanes than the pipeline has independent steps would only sit idle."""
+    cpus = cpus or usable_cpus()
+    lanes = lanes or (1 if cpus == 1 else 2 if cpus < 6 else 3)
+    return lanes, threads or max(1, cpus // lanes)
+
+
+def sh(cmd, cwd, log, tag=None, threads=1):
     """Run one command (an argument list: no shell), stream its output to
     the terminal (lines prefixed by `tag` when steps run side by side) and
-    to `log`."""
+    to `log`, with `threads` torch threads (OMP_NUM_THREADS, unless the
+    user's environment sets it)."""
     prefix = f"[{tag}] " if tag else ""
     print(f"\n{prefix}{shown(cmd, cwd)}", flush=True)
     start = time.time()
     with open(log, "w", buffering=1) as f:  # line-buffered: the log can be followed while it runs
-        # One torch thread per process: two steps share the two cores of a
-        # small machine, and more threads than cores makes OpenMP spin.
+        # Threads per step from cpu_plan: more threads than cores (steps run
+        # side by side) makes OpenMP spin, 10x slower.
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("OMP_NUM_THREADS", str(threads))
         proc = subprocess.Popen(
             list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
@@ -319,10 +339,14 @@ def plan_rows(config, runs, scale):
     return rows
 
 
-def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lanes=2, reference=None, seed=0):
+def run_pipeline(
+    config, data, runs, results, scale=1.0, pictures_too=True, lanes=None, reference=None, seed=0, threads=None
+):
     """Teacher, then per student arch a MoCo-v2 baseline and a DisCo run, then
     linear evaluation (and kNN) of every model and of a random init, `lanes`
-    steps side by side. Returns (rows as dicts, markdown table)."""
+    steps side by side of `threads` torch threads each (cpu_plan's by
+    default). Returns (rows as dicts, markdown table)."""
+    lanes, threads = cpu_plan(lanes=lanes, threads=threads)
     # The steps run in moco/ and DisCo/: every path they get is absolute.
     data, runs, results = os.path.abspath(data), os.path.abspath(runs), os.path.abspath(results)
     c, py = config, sys.executable
@@ -336,9 +360,9 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     common = ["-b", str(c["batch_size"]), "--image-size", str(c["image_size"]), "-j", "1", "-p", "20"]
     common += ["--seed", str(seed), "--resume", ""]
     teacher = rows[1]
-    # The kNN probe runs in this process, beside a training step: one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    # The kNN probe runs in this process, beside a training step: one lane's threads.
+    own_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
 
     def pretrain(r):
         args = ["-a", r["arch"], *common, *flags["pretrain_flags"], "--epochs", str(r["epochs"])]
@@ -350,14 +374,15 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
         else:
             cmd = [py, "-u", "main_moco.py", *args, data]
             cwd = os.path.join(REPO_ROOT, "moco")
-        r["seconds"] += sh(cmd, cwd, os.path.join(r["folder"], "pretrain.log"), r["name"])
+        r["seconds"] += sh(cmd, cwd, os.path.join(r["folder"], "pretrain.log"), r["name"], threads)
 
     def evaluate(r):
         cmd = [py, "-u", "main_lincls.py", "-a", r["arch"], *common, *flags["lincls_flags"]]
         cmd += ["--epochs", str(scaled(c["lincls_epochs"], scale))]
         cmd += ["--pretrained", r["ckpt"]] if r["ckpt"] else []
         cmd += ["--ckpt-dir", os.path.join(r["folder"], "lincls"), data]
-        r["seconds"] += sh(cmd, os.path.join(REPO_ROOT, "moco"), os.path.join(r["folder"], "lincls.log"), r["name"])
+        log = os.path.join(r["folder"], "lincls.log")
+        r["seconds"] += sh(cmd, os.path.join(REPO_ROOT, "moco"), log, r["name"], threads)
         m = last_row(os.path.join(r["folder"], "lincls", "metrics.csv"))
         r["acc1"], r["acc5"] = float(m["acc1"]), float(m["acc5"])
         start = time.time()
@@ -379,7 +404,7 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     try:
         run_steps(steps, lanes, on_done=progress.finished)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(own_threads)
 
     table = markdown_table(rows) + "\n\n" + flags_line(c)
     if reference is not None:
@@ -387,7 +412,7 @@ def run_pipeline(config, data, runs, results, scale=1.0, pictures_too=True, lane
     with open(os.path.join(results, "table.md"), "w") as f:
         f.write(table + "\n")
     if pictures_too:
-        pictures(py, rows[1:], os.path.join(runs, PICTURES_LOGS), results, data)
+        pictures(py, rows[1:], os.path.join(runs, PICTURES_LOGS), results, data, lanes * threads)
     return rows, table
 
 
@@ -427,9 +452,10 @@ def read_table(path):
     return rows
 
 
-def pictures(py, rows, logs, results, data):
-    """Training curves and t-SNE of the models (the analysis tools); their
-    logs in `logs`, each model's export log in its own folder."""
+def pictures(py, rows, logs, results, data, threads=1):
+    """Training curves and t-SNE of the models (the analysis tools), one at
+    a time with `threads` threads; their logs in `logs`, each model's export
+    log in its own folder."""
     names = [r["name"] for r in rows]
     emb = os.path.join(results, "embeddings")
     for r in rows:
@@ -438,11 +464,13 @@ def pictures(py, rows, logs, results, data):
             + ["--out", emb, data],
             REPO_ROOT,
             os.path.join(r["folder"], "export.log"),
+            threads=threads,
         )
     sh(
         [py, "-u", "draw.py", "--embed-dir", emb, "--names", *names, "--out", os.path.join(results, "tsne.png")],
         os.path.join(REPO_ROOT, "DisCo"),
         os.path.join(logs, "draw.log"),
+        threads=threads,
     )
     for sub, log, png in (
         ("ckpt", "curves.log", "curves_pretrain.png"),
@@ -454,4 +482,5 @@ def pictures(py, rows, logs, results, data):
             + ["--out", os.path.join(results, png)],
             REPO_ROOT,
             os.path.join(logs, log),
+            threads=threads,
         )
