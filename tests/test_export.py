@@ -500,9 +500,11 @@ def test_a_truncated_safetensors_file(files, tmp_path, capsys):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(out.read_bytes()[:4096])
     err = one_error(capsys, cut, "--out", tmp_path / "y.safetensors")
-    assert "is not a readable safetensors file" in err or "is not a safetensors file" in err
-    with pytest.raises(UserError):
+    assert "is a truncated safetensors file" in err and "the file has 4096" in err
+    cut.write_bytes(out.read_bytes()[:-1000])  # the header whole, the tensors not
+    with pytest.raises(UserError) as e:
         ck.load_file(str(cut), "--pretrained checkpoint")
+    assert "--pretrained checkpoint" in str(e.value) and "is not a readable safetensors file" in str(e.value)
 
 
 def test_safetensors_reading_never_imports_pickle_machinery(files, tmp_path, capsys, monkeypatch):

@@ -222,13 +222,11 @@ def is_safetensors(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(9)
-            size = os.fstat(f.fileno()).st_size
     except OSError:
         return False
     if len(head) < 9 or head[8:9] != b"{":
         return False
-    n = int.from_bytes(head[:8], "little")
-    return 2 <= n <= _SAFETENSORS_HEADER_LIMIT and 8 + n <= size
+    return 2 <= int.from_bytes(head[:8], "little") <= _SAFETENSORS_HEADER_LIMIT
 
 
 def read_safetensors(path: str, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -236,6 +234,14 @@ def read_safetensors(path: str, what: str = "checkpoint") -> tuple[dict[str, tor
     library: a JSON header and raw tensor bytes, nothing is unpickled."""
     from safetensors import safe_open  # a dependency of timm; imported here to keep core's import light
 
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        size = os.fstat(f.fileno()).st_size
+    if 8 + header > size:
+        raise UserError(
+            f"{what} '{path}' is a truncated safetensors file (its header alone takes {8 + header} bytes, "
+            f"the file has {size})"
+        )
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})

@@ -13,6 +13,7 @@ and the files tools/export.py itself writes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ class Source:
     image_size: int
     sha256: str
 
-    @property
+    @functools.cached_property
     def feature_dim(self) -> int:
         return int(self.features(torch.zeros(1, 3, self.image_size, self.image_size)).shape[1])
 

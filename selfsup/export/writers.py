@@ -32,7 +32,7 @@ from selfsup.core.files import atomic_write
 from selfsup.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.export.library import Target, load_line
 from selfsup.export.source import Source
-from selfsup.models.exported import activation_name
+from selfsup.models.exported import activation_name, load_exported_encoder
 
 TOLERANCE = 1e-4  # largest difference allowed, relative to the largest feature
 CHECK_BATCH = 3  # images of the check; ONNX and TorchScript are traced on 2, so the batch axis is exercised
@@ -182,6 +182,10 @@ def write_safetensors(source: Source, target: Target, out: str, meta: dict[str, 
         with open(staged, "wb") as f:
             f.write(data)
         check = check_load_line(load_line(target, staged, source.head is not None), source, "safetensors export", out)
+        if source.head is not None:  # the head as --teacher reads it back (selfsup.models.exported)
+            images = check_images(source.image_size)
+            encoder = load_exported_encoder(staged, with_head=True)[0]
+            compare(reference_outputs(source, images)[1], encoder(images), "safetensors export (head)", out)
     with atomic_write(out, what="export") as f:
         f.write(data)
     return check
