@@ -61,6 +61,23 @@ TINY_PRETRAIN = "--epochs 1 -b 30 --moco-k 64 --image-size 16 --small-images -j 
 TINY_LINCLS = "--epochs 1 -b 30 --image-size 16 -j 0 -p 1"
 
 
+# Process-wide policies that script flags set in the environment
+# (--unsafe-load, --skip-bad-images): a test that runs a script's main() in
+# this process must not hand them to the tests after it.
+POLICY_ENV = ("SELFSUP_UNSAFE_LOAD", "SELFSUP_SKIP_BAD_IMAGES")
+
+
+@pytest.fixture(autouse=True)
+def _process_policies_end_with_the_test():
+    saved = {k: os.environ.get(k) for k in POLICY_ENV}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """10 classes x (6 train, 2 val) procedural 32 px images."""

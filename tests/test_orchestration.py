@@ -42,7 +42,7 @@ def fake_steps(monkeypatch):
     what the pipeline reads back (a lincls metrics.csv), the kNN is 50."""
     calls = []
 
-    def sh(cmd, cwd, log, tag=None):
+    def sh(cmd, cwd, log, tag=None, threads=1):
         calls.append((cmd, cwd))
         if "--ckpt-dir" in cmd and "main_lincls.py" in cmd:
             folder = cmd[cmd.index("--ckpt-dir") + 1]
@@ -95,7 +95,7 @@ def test_a_failed_step_is_one_line_naming_its_log(tiny_data, tmp_path, monkeypat
         pipeline.sh([sys.executable, "-c", "raise SystemExit(3)"], pipeline.REPO_ROOT, str(log))
     assert str(failed.value) == f"error: a step failed (exit 3); its output is above and in '{log}'"
 
-    def sh(cmd, cwd, log, tag=None):
+    def sh(cmd, cwd, log, tag=None, threads=1):
         raise failed.value
 
     monkeypatch.setattr(pipeline, "sh", sh)

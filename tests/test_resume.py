@@ -203,7 +203,9 @@ def test_a_folder_in_use_is_refused_and_a_stale_lock_taken_over(tiny_data, tmp_p
 
 def test_resume_with_other_flags_names_them_and_stops(tiny_data, tmp_path, moco_reference):
     shutil.copyfile(moco_reference, tmp_path / moco_reference.name)
-    with pytest.raises(UserError, match=r"other flags: --moco-k 24 \(now 32\), -b \(per process\) 8 \(now 16\);.*--resume ''"):
+    with pytest.raises(
+        UserError, match=r"other flags: --moco-k 24 \(now 32\), -b \(per process\) 8 \(now 16\);.*--resume ''"
+    ):
         pretrain(tiny_data, tmp_path, ["--moco-k", "32", "-b", "16", "--epochs", "3"])
 
 
