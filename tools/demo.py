@@ -7,7 +7,10 @@ built-in dataset, on a CPU, through the same scripts a user runs.
 3. DisCo student distilled from that teacher (DisCo/main.py)
 4. linear evaluation (moco/main_lincls.py, same flags for each) and kNN
    accuracy of all three and of a randomly initialised student
-5. a table of the accuracies, training curves, t-SNE of the embeddings.
+5. a table of the accuracies, training curves, t-SNE of the embeddings
+6. the DisCo student exported for use elsewhere (tools/export.py, as
+   safetensors and ONNX, each checked against its checkpoint), and the
+   line that loads it printed last.
 
 Steps run side by side (--lanes, from the CPUs: two on a small machine,
 three from 6 CPUs), each with CPUs / lanes torch threads (--threads): the
@@ -15,8 +18,9 @@ teacher and the student baseline train together, and the evaluations fill
 the lanes that DisCo leaves free.
 
 Everything lands in runs/demo/ (checkpoints, logs) and results/demo/
-(table, pictures). Set DEMO_SCALE=0.2 for a quick smoke run. The pipeline
-itself is tools/pipeline.py (shared with tools/tab1_small.py).
+(table, pictures, disco_student.safetensors and .onnx). Set DEMO_SCALE=0.2
+for a quick smoke run. The pipeline itself is tools/pipeline.py (shared
+with tools/tab1_small.py).
 """
 
 import argparse
@@ -109,7 +113,7 @@ def main():
         flush=True,
     )
     try:
-        _, table = run_pipeline(
+        rows, table = run_pipeline(
             config,
             args.data,
             args.out,
@@ -119,11 +123,25 @@ def main():
             lanes,
             reference,
             threads=threads,
+            export=True,
         )
     except StepFailed as exc:
         sys.exit(str(exc))
     print("\nLinear evaluation on the built-in dataset (val, 1000 images):\n" + table)
     print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min; table, curves and t-SNE in {args.results}")
+    for line in export_lines(next(r for r in rows if "exports" in r)):
+        print(line)
+
+
+def export_lines(student):
+    """The demo's last lines: the DisCo student's exported files, then the line that loads it."""
+    files = ", ".join(f"'{path}'" for path, _ in student["exports"].values())
+    return [
+        f"\nThe DisCo student, exported in {student['export_seconds']:.0f} s (each file checked against "
+        f"its checkpoint: same features): {files}. ONNX Runtime and the other forms: docs/export.md",
+        "Load it with:",
+        student["exports"]["safetensors"][1],
+    ]
 
 
 if __name__ == "__main__":

@@ -141,7 +141,14 @@ class PipelineProgress:
 ARCH_COST = {"resnet34": 2.0, "resnet50": 3.0, "efficientb0": 3.0, "efficientb1": 4.0, "mobilenetv3": 1.3}
 
 
-def step_costs(rows, config, scale):
+# The export of a DisCo student, safetensors and ONNX, each checked (for the
+# ETA only): 27-31 s for the demo's MobileNet-v3 on a 2-core machine whose
+# cores a test run shared (2026-12-02), where a ResNet-18 epoch of the demo is
+# about 17 CPU s (benchmarks/demo_breakdown.py).
+EXPORT_COST = 1.5
+
+
+def step_costs(rows, config, scale, export=False):
     """{step name: planned cost} of run_pipeline's steps."""
     costs = {}
     for r in rows:
@@ -150,6 +157,8 @@ def step_costs(rows, config, scale):
             teacher = ARCH_COST.get(config["teacher"]["arch"], 1.0) if r["method"].startswith("DisCo") else 0.0
             costs[f"pretrain {r['name']}"] = r["epochs"] * (factor + teacher)
         costs[f"evaluate {r['name']}"] = 0.25 * factor * scaled(config["lincls_epochs"], scale)
+    if export:
+        costs.update({f"export {r['name']}": EXPORT_COST for r in disco_rows(rows)})
     return costs
 
 
@@ -253,6 +262,7 @@ MARKER_TEXT = (
 # What the pipeline's steps write in the folders it makes.
 OWN_ENTRIES = {
     *(MARKER, "ckpt", "lincls", "pretrain.log", "lincls.log", "export.log"),  # a model's folder
+    *("export_safetensors.log", "export_onnx.log"),  # the DisCo student's exports (run_pipeline's export=True)
     *("draw.log", "curves.log", "curves_lincls.log"),  # the pictures' folder
 }
 
@@ -339,13 +349,87 @@ def plan_rows(config, runs, scale):
     return rows
 
 
+def disco_rows(rows):
+    return [r for r in rows if r["method"].startswith("DisCo")]
+
+
+# -- the DisCo student's exports (make demo) -------------------------------------------
+
+EXPORT_STEM = "disco_student"  # results/demo/disco_student.safetensors, .onnx
+EXPORT_FORMATS = ("safetensors", "onnx")
+
+
+def onnx_missing():
+    """None when tools/export.py can write ONNX here, else its line saying what is missing."""
+    from selfsup.export.writers import require_onnx
+
+    try:
+        require_onnx()
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def load_line_of(log):
+    """The line that loads an export: what tools/export.py prints after `=> load it with:`."""
+    with open(log, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if "=> load it with:" not in lines[:-1]:
+        raise StepFailed(f"error: the export step printed no load line; its output is in '{log}'")
+    return lines[lines.index("=> load it with:") + 1]
+
+
+def export_student(r, results, threads=1, py=sys.executable):
+    """A DisCo student's query backbone, from its final checkpoint, into
+    `results` as safetensors and ONNX: each by tools/export.py, which checks
+    the written file against the checkpoint (features equal) and prints the
+    line that loads it. `--force`: the results folder is the pipeline's, so a
+    rerun replaces its earlier exports (the exporter never writes over the
+    checkpoint, which is in the runs folder). Without onnx installed, the
+    ONNX file is skipped with one line (and an earlier run's, which would not
+    match this checkpoint, removed). Sets r["exports"] (format -> (file, load
+    line)) and r["export_seconds"]."""
+    stem = os.path.join(results, EXPORT_STEM + r["name"][len("student_disco") :])
+    r["exports"] = {}
+    start = time.time()
+    for fmt in EXPORT_FORMATS:
+        out = f"{stem}.{fmt}"
+        missing = onnx_missing() if fmt == "onnx" else None
+        if missing:
+            earlier = os.path.isfile(out) and not os.path.islink(out)
+            if earlier:
+                os.remove(out)
+            print(
+                f"[{r['name']}] => no ONNX export: {missing}"
+                + (f"; removed the earlier run's '{out}'" if earlier else ""),
+                flush=True,
+            )
+            continue
+        log = os.path.join(r["folder"], f"export_{fmt}.log")
+        sh([py, "tools/export.py", r["ckpt"], "--out", out, "--force"], REPO_ROOT, log, r["name"], threads)
+        r["exports"][fmt] = (out, load_line_of(log))
+    r["export_seconds"] = time.time() - start
+
+
 def run_pipeline(
-    config, data, runs, results, scale=1.0, pictures_too=True, lanes=None, reference=None, seed=0, threads=None
+    config,
+    data,
+    runs,
+    results,
+    scale=1.0,
+    pictures_too=True,
+    lanes=None,
+    reference=None,
+    seed=0,
+    threads=None,
+    export=False,
 ):
     """Teacher, then per student arch a MoCo-v2 baseline and a DisCo run, then
     linear evaluation (and kNN) of every model and of a random init, `lanes`
     steps side by side of `threads` torch threads each (cpu_plan's by
-    default). Returns (rows as dicts, markdown table)."""
+    default); with `export`, each DisCo student's final checkpoint is also
+    exported to `results` (export_student) while the evaluations run.
+    Returns (rows as dicts, markdown table)."""
     lanes, threads = cpu_plan(lanes=lanes, threads=threads)
     # The steps run in moco/ and DisCo/: every path they get is absolute.
     data, runs, results = os.path.abspath(data), os.path.abspath(runs), os.path.abspath(results)
@@ -400,7 +484,9 @@ def run_pipeline(
         )
     for r in rows:
         steps[f"evaluate {r['name']}"] = ([f"pretrain {r['name']}"] if r["epochs"] else [], lambda r=r: evaluate(r))
-    progress = PipelineProgress(step_costs(rows, c, scale))
+    for r in disco_rows(rows) if export else []:  # beside the evaluations, once the student's checkpoint is final
+        steps[f"export {r['name']}"] = ([f"pretrain {r['name']}"], lambda r=r: export_student(r, results, threads, py))
+    progress = PipelineProgress(step_costs(rows, c, scale, export))
     try:
         run_steps(steps, lanes, on_done=progress.finished)
     finally:
