@@ -78,6 +78,32 @@ def _process_policies_end_with_the_test():
             os.environ[k] = v
 
 
+# Disk: pytest's retention policy (pyproject: failed) deletes the folders of
+# passed tests only when the session ends, so a full run once held every
+# test's checkpoints at the same time (several GB). A passed test's tmp_path
+# goes as the test ends; a failed one's stays for reading. Module fixtures
+# that write large files delete them when their module's tests are done.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def _passed_tests_leave_no_folder(request):
+    yield
+    folder = request.node.funcargs.get("tmp_path")
+    if folder is not None and not request.node.stash.get(_FAILED, False):
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """10 classes x (6 train, 2 val) procedural 32 px images."""
@@ -99,19 +125,86 @@ def torch_one_thread():
     torch.set_num_threads(before)
 
 
+# tests/zygote.py: the command lines of run() start from one pre-imported
+# interpreter per test process instead of importing torch each time.
+_BASE_ENV = dict(os.environ)
+_ZYGOTE = {}
+
+
+def _zygote_env(bindir):
+    """The variables that send the shim's commands to this process's server
+    (started on the first call, in the background: until it listens, the
+    shim starts fresh interpreters); none under SELFSUP_TEST_FRESH=1."""
+    if os.environ.get("SELFSUP_TEST_FRESH") == "1" or _BASE_ENV.get("SELFSUP_TEST_FRESH") == "1":
+        return {}
+    if not _ZYGOTE:
+        import atexit
+        import json
+        import shutil
+        import tempfile
+
+        from zygote import import_env
+
+        folder = tempfile.mkdtemp(prefix="selfsup-zygote-")
+        env = dict(_BASE_ENV, PYTHONUNBUFFERED="1")
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        with open(os.path.join(folder, "server.log"), "w") as log:
+            server = subprocess.Popen(
+                [sys.executable, os.path.join(REPO, "tests", "zygote.py"), "--serve", os.path.join(folder, "socket")],
+                cwd=folder,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def stop():
+            server.kill()
+            server.wait()
+            shutil.rmtree(folder, ignore_errors=True)
+
+        atexit.register(stop)
+        _ZYGOTE["env"] = {
+            "SELFSUP_TEST_ZYGOTE": os.path.join(folder, "socket"),
+            "SELFSUP_TEST_ZYGOTE_ENV": json.dumps(import_env(env), sort_keys=True),
+        }
+    return _ZYGOTE["env"]
+
+
+def _shim(bindir):
+    """tests/_bin/python3: zygote.py's client, which falls back to this interpreter."""
+    shim = os.path.join(bindir, "python3")
+    client = shlex.quote(os.path.join(REPO, "tests", "zygote.py"))
+    text = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {client} "$@"\n'
+    if not os.path.exists(shim) or open(shim).read() != text:
+        os.makedirs(bindir, exist_ok=True)
+        partial = f"{shim}.{os.getpid()}"
+        with open(partial, "w") as f:
+            f.write(text)
+        os.chmod(partial, 0o755)
+        os.replace(partial, shim)
+
+
+def fast_python(env):
+    """(argv head, env) that start `python ...` from the pre-imported server
+    (tests/zygote.py) where `env` allows it. Not for a process the test
+    kills with SIGKILL: that kills the client, and the server's child only
+    after it."""
+    bindir = os.path.join(REPO, "tests", "_bin")
+    return [sys.executable, os.path.join(REPO, "tests", "zygote.py")], dict(env, **_zygote_env(bindir))
+
+
 def run(cmd, cwd=REPO, env=None, timeout=600):
     """Run a shell command line with this interpreter as python3; returns
     CompletedProcess with stdout+stderr merged."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     bindir = os.path.join(REPO, "tests", "_bin")
-    os.makedirs(bindir, exist_ok=True)
-    shim = os.path.join(bindir, "python3")
-    if not os.path.exists(shim):
-        with open(shim, "w") as f:
-            f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
-        os.chmod(shim, 0o755)
+    _shim(bindir)
     full_env["PATH"] = bindir + os.pathsep + full_env.get("PATH", "")
     full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(_zygote_env(bindir))
     return subprocess.run(
         ["bash", "-o", "pipefail", "-c", cmd],
         cwd=os.path.join(REPO, cwd),

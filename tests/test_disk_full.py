@@ -8,6 +8,7 @@ fills up (ENOSPC). Tiny: 16 px, 60 images, ResNet-18."""
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -88,7 +89,8 @@ def moco_epoch0(tiny_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("moco") / "ckpt"
     done = script(["moco/main_moco.py", *MOCO, "--epochs", "1", "--ckpt-dir", str(folder), tiny_data])
     assert done.returncode == 0, done.stdout[-2000:]
-    return folder
+    yield folder
+    shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 def copy_run(src, dst):

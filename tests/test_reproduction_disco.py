@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -11,25 +12,48 @@ from layouts import moco_v2_checkpoint, swav_release_state, write_cifar
 PLACEHOLDER = "/path/to/ckpt/checkpoint_0199.pth.tar"
 
 
+class Checkpoints(dict):
+    """name -> checkpoint path; a file is written the first time a command
+    asks for it (the ResNet-50x2 teacher alone takes half a minute and
+    0.5 GB, and only the DisCo section reads it). Copies share the files."""
+
+    def __init__(self, root, tiny_data, made=None):
+        super().__init__()
+        self.root, self.tiny_data, self.made = root, tiny_data, {} if made is None else made
+
+    def copy(self):
+        return Checkpoints(self.root, self.tiny_data, self.made)
+
+    def __missing__(self, name):
+        if name not in self.made:
+            self.made[name] = self._write(name)
+        return self.made[name]
+
+    def _write(self, name):
+        releases = {
+            "teacher_resnet50": lambda: moco_v2_checkpoint("resnet50", hidden=2048),
+            "teacher_resnet50w2": lambda: swav_release_state("resnet50w2", 8192),
+            "teacher_SWAVresnet50": lambda: swav_release_state("resnet50", 2048),
+            "student_resnet18": lambda: moco_v2_checkpoint("resnet18", hidden=512),
+        }
+        path = str(self.root / f"{name}.pth.tar")
+        if name in releases:
+            torch.save(releases[name](), path)
+            return path
+        assert name == "student_efficientb0", name
+        out = self.root / "eff"
+        cmd = f"python3 main_moco.py -a efficientb0 --mlp {TINY_PRETRAIN} --ckpt-dir {out} {self.tiny_data}"
+        result = run(cmd, cwd="moco")
+        assert result.returncode == 0, result.stdout[-2000:]
+        return str(out / "checkpoint_0000.pth.tar")
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, tiny_data):
     """Teachers in their official layouts, and students the evaluations can take."""
     root = tmp_path_factory.mktemp("ckpts")
-    paths = {}
-    for name, obj in [
-        ("teacher_resnet50", moco_v2_checkpoint("resnet50", hidden=2048)),
-        ("teacher_resnet50w2", swav_release_state("resnet50w2", 8192)),
-        ("teacher_SWAVresnet50", swav_release_state("resnet50", 2048)),
-        ("student_resnet18", moco_v2_checkpoint("resnet18", hidden=512)),
-    ]:
-        paths[name] = str(root / f"{name}.pth.tar")
-        torch.save(obj, paths[name])
-    result = run(
-        f"python3 main_moco.py -a efficientb0 --mlp {TINY_PRETRAIN} --ckpt-dir {root / 'eff'} {tiny_data}", cwd="moco"
-    )
-    assert result.returncode == 0, result.stdout[-2000:]
-    paths["student_efficientb0"] = str(root / "eff" / "checkpoint_0000.pth.tar")
-    return paths
+    yield Checkpoints(root, tiny_data)
+    shutil.rmtree(root, ignore_errors=True)  # about 1 GB once the ResNet-50x2 and ResNet-50 teachers are written
 
 
 def arch_of(cmd, flag="-a"):
@@ -37,10 +61,13 @@ def arch_of(cmd, flag="-a"):
     return m.group(1) if m else None
 
 
-def run_section(section, data, checkpoints, tmp_path, data_for=None):
+def run_section(section, data, checkpoints, tmp_path, data_for=None, keep=()):
     """Run every command of a section in order, following its `cd`s; training
-    commands hand their checkpoint to later evaluations of the same arch."""
-    cwd, outputs = ".", []
+    commands hand their checkpoint to later evaluations of the same arch.
+    A training run's folder is deleted once a later training of its arch
+    replaces it (no command can read it then; `keep`: run folders to keep):
+    a DisCo student's checkpoint holds its teacher, ResNet-50x2's 0.4 GB."""
+    cwd, outputs, trained = ".", [], {}
     for i, cmd in enumerate(reproduction_commands(section)):
         if cmd.startswith("cd "):
             cwd = os.path.normpath(os.path.join(cwd, cmd[3:]))
@@ -52,6 +79,10 @@ def run_section(section, data, checkpoints, tmp_path, data_for=None):
         if "main.py" in cmd or "distill_rkd" in cmd:
             teacher = checkpoints[f"teacher_{arch_of(cmd, '--teacher_arch') or 'resnet50'}"]
             out = tmp_path / f"run{i}"
+            replaced = trained.get(arch)
+            if replaced is not None and replaced.name not in keep:
+                shutil.rmtree(replaced)
+            trained[arch] = out
             cmd = re.sub(r"--teacher \S+", f"--teacher {teacher}", cmd)
             cmd = with_overrides(cmd, target, f"{TINY_PRETRAIN} --ckpt-dir {out}")
             checkpoints[f"student_{arch}"] = str(out / "checkpoint_0000.pth.tar")
@@ -74,7 +105,7 @@ def run_section(section, data, checkpoints, tmp_path, data_for=None):
 
 
 def test_disco_section(tiny_data, checkpoints, tmp_path):
-    outputs = run_section("disco", tiny_data, dict(checkpoints), tmp_path)
+    outputs = run_section("disco", tiny_data, checkpoints.copy(), tmp_path, keep=("run1",))
     trained = [r for c, r in outputs if "main.py" in c or "distill_rkd" in c]
     evaluated = [r for c, r in outputs if "lincls" in c]
     assert len(trained) == 6 and len(evaluated) == 5
@@ -93,7 +124,7 @@ def test_fig5_section(tiny_data, checkpoints, tmp_path):
         pct = "1" if "efficientb0" in cmd else "10"
         return f"{tiny_data}_{pct}_fraction"
 
-    outputs = run_section("fig5", tiny_data, dict(checkpoints), tmp_path, data_for)
+    outputs = run_section("fig5", tiny_data, checkpoints.copy(), tmp_path, data_for)
     for pct, per_class in (("1", 1), ("10", 1)):
         train = os.path.join(f"{tiny_data}_{pct}_fraction", "train")
         assert sorted(len(os.listdir(os.path.join(train, c))) for c in os.listdir(train)) == [per_class] * 10
@@ -107,5 +138,5 @@ def test_fig6_section(checkpoints, tmp_path, monkeypatch):
     # Fakes, not the official files (torchvision's md5 check refuses them):
     # the scripts read them as --unsafe-load would, from the environment.
     monkeypatch.setenv("SELFSUP_UNSAFE_LOAD", "1")
-    outputs = run_section("fig6", str(cifar), dict(checkpoints), tmp_path)
+    outputs = run_section("fig6", str(cifar), checkpoints.copy(), tmp_path)
     assert len(outputs) == 2 and all(" * Acc@1 " in r.stdout for _, r in outputs)

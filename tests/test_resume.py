@@ -78,7 +78,8 @@ def moco_reference(tiny_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("moco_ref")
     done = run(f"python3 moco/main_moco.py {MOCO} --ckpt-dir {folder} {tiny_data}")
     assert done.returncode == 0, done.stdout[-2000:]
-    return folder / "checkpoint_0001.pth.tar"
+    yield folder / "checkpoint_0001.pth.tar"
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_moco_killed_after_a_mid_epoch_checkpoint_continues_from_it_exactly(tiny_data, tmp_path, moco_reference):

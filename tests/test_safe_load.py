@@ -13,6 +13,7 @@ import importlib.util
 import os
 import pickle
 import re
+import shutil
 
 import pytest
 import torch
@@ -218,13 +219,14 @@ def written(tmp_path_factory):
             str(root / "swav"),
         ]
     )
-    return {
+    yield {
         "moco": moco,
         "disco": disco,
         "lincls": str(root / "lincls" / "checkpoint.pth.tar"),
         "swav": str(root / "swav" / "checkpoint.pth.tar"),
         "swav queue": str(root / "swav" / "queue0.pth"),
     }
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("name", ["moco", "disco", "lincls", "swav", "swav queue"])
