@@ -13,7 +13,7 @@ import time
 
 import torch
 import torchvision
-from conftest import REPO, run
+from conftest import REPO, fast_python, run
 
 MOCO = (
     "python3 main_moco.py -a resnet18 -b 30 --moco-k 64 --image-size 16 --small-images -j 0 -p 1 "
@@ -106,12 +106,15 @@ def test_sigterm_to_the_parent_of_a_multiprocessing_run_stops_every_process_and_
 ):
     # `kill PID` of the --multiprocessing-distributed parent (what a scheduler
     # that signals only the job's main process does) reaches both gloo workers.
+    # The parent starts from the pre-imported server (SIGTERM to it reaches the
+    # script: the client passes it on); its gloo workers are fresh interpreters.
+    python, env = fast_python(dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+
     def command(folder):
-        return [sys.executable, *MOCO.split()[1:], "--epochs", "2", "-b", "16", "--moco-k", "32",
+        return [*python, *MOCO.split()[1:], "--epochs", "2", "-b", "16", "--moco-k", "32",
                 "--multiprocessing-distributed", "--cpu-procs", "2", "--dist-url", f"tcp://127.0.0.1:{free_port()}",
                 "--ckpt-dir", str(folder), tiny_data]  # fmt: skip
 
-    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     whole = subprocess.run(command(tmp_path / "whole"), cwd=os.path.join(REPO, "moco"), env=env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
