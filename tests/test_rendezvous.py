@@ -6,10 +6,9 @@ that torch itself never gives up on is ended by the watchdog."""
 import os
 import socket
 import subprocess
-import sys
 import time
 
-from conftest import REPO
+from conftest import REPO, fast_python
 
 MOCO = ["moco/main_moco.py", "-a", "resnet18", "-b", "8", "--moco-k", "16", "--image-size", "16", "--small-images",
         "-j", "0", "--epochs", "1"]  # fmt: skip
@@ -27,7 +26,8 @@ def script(argv, env=None, timeout=120):
         if k not in (env or {}):
             full.pop(k, None)
     start = time.time()
-    r = subprocess.run([sys.executable, *argv], cwd=REPO, env=full, capture_output=True, text=True, timeout=timeout)
+    python, full = fast_python(full)
+    r = subprocess.run([*python, *argv], cwd=REPO, env=full, capture_output=True, text=True, timeout=timeout)
     return r, time.time() - start
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 import torch
-from conftest import REPO, run
+from conftest import REPO, fast_python, run
 
 NODE = os.path.join(REPO, "tests", "node_dump.py")
 TINY = [
@@ -48,6 +48,9 @@ def start(cmd, cwd):
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
+    if cmd[0] == sys.executable:  # each node's first process from the pre-imported server
+        python, env = fast_python(env)
+        cmd = [*python, *cmd[1:]]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
