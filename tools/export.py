@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export the backbone of a checkpoint for use outside this project.
 
-    python tools/export.py runs/demo/student_disco/checkpoint_0007.pth.tar --out student.safetensors
+    python tools/export.py runs/demo/student_disco/ckpt/checkpoint_0007.pth.tar --out student.safetensors
     python tools/export.py DisCo-R152-Mob.pth.tar -a mobilenetv3 --out mob.onnx
 
 writes the query backbone only (no key encoder, queue, teacher or
