@@ -24,6 +24,13 @@ class Checkpoints(dict):
     def copy(self):
         return Checkpoints(self.root, self.tiny_data, self.made)
 
+    def release(self, name):
+        """Delete a file no later command reads (it is written again if one does)."""
+        path = self.made.pop(name, None)
+        self.pop(name, None)
+        if path is not None and os.path.exists(path):
+            os.remove(path)
+
     def __missing__(self, name):
         if name not in self.made:
             self.made[name] = self._write(name)
@@ -66,9 +73,12 @@ def run_section(section, data, checkpoints, tmp_path, data_for=None, keep=()):
     commands hand their checkpoint to later evaluations of the same arch.
     A training run's folder is deleted once a later training of its arch
     replaces it (no command can read it then; `keep`: run folders to keep):
-    a DisCo student's checkpoint holds its teacher, ResNet-50x2's 0.4 GB."""
+    a DisCo student's checkpoint holds its teacher, ResNet-50x2's 0.4 GB.
+    A teacher no later command of the section reads is deleted too."""
     cwd, outputs, trained = ".", [], {}
-    for i, cmd in enumerate(reproduction_commands(section)):
+    commands = reproduction_commands(section)
+    teacher_of = {i: teacher_key(c) for i, c in enumerate(commands) if "main.py" in c or "distill_rkd" in c}
+    for i, cmd in enumerate(commands):
         if cmd.startswith("cd "):
             cwd = os.path.normpath(os.path.join(cwd, cmd[3:]))
             continue
@@ -77,7 +87,7 @@ def run_section(section, data, checkpoints, tmp_path, data_for=None, keep=()):
         arch = arch_of(cmd)
         target = data_for(cmd) if data_for else data
         if "main.py" in cmd or "distill_rkd" in cmd:
-            teacher = checkpoints[f"teacher_{arch_of(cmd, '--teacher_arch') or 'resnet50'}"]
+            teacher = checkpoints[teacher_of[i]]
             out = tmp_path / f"run{i}"
             replaced = trained.get(arch)
             if replaced is not None and replaced.name not in keep:
@@ -101,7 +111,13 @@ def run_section(section, data, checkpoints, tmp_path, data_for=None, keep=()):
         result = run(cmd, cwd=cwd, env={"DISCO_DATA": data})
         outputs.append((cmd, result))
         assert result.returncode == 0, f"{cmd}\n{result.stdout[-3000:]}"
+        if i in teacher_of and teacher_of[i] not in [k for j, k in teacher_of.items() if j > i]:
+            checkpoints.release(teacher_of[i])
     return outputs
+
+
+def teacher_key(cmd):
+    return f"teacher_{arch_of(cmd, '--teacher_arch') or 'resnet50'}"
 
 
 def test_disco_section(tiny_data, checkpoints, tmp_path):

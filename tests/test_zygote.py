@@ -11,6 +11,7 @@ import time
 
 import pytest
 from conftest import REPO, fast_python, run
+from zygote import import_env
 
 SCRIPT = """\
 import os, sys
@@ -32,14 +33,27 @@ sys.exit(int(sys.argv[1]) if sys.argv[1:] and sys.argv[1].isdigit() else 0)
 """
 
 
-@pytest.fixture
-def script(tmp_path):
-    path = tmp_path / "probe.py"
-    path.write_text(SCRIPT)
+@pytest.fixture(scope="module")
+def server():
+    """The server answers, and this process's environment still sends commands
+    to it (a variable the tests before changed in what the imports read would
+    silently send every later command to a fresh interpreter)."""
+    import json
+
+    python, env = fast_python(dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1"))
+    ours, theirs = import_env(env), json.loads(env["SELFSUP_TEST_ZYGOTE_ENV"])
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    assert not differ, f"the environment differs from the server's in {differ}"
     deadline = time.time() + 120  # the server imports torch once, in the background
     while run("python3 -c 'import sys; print(\"torch\" in sys.modules)'").stdout.strip() != "True":
         assert time.time() < deadline, "the server never answered"
         time.sleep(0.5)
+
+
+@pytest.fixture
+def script(tmp_path, server):
+    path = tmp_path / "probe.py"
+    path.write_text(SCRIPT)
     return path
 
 

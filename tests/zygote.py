@@ -28,7 +28,9 @@ import sys
 # What the pre-imported modules read from the environment as they load.
 SAME_AS_SERVER = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH")
 SAME_AS_SERVER += ("LD_", "LC_", "LANG", "TIMM", "HF_", "KINETO", "NCCL_", "GLOO_")
-MAY_DIFFER = {"PYTHONUNBUFFERED", "PYTHONFAULTHANDLER"}
+# TORCHINDUCTOR_CACHE_DIR: torch sets it in its own process to the default it
+# computes (an in-process torch.export does), which a fresh interpreter computes too.
+MAY_DIFFER = {"PYTHONUNBUFFERED", "PYTHONFAULTHANDLER", "TORCHINDUCTOR_CACHE_DIR"}
 FORWARDED = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT")
 
 
