@@ -47,6 +47,7 @@ REPO = _worker_tree(os.environ["PYTEST_XDIST_WORKER"]) if os.environ.get("PYTEST
 FIXED_PORT_MODULES = {"test_reproduction_moco", "test_reproduction_disco", "test_reproduction_tab5"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the group into the node id
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__ in FIXED_PORT_MODULES:
@@ -61,21 +62,18 @@ TINY_PRETRAIN = "--epochs 1 -b 30 --moco-k 64 --image-size 16 --small-images -j 
 TINY_LINCLS = "--epochs 1 -b 30 --image-size 16 -j 0 -p 1"
 
 
-# Process-wide policies that script flags set in the environment
-# (--unsafe-load, --skip-bad-images): a test that runs a script's main() in
-# this process must not hand them to the tests after it.
-POLICY_ENV = ("SELFSUP_UNSAFE_LOAD", "SELFSUP_SKIP_BAD_IMAGES")
-
-
+# The environment ends with the test: script flags run in this process set
+# process-wide policies there (--unsafe-load, --skip-bad-images), and
+# libraries imported or run in-process set their own variables (sklearn's
+# KMP_*, detectron2's PYTHONHASHSEED, torch's TORCHINDUCTOR_CACHE_DIR). None
+# of them may reach the tests after it, or the commands those tests start.
 @pytest.fixture(autouse=True)
-def _process_policies_end_with_the_test():
-    saved = {k: os.environ.get(k) for k in POLICY_ENV}
+def _environment_ends_with_the_test():
+    saved = dict(os.environ)
     yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 # Disk: pytest's retention policy (pyproject: failed) deletes the folders of

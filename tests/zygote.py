@@ -26,7 +26,8 @@ import struct
 import sys
 
 # What the pre-imported modules read from the environment as they load.
-SAME_AS_SERVER = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH")
+# (Not KMP_*: those are Intel OpenMP's, and torch's wheel loads GNU OpenMP.)
+SAME_AS_SERVER = ("PYTHON", "OMP_", "MKL_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH")
 SAME_AS_SERVER += ("LD_", "LC_", "LANG", "TIMM", "HF_", "KINETO", "NCCL_", "GLOO_")
 # TORCHINDUCTOR_CACHE_DIR: torch sets it in its own process to the default it
 # computes (an in-process torch.export does), which a fresh interpreter computes too.
