@@ -202,6 +202,9 @@ def _run_child(request, fds):
     try:
         try:
             if rest[0] == "-m":
+                import multiprocessing.process
+
+                multiprocessing.process.ORIGINAL_DIR = os.getcwd()
                 sys.argv = [rest[1], *rest[2:]]
                 sys.path[0] = os.getcwd()
                 runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
@@ -210,9 +213,14 @@ def _run_child(request, fds):
                 sys.path[0] = ""
                 exec(compile(rest[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
             else:
+                import multiprocessing.process
+
+                # As the interpreter: __main__.__file__ absolute (3.9+), and the
+                # folder multiprocessing resolves paths against is the command's.
+                multiprocessing.process.ORIGINAL_DIR = os.getcwd()
                 sys.argv = list(rest)
                 sys.path[0] = os.path.dirname(os.path.abspath(rest[0]))
-                runpy.run_path(rest[0], run_name="__main__")
+                runpy.run_path(os.path.abspath(rest[0]), run_name="__main__")
         finally:
             threading._shutdown()
     except SystemExit as exc:
