@@ -81,13 +81,19 @@ def test_a_child_killed_by_a_signal_kills_its_client_with_it(script):
     assert fresh(script, "die").returncode == -9
 
 
-def test_sigterm_to_the_client_reaches_the_script(script):
+def start_waiting(script):
+    """The probe started through the client, once it waits for SIGTERM (it wrote its pid)."""
     python, env = fast_python(dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1"))
     proc = subprocess.Popen([*python, str(script), "term"], env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not os.path.exists(f"{script}.ready"):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_to_the_client_reaches_the_script(script):
+    proc = start_waiting(script)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 7 and "preimported" in out and "got SIGTERM" in out
@@ -100,12 +106,7 @@ def test_another_import_environment_or_interpreter_option_gets_a_fresh_interpret
 
 
 def test_a_killed_client_takes_its_child_with_it(script):
-    python, env = fast_python(dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1"))
-    proc = subprocess.Popen([*python, str(script), "term"], env=env, stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not os.path.exists(f"{script}.ready"):
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
+    proc = start_waiting(script)
     child = int(open(f"{script}.ready").read())
     assert child != proc.pid  # the script runs in the server's fork, not in the client
     proc.kill()
